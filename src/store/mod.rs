@@ -1,0 +1,494 @@
+//! Persistence: one [`Store`] trait, two backends (SQLite always, Postgres behind the
+//! `postgres` feature), and the contract suite both must pass.
+//!
+//! Design decision: every method is scoped by what the caller is allowed to see. Methods that
+//! read or change clinical data take the caller's `organization_id`, so a handler cannot forget
+//! the tenant check: another organization's row is simply [`Error::NotFound`].
+//!
+//! Timestamps are UTC milliseconds since the Unix epoch ([`Millis`]) in both dialects; the HTTP
+//! layer renders them as ISO-8601 instants with a `Z` suffix.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub mod contract;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+pub mod sqlite;
+
+/// UTC milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+/// Now, as [`Millis`].
+pub fn now_millis() -> Millis {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A new opaque row id. UUIDv7 so ids sort by creation time (used as a pagination cursor).
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Store failures.
+///
+/// `NotFound` and `Conflict` are expected outcomes the caller maps to 404/409; `Unavailable`
+/// is transient (busy database, lost connection) and worth a retry; `Backend` is a bug or a
+/// corrupt database and is logged, never shown to clients.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness constraint was violated; the string names the constraint for logs.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store error: {0}")]
+    Backend(String),
+}
+
+impl Error {
+    /// Stable snake_case code for HTTP bodies and WebSocket `error` events.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::NotFound => "not_found",
+            Error::Conflict(_) => "conflict",
+            Error::Unavailable(_) => "store_unavailable",
+            Error::Backend(_) => "internal",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Organization {
+    pub id: String,
+    pub name: String,
+    pub created_at: Millis,
+}
+
+/// What a user may do beyond seeing their organization's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserRole {
+    Clinician,
+    /// May create users in their organization over REST.
+    Admin,
+}
+
+impl UserRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserRole::Clinician => "clinician",
+            UserRole::Admin => "admin",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "clinician" => Some(UserRole::Clinician),
+            "admin" => Some(UserRole::Admin),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: String,
+    pub organization_id: String,
+    pub username: String,
+    /// PHC string (argon2id). Never serialized.
+    pub password_hash: String,
+    /// ISO 639-1 code, e.g. `en`.
+    pub preferred_language: String,
+    pub role: UserRole,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub organization_id: String,
+    pub username: String,
+    pub password_hash: String,
+    pub preferred_language: String,
+    pub role: UserRole,
+}
+
+/// A stored refresh token. Only its SHA-256 hash is kept; `family_id` ties rotated tokens
+/// together so reuse of an already-rotated token can revoke the whole family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshToken {
+    pub token_hash: String,
+    pub user_id: String,
+    pub family_id: String,
+    pub expires_at: Millis,
+    /// Set when the token was exchanged for a new one (rotation) or revoked.
+    pub used_at: Option<Millis>,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Patient {
+    pub id: String,
+    pub organization_id: String,
+    pub first_name: String,
+    pub last_name: String,
+    /// `YYYY-MM-DD`.
+    pub date_of_birth: String,
+    pub preferred_language: String,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewPatient {
+    pub organization_id: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub date_of_birth: String,
+    pub preferred_language: String,
+}
+
+/// Partial update: `None` leaves a field unchanged.
+#[derive(Debug, Clone, Default)]
+pub struct PatientUpdate {
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub date_of_birth: Option<String>,
+    pub preferred_language: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversationStatus {
+    Active,
+    Ended,
+    Summarized,
+    EndedError,
+}
+
+impl ConversationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConversationStatus::Active => "active",
+            ConversationStatus::Ended => "ended",
+            ConversationStatus::Summarized => "summarized",
+            ConversationStatus::EndedError => "ended_error",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(ConversationStatus::Active),
+            "ended" => Some(ConversationStatus::Ended),
+            "summarized" => Some(ConversationStatus::Summarized),
+            "ended_error" => Some(ConversationStatus::EndedError),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversation {
+    pub id: String,
+    pub organization_id: String,
+    /// The clinician who started it.
+    pub user_id: String,
+    pub patient_id: String,
+    pub clinician_language: String,
+    pub patient_language: String,
+    pub status: ConversationStatus,
+    pub start_time: Millis,
+    pub end_time: Option<Millis>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// A conversation joined with its patient, the shape every listing needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationWithPatient {
+    pub conversation: Conversation,
+    pub patient: Patient,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewConversation {
+    pub organization_id: String,
+    pub user_id: String,
+    pub patient_id: String,
+    pub clinician_language: String,
+    pub patient_language: String,
+}
+
+/// Who produced a message row. Wire names are the original backend's `senderType` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SenderType {
+    /// The clinician (the original called them `user`).
+    #[serde(rename = "user")]
+    Clinician,
+    #[serde(rename = "patient")]
+    Patient,
+    /// A translation of another row; `original_message_id` points at it.
+    #[serde(rename = "translation")]
+    Translation,
+}
+
+impl SenderType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SenderType::Clinician => "user",
+            SenderType::Patient => "patient",
+            SenderType::Translation => "translation",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "user" => Some(SenderType::Clinician),
+            "patient" => Some(SenderType::Patient),
+            "translation" => Some(SenderType::Translation),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub id: String,
+    pub conversation_id: String,
+    pub timestamp: Millis,
+    pub sender_type: SenderType,
+    /// The text shown: the transcript, or for a translation row the translated text.
+    pub original_text: String,
+    pub translated_text: Option<String>,
+    /// For a translation row, the *target* language (the UI places bubbles by it).
+    pub language: String,
+    pub is_final: bool,
+    pub original_message_id: Option<String>,
+    /// Realtime STT `item_id`; unique per (conversation, sender kind) so a replayed
+    /// transcript is never stored twice.
+    pub stt_item_id: Option<String>,
+    /// How the speaker was decided (`language`, `client`, `llm`, `fallback`...).
+    pub speaker_source: Option<String>,
+    pub speaker_confidence: Option<f64>,
+    /// Per-stage timings in milliseconds, as a JSON object (`{"transcript_ms":…}`).
+    pub timings: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub conversation_id: String,
+    pub sender_type: SenderType,
+    pub original_text: String,
+    pub translated_text: Option<String>,
+    pub language: String,
+    pub is_final: bool,
+    pub original_message_id: Option<String>,
+    pub stt_item_id: Option<String>,
+    pub speaker_source: Option<String>,
+    pub speaker_confidence: Option<f64>,
+    pub timings: Option<serde_json::Value>,
+}
+
+/// Outcome of [`Store::insert_message`]: a replay of an already-stored STT item returns the
+/// existing row instead of a second one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inserted<T> {
+    New(T),
+    Existing(T),
+}
+
+impl<T> Inserted<T> {
+    pub fn into_inner(self) -> T {
+        match self {
+            Inserted::New(t) | Inserted::Existing(t) => t,
+        }
+    }
+}
+
+/// Keyset pagination over rows ordered by (timestamp, id) ascending.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// Return rows strictly after this row id (exclusive cursor); `None` starts at the beginning.
+    pub after: Option<String>,
+    /// At most this many rows.
+    pub limit: u32,
+}
+
+/// An action the clinician's voice commands (or later, REST) produce. `kind` is open-ended
+/// (`note`, `followup`, `prescription`, `lab_order`, clinic-defined types) and `data` holds the
+/// type's fields in the original AggregatedAction `data` shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Action {
+    pub id: String,
+    pub conversation_id: String,
+    pub kind: String,
+    pub status: String,
+    pub data: serde_json::Value,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewAction {
+    pub conversation_id: String,
+    pub kind: String,
+    pub status: String,
+    pub data: serde_json::Value,
+}
+
+/// A text document attached to a conversation: its summary or its (mock) medical history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    pub id: String,
+    pub conversation_id: String,
+    pub content: String,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DocumentKind {
+    Summary,
+    MedicalHistory,
+}
+
+/// One audit-log row: who did what to which record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    pub id: String,
+    pub organization_id: String,
+    pub user_id: Option<String>,
+    /// `read`, `create`, `update`, `delete`, `export`, `login`...
+    pub action: String,
+    /// `conversation`, `patient`, `user`, ...
+    pub entity_type: String,
+    pub entity_id: String,
+    pub at: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewAuditEntry {
+    pub organization_id: String,
+    pub user_id: Option<String>,
+    pub action: String,
+    pub entity_type: String,
+    pub entity_id: String,
+}
+
+/// The persistence seam. Both backends implement it with identical observable behaviour,
+/// which [`contract::run`] checks.
+///
+/// # For implementations
+/// - Methods taking `organization_id` must return [`Error::NotFound`] for rows of another
+///   organization, never the row.
+/// - Unique violations map to [`Error::Conflict`]; transient failures (locked database, lost
+///   connection) to [`Error::Unavailable`] after the backend's own short retries.
+/// - Lists are ordered as documented per method; ties broken by id.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap round trip to the database, for `/readyz`.
+    async fn ping(&self) -> Result<()>;
+
+    // --- organizations and users ---
+    async fn create_organization(&self, name: &str) -> Result<Organization>;
+    /// The organization open registration puts new users in, created on first use.
+    async fn default_organization(&self) -> Result<Organization>;
+    async fn get_organization(&self, id: &str) -> Result<Organization>;
+    /// `Conflict` if the username is taken (usernames are unique across the install).
+    async fn create_user(&self, user: NewUser) -> Result<User>;
+    async fn user_by_id(&self, id: &str) -> Result<User>;
+    async fn user_by_username(&self, username: &str) -> Result<User>;
+    /// All users, by username.
+    async fn list_users(&self) -> Result<Vec<User>>;
+    async fn count_users(&self) -> Result<u64>;
+    async fn set_password_hash(&self, user_id: &str, password_hash: &str) -> Result<()>;
+
+    // --- refresh tokens ---
+    async fn insert_refresh_token(&self, token: RefreshToken) -> Result<()>;
+    /// Atomically marks the token used and returns it as it was *before* this call, so the
+    /// caller sees `used_at: Some(_)` when the token had already been rotated (reuse).
+    async fn consume_refresh_token(&self, token_hash: &str) -> Result<RefreshToken>;
+    /// Marks every token of the family used (reuse detected, or logout).
+    async fn revoke_refresh_family(&self, family_id: &str) -> Result<()>;
+
+    // --- patients ---
+    /// Finds a patient of the organization by exact first name, last name and date of birth,
+    /// or creates one. Returns the patient and whether it was created.
+    async fn find_or_create_patient(&self, patient: NewPatient) -> Result<(Patient, bool)>;
+    async fn get_patient(&self, organization_id: &str, id: &str) -> Result<Patient>;
+    /// Ordered by last name, first name, id; `query` filters on a case-insensitive substring of
+    /// either name.
+    async fn list_patients(
+        &self,
+        organization_id: &str,
+        query: Option<&str>,
+        page: &Page,
+    ) -> Result<Vec<Patient>>;
+    async fn update_patient(
+        &self,
+        organization_id: &str,
+        id: &str,
+        update: PatientUpdate,
+    ) -> Result<Patient>;
+
+    // --- conversations ---
+    async fn create_conversation(&self, conversation: NewConversation) -> Result<Conversation>;
+    async fn get_conversation(
+        &self,
+        organization_id: &str,
+        id: &str,
+    ) -> Result<ConversationWithPatient>;
+    /// Newest `start_time` first.
+    async fn list_conversations(
+        &self,
+        organization_id: &str,
+        page: &Page,
+    ) -> Result<Vec<ConversationWithPatient>>;
+    /// Sets the status (and `end_time` when given).
+    async fn set_conversation_status(
+        &self,
+        organization_id: &str,
+        id: &str,
+        status: ConversationStatus,
+        end_time: Option<Millis>,
+    ) -> Result<Conversation>;
+    async fn set_patient_language(
+        &self,
+        organization_id: &str,
+        id: &str,
+        language: &str,
+    ) -> Result<Conversation>;
+
+    // --- messages ---
+    /// Stores a message. When `stt_item_id` is set and a row with the same conversation,
+    /// item id and sender kind (original vs translation) exists, returns it as `Existing`.
+    async fn insert_message(&self, message: NewMessage) -> Result<Inserted<Message>>;
+    /// Ordered by (timestamp, id) ascending.
+    async fn list_messages(&self, conversation_id: &str, page: &Page) -> Result<Vec<Message>>;
+
+    // --- actions ---
+    async fn insert_action(&self, action: NewAction) -> Result<Action>;
+    /// Newest first.
+    async fn list_actions(&self, conversation_id: &str) -> Result<Vec<Action>>;
+
+    // --- documents (summary, medical history) ---
+    /// Inserts or replaces the conversation's document of that kind.
+    async fn upsert_document(
+        &self,
+        kind: DocumentKind,
+        conversation_id: &str,
+        content: &str,
+    ) -> Result<Document>;
+    async fn get_document(&self, kind: DocumentKind, conversation_id: &str)
+        -> Result<Option<Document>>;
+
+    // --- audit ---
+    async fn record_audit(&self, entry: NewAuditEntry) -> Result<()>;
+    /// Newest first, at most `limit` rows.
+    async fn list_audit(&self, organization_id: &str, limit: u32) -> Result<Vec<AuditEntry>>;
+}
