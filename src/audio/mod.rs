@@ -4,7 +4,12 @@
 //! bytes, so it runs on the DSP pool and is tested without sockets. Containers are demuxed
 //! incrementally (push bytes, pull packets); no call ever waits for more bytes.
 
+pub mod decode;
 pub mod demux;
+pub mod pool;
+pub mod resample;
+pub mod sniff;
+pub mod transcoder;
 
 /// The sample rate every output frame has: what the Realtime STT `pcm16` format requires.
 pub const OUTPUT_RATE: u32 = 24_000;

@@ -16,3 +16,7 @@ pub trait Demuxer: Send {
     fn next_packet(&mut self) -> Result<Option<Packet>>;
     fn finish(&mut self) -> Result<Option<Packet>>;
 }
+
+pub mod mp4;
+pub mod ogg;
+pub mod webm;
