@@ -9,4 +9,5 @@
 //! - [`server`]: the composition root that wires the above together and serves.
 
 pub mod audio;
+pub mod config;
 pub mod store;
