@@ -10,4 +10,5 @@
 
 pub mod audio;
 pub mod config;
+pub mod pipeline;
 pub mod store;
