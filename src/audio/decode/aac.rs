@@ -58,7 +58,9 @@ impl AudioSpecificConfig {
             SAMPLE_RATES
                 .get(freq_index as usize)
                 .copied()
-                .ok_or(Error::Malformed("aac config: reserved sampling frequency index"))?
+                .ok_or(Error::Malformed(
+                    "aac config: reserved sampling frequency index",
+                ))?
         };
         let channels = bits.read(4)? as u16;
         Ok(Self {
@@ -116,7 +118,11 @@ impl AacDecoder {
         let channels = match asc.channels {
             1 => Channels::FRONT_LEFT,
             2 => Channels::FRONT_LEFT | Channels::FRONT_RIGHT,
-            _ => return Err(Error::Unsupported("aac channel configuration other than mono or stereo")),
+            _ => {
+                return Err(Error::Unsupported(
+                    "aac channel configuration other than mono or stereo",
+                ))
+            }
         };
         // symphonia reads an explicit (index 15) rate wrongly and has no band tables for
         // non-standard rates; 7350 Hz has none either.

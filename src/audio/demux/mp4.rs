@@ -179,7 +179,9 @@ impl Mp4Demuxer {
         let sample_end = sample.offset + u64::from(sample.size);
         if sample.offset < self.pos || sample_end > limit {
             self.samples.pop_front();
-            return Ok(Step::BadSample(Error::Malformed("mp4 sample outside its mdat")));
+            return Ok(Step::BadSample(Error::Malformed(
+                "mp4 sample outside its mdat",
+            )));
         }
         let gap = self.available_until(Some(sample.offset));
         self.consume(gap);
@@ -210,13 +212,13 @@ impl Mp4Demuxer {
             return Ok(Step::NeedMore);
         };
         let start = self.pos;
-        let end = match header.size {
-            Some(size) => Some(
-                start
-                    .checked_add(size)
-                    .ok_or(Error::Malformed("mp4 box size overflows"))?,
-            ),
-            None => None,
+        // Checked lazily: a moov/moof with an absurd size must be a `Limit`, not an overflow.
+        let end = || match header.size {
+            Some(size) => start
+                .checked_add(size)
+                .map(Some)
+                .ok_or(Error::Malformed("mp4 box size overflows")),
+            None => Ok(None),
         };
         if !self.seen_box {
             match &header.kind {
@@ -265,12 +267,16 @@ impl Mp4Demuxer {
             }
             b"mdat" => {
                 if self.track.is_none() {
-                    return Err(Error::Unsupported("mp4 with mdat before moov (not fast-start)"));
+                    return Err(Error::Unsupported(
+                        "mp4 with mdat before moov (not fast-start)",
+                    ));
                 }
+                let end = end()?;
                 self.consume(header.header_len);
                 self.state = State::Mdat { end };
             }
             _ => {
+                let end = end()?;
                 self.consume(header.header_len);
                 self.state = State::Skip { end };
             }
@@ -480,7 +486,10 @@ impl BoxHeader {
         let size32 = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
         let kind = [data[4], data[5], data[6], data[7]];
         // Real box types are printable four-character codes; this rejects random bytes early.
-        if !kind.iter().all(|&b| b.is_ascii_graphic() || b == b' ' || b == 0xa9) {
+        if !kind
+            .iter()
+            .all(|&b| b.is_ascii_graphic() || b == b' ' || b == 0xa9)
+        {
             return Err(Error::Malformed("not an mp4 box header"));
         }
         let (size, header_len) = match size32 {
@@ -737,7 +746,8 @@ fn parse_moov(moov: &[u8]) -> Result<(Track, VecDeque<Sample>)> {
     let stbl = trak
         .stbl
         .ok_or(Error::Malformed("mp4 audio track without stbl"))?;
-    let stsd = find_child(stbl, b"stsd")?.ok_or(Error::Malformed("mp4 audio track without stsd"))?;
+    let stsd =
+        find_child(stbl, b"stsd")?.ok_or(Error::Malformed("mp4 audio track without stsd"))?;
     let info = parse_stsd(stsd)?;
     let (default_duration, default_size) = trex
         .iter()
@@ -789,8 +799,8 @@ fn parse_stsd(stsd: &[u8]) -> Result<TrackInfo> {
     }
     let children = r.data;
     if kind == *b"Opus" {
-        let dops =
-            find_child(children, b"dOps")?.ok_or(Error::Malformed("mp4 Opus entry without dOps"))?;
+        let dops = find_child(children, b"dOps")?
+            .ok_or(Error::Malformed("mp4 Opus entry without dOps"))?;
         // dOps (Opus-in-ISOBMFF §4.3.2) is big-endian and laid out unlike OpusHead.
         let mut r = Reader::new(dops);
         let version = r.u8()?;
@@ -971,7 +981,9 @@ fn table_samples(track: &Track, stbl: &[u8]) -> Result<VecDeque<Sample>> {
         }
     }
     if seen < count {
-        return Err(Error::Malformed("mp4 stsc/stco describe fewer samples than stsz"));
+        return Err(Error::Malformed(
+            "mp4 stsc/stco describe fewer samples than stsz",
+        ));
     }
     samples.make_contiguous().sort_by_key(|s| s.offset);
     Ok(samples)
