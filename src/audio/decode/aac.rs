@@ -4,7 +4,13 @@
 //! thin decoder wrapper. Design decision: the ASC is validated here *before* it reaches
 //! symphonia, because symphonia 0.5 panics on some configs it does not support (e.g. channel
 //! configuration 0, which needs a program config element); anything that is not plain AAC-LC,
-//! mono or stereo, at a standard rate is rejected as `Unsupported` up front.
+//! mono or stereo, at a standard rate is rejected as `Unsupported` up front. symphonia 0.5 also
+//! panics on some corrupt packets (an index out of bounds in the ICS parser, found by our random
+//! packet test), so each decode runs under `catch_unwind` and a panic becomes a recoverable
+//! `Malformed` with the inner decoder rebuilt; this relies on the crate keeping the default
+//! `panic = "unwind"`.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use symphonia::core::audio::{AudioBufferRef, Channels, Signal};
 use symphonia::core::codecs::{CodecParameters, Decoder, DecoderOptions, CODEC_TYPE_AAC};
@@ -101,6 +107,8 @@ impl<'a> BitReader<'a> {
 /// f32 at the stream's own rate; resampling to 24 kHz happens downstream.
 pub struct AacDecoder {
     inner: SymAacDecoder,
+    /// Kept to rebuild `inner` after it panicked mid-packet (its state is then unknown).
+    params: CodecParameters,
     config: AudioSpecificConfig,
 }
 
@@ -137,7 +145,11 @@ impl AacDecoder {
             .with_extra_data(config.into());
         let inner =
             SymAacDecoder::try_new(&params, &DecoderOptions::default()).map_err(map_error)?;
-        Ok(Self { inner, config: asc })
+        Ok(Self {
+            inner,
+            params,
+            config: asc,
+        })
     }
 
     /// Output sample rate in Hz (the AAC core rate; no SBR is supported).
@@ -156,32 +168,51 @@ impl AacDecoder {
     /// `Malformed` for a corrupt packet: recoverable, the next packet decodes normally (the
     /// failed packet appends nothing). `Unsupported` for a stream feature symphonia lacks.
     pub fn decode(&mut self, packet: &[u8], out: &mut Vec<f32>) -> Result<()> {
-        let packet = SymPacket::new_from_slice(0, 0, FRAME_LEN as u64, packet);
-        let decoded = self.inner.decode(&packet).map_err(map_error)?;
-        let AudioBufferRef::F32(buf) = decoded else {
-            // symphonia's AAC decoder always produces f32; anything else is a library change.
-            return Err(Error::Unsupported("aac decoder output format"));
-        };
-        let frames = buf.frames();
-        let channels = buf.spec().channels.count();
-        out.reserve(frames * channels);
-        match channels {
-            1 => out.extend_from_slice(buf.chan(0)),
-            _ => {
-                for i in 0..frames {
-                    for c in 0..channels {
-                        out.push(buf.chan(c)[i]);
-                    }
+        let start = out.len();
+        let inner = &mut self.inner;
+        let result = catch_unwind(AssertUnwindSafe(|| decode_into(inner, packet, out)));
+        match result {
+            Ok(result) => result,
+            Err(_panic) => {
+                out.truncate(start);
+                // Rebuilding with parameters that already worked once cannot fail in practice;
+                // if it did, the old decoder is kept and the next packet will tell.
+                if let Ok(fresh) = SymAacDecoder::try_new(&self.params, &DecoderOptions::default())
+                {
+                    self.inner = fresh;
                 }
+                Err(Error::Malformed("aac packet crashed the decoder"))
             }
         }
-        Ok(())
     }
 
     /// Forgets inter-frame state (overlap-add windows), e.g. after a gap in the stream.
     pub fn reset(&mut self) {
         self.inner.reset();
     }
+}
+
+/// Decodes one packet with symphonia and appends it, interleaved, to `out`.
+fn decode_into(inner: &mut SymAacDecoder, packet: &[u8], out: &mut Vec<f32>) -> Result<()> {
+    let packet = SymPacket::new_from_slice(0, 0, FRAME_LEN as u64, packet);
+    let decoded = inner.decode(&packet).map_err(map_error)?;
+    let AudioBufferRef::F32(buf) = decoded else {
+        // symphonia's AAC decoder always produces f32; anything else is a library change.
+        return Err(Error::Unsupported("aac decoder output format"));
+    };
+    let frames = buf.frames();
+    let channels = buf.spec().channels.count();
+    out.reserve(frames * channels);
+    if channels == 1 {
+        out.extend_from_slice(buf.chan(0));
+    } else {
+        for i in 0..frames {
+            for c in 0..channels {
+                out.push(buf.chan(c)[i]);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Maps symphonia's errors onto our cheap, recoverability-documented ones.

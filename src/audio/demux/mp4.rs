@@ -990,4 +990,4 @@ fn table_samples(track: &Track, stbl: &[u8]) -> Result<VecDeque<Sample>> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
