@@ -281,9 +281,12 @@ fn moov(traks: &[Vec<u8>], mvex: &[Vec<u8>]) -> Vec<u8> {
     bx(b"moov", &cat(&parts))
 }
 
-/// A moof+mdat pair: `trafs` are (track id, tfdt, sample payloads); sizes go in the trun,
-/// durations default to `trex`, data offsets are relative to the moof (default-base-is-moof).
-fn fragment(trafs: &[(u32, Option<u64>, Vec<Vec<u8>>)]) -> Vec<u8> {
+/// One `traf` of a synthetic fragment: track id, tfdt, sample payloads.
+type Traf = (u32, Option<u64>, Vec<Vec<u8>>);
+
+/// A moof+mdat pair: sizes go in the trun, durations default to `trex`, data offsets are
+/// relative to the moof (default-base-is-moof).
+fn fragment(trafs: &[Traf]) -> Vec<u8> {
     // Two passes: the trun data offsets depend on the moof size.
     let build = |moof_len: u32| {
         let mut data_pos = moof_len + 8;
@@ -685,4 +688,64 @@ fn random_bytes_are_clean_errors() {
 fn empty_input_is_not_an_error() {
     let out = demux([&[][..]]);
     assert!(out.errors.is_empty() && out.packets.is_empty() && out.track.is_none());
+}
+
+/// Runs ffmpeg if installed; `false` means the caller should skip.
+fn ffmpeg(args: &[&std::ffi::OsStr]) -> bool {
+    match std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-y"])
+        .args(args)
+        .status()
+    {
+        Ok(status) => {
+            assert!(status.success(), "ffmpeg {args:?} failed");
+            true
+        }
+        Err(_) => {
+            eprintln!("ffmpeg not installed: skipped");
+            false
+        }
+    }
+}
+
+#[test]
+fn ffmpeg_remuxed_non_fragmented_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = fixture_dir("mp4-aac-48000").join("all.mp4");
+    let fragmented = demux([std::fs::read(&input).unwrap().as_slice()]).packets;
+    let fast_start = dir.path().join("faststart.mp4");
+    let plain = dir.path().join("plain.mp4");
+    let copy = ["-c", "copy", "-map_metadata", "-1"].map(std::ffi::OsStr::new);
+    let i = std::ffi::OsStr::new("-i");
+    if !ffmpeg(
+        &[
+            &[i, input.as_os_str()][..],
+            &copy,
+            &[
+                "-movflags".as_ref(),
+                "+faststart".as_ref(),
+                fast_start.as_os_str(),
+            ],
+        ]
+        .concat(),
+    ) {
+        return;
+    }
+    assert!(ffmpeg(
+        &[&[i, input.as_os_str()][..], &copy, &[plain.as_os_str()]].concat()
+    ));
+
+    // moov first: same packets as the fragmented original, from stsz/stsc/stco/stts.
+    let bytes = std::fs::read(&fast_start).unwrap();
+    let out = demux(random_split(&bytes, 1));
+    assert_eq!(out.errors, []);
+    assert_eq!(out.packets, fragmented);
+    // ffmpeg's default layout puts mdat first, which would need the whole file buffered.
+    let bytes = std::fs::read(&plain).unwrap();
+    assert_eq!(
+        demux([bytes.as_slice()]).errors,
+        [Error::Unsupported(
+            "mp4 with mdat before moov (not fast-start)"
+        )]
+    );
 }
