@@ -176,7 +176,7 @@ impl Mp4Demuxer {
             // Belongs to a later mdat (non-fragmented files may have several).
             return self.finish_mdat(end);
         }
-        let sample_end = sample.offset + u64::from(sample.size);
+        let sample_end = sample.offset.saturating_add(u64::from(sample.size));
         if sample.offset < self.pos || sample_end > limit {
             self.samples.pop_front();
             return Ok(Step::BadSample(Error::Malformed(
@@ -377,7 +377,7 @@ fn parse_moof(
                     r.skip(4)?;
                 }
                 push_sample(&mut samples, track, data, size, t)?;
-                data += u64::from(size);
+                data = data.saturating_add(u64::from(size));
                 t = t.saturating_add(u64::from(duration));
             }
         }
@@ -976,7 +976,7 @@ fn table_samples(track: &Track, stbl: &[u8]) -> Result<VecDeque<Sample>> {
             }
             run_count = run_count.saturating_sub(1);
             push_sample(&mut samples, track, offset, size, time)?;
-            offset += u64::from(size);
+            offset = offset.saturating_add(u64::from(size));
             time = time.saturating_add(u64::from(delta));
         }
     }

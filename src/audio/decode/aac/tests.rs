@@ -211,3 +211,9 @@ fn aac_48000_fixture_decodes_to_reference() {
     // Its last fragment's trun has no per-sample sizes: the tfhd default size applies.
     check_aac_fixture("mp4-aac-48000", 142, 144_384, 25_896);
 }
+
+#[test]
+fn decoder_can_move_to_a_dsp_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<AacDecoder>();
+}

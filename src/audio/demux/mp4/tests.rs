@@ -749,3 +749,36 @@ fn ffmpeg_remuxed_non_fragmented_files() {
         )]
     );
 }
+
+#[test]
+fn absurd_offsets_are_per_sample_errors_not_overflows() {
+    // tfhd with an explicit base_data_offset near u64::MAX and default sizes.
+    let mut tfhd = 1u32.to_be_bytes().to_vec();
+    tfhd.extend_from_slice(&(u64::MAX - 4).to_be_bytes());
+    tfhd.extend_from_slice(&100u32.to_be_bytes());
+    let traf = bx(
+        b"traf",
+        &cat(&[full(b"tfhd", 0x11, &tfhd), full(b"trun", 0, &[0, 0, 0, 3])]),
+    );
+    let file = cat(&[aac_header(), bx(b"moof", &traf), bx(b"mdat", &[0; 300])]);
+    let out = demux([file.as_slice()]);
+    assert!(out.packets.is_empty());
+    // The samples lie beyond this mdat, so they are reported missing at the end.
+    assert_eq!(
+        out.errors,
+        [Error::Malformed("mp4 ended before all samples arrived")]
+    );
+    // A data offset pointing back into the moof: each sample is a recoverable error.
+    let traf = bx(
+        b"traf",
+        &cat(&[
+            full(b"tfhd", 0x02_0010, &[0, 0, 0, 1, 0, 0, 0, 4]),
+            full(b"trun", 0x1, &[0, 0, 0, 2, 0, 0, 0, 0]),
+        ]),
+    );
+    let file = cat(&[aac_header(), bx(b"moof", &traf), bx(b"mdat", &[0; 8])]);
+    assert_eq!(
+        demux([file.as_slice()]).errors,
+        [Error::Malformed("mp4 sample outside its mdat"); 2]
+    );
+}
