@@ -95,6 +95,7 @@ pub struct Mp4Demuxer {
     /// Absolute stream offset of `buf[head]`.
     pos: u64,
     state: State,
+    /// Whether a first box header was accepted: random bytes are refused right there.
     seen_box: bool,
     track: Option<Track>,
     samples: VecDeque<Sample>,
@@ -221,10 +222,12 @@ impl Mp4Demuxer {
             None => Ok(None),
         };
         if !self.seen_box {
-            match &header.kind {
-                b"moof" => return Err(Error::Malformed("mp4 moof before moov")),
-                b"ftyp" | b"styp" | b"moov" | b"free" | b"skip" | b"wide" => {}
-                _ => return Err(Error::Malformed("mp4 stream does not start with ftyp")),
+            // Browsers start with ftyp; a moof here is reported as "moof before moov" below.
+            if !matches!(
+                &header.kind,
+                b"ftyp" | b"styp" | b"moov" | b"moof" | b"free" | b"skip" | b"wide"
+            ) {
+                return Err(Error::Malformed("mp4 stream does not start with ftyp"));
             }
             self.seen_box = true;
         }

@@ -116,7 +116,19 @@ fn chrome_opus_chunks_demux_with_dops_pre_skip() {
         }
     );
     assert_eq!((track.sample_rate, track.channels), (48_000, 1));
+    // meta.json records the dOps fields as read by the fixture tool.
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir("chrome-mp4-opus").join("meta.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["opus_header_in_file"]["pre_skip"], 3840);
+    assert_eq!(meta["chunk_count"], chunks.len());
     assert_eq!(out.packets.len(), CHROME_PACKETS);
+    // ffprobe's duration (5.841 s) is the last pts plus Chrome's wrong 1008-sample duration.
+    assert_eq!(
+        meta["duration_ms"].as_f64().unwrap(),
+        (CHROME_LAST_PTS + 1008) as f64 / 48.0
+    );
     assert_eq!(
         out.packets.iter().map(|p| p.data.len()).sum::<usize>(),
         CHROME_BYTES
