@@ -129,11 +129,8 @@ pub async fn token(
 }
 
 async fn find_user(store: &dyn Store, username: &str) -> Result<User, Error> {
-    store
-        .user_by_username(username)
-        .await
-        .map_err(|e| match e {
-            store::Error::NotFound => Error::NoSuchUser(username.to_owned()),
-            other => other.into(),
-        })
+    store.user_by_username(username).await.map_err(|e| match e {
+        store::Error::NotFound => Error::NoSuchUser(username.to_owned()),
+        other => other.into(),
+    })
 }

@@ -122,7 +122,12 @@ pub struct Options {
 
     /// Origins allowed to call the API from a browser (CORS), comma-separated.
     /// [default: http://localhost:5173,http://localhost:3000]
-    #[arg(long, env = "TANDEM_CORS_ORIGINS", value_delimiter = ',', global = true)]
+    #[arg(
+        long,
+        env = "TANDEM_CORS_ORIGINS",
+        value_delimiter = ',',
+        global = true
+    )]
     pub cors_origins: Option<Vec<String>>,
 
     /// Whether `POST /api/v1/auth/register` is open to anyone. When false, accounts come from
@@ -233,11 +238,8 @@ impl Options {
             Some(path) => read_file(path)?,
             None => Options::default(),
         };
-        let env_secret = |names: &[&str]| {
-            names
-                .iter()
-                .find_map(|n| env(n).filter(|v| !v.is_empty()))
-        };
+        let env_secret =
+            |names: &[&str]| names.iter().find_map(|n| env(n).filter(|v| !v.is_empty()));
         let jwt_secret = env_secret(&["TANDEM_JWT_SECRET"]).or(file.jwt_secret);
         let openai_api_key =
             env_secret(&["TANDEM_OPENAI_API_KEY", "OPENAI_API_KEY"]).or(file.openai_api_key);
@@ -259,12 +261,11 @@ impl Options {
                 message: "must be positive".into(),
             });
         }
-        let default_base = url::Url::parse("https://api.openai.com/v1").map_err(|e| {
-            Error::Invalid {
+        let default_base =
+            url::Url::parse("https://api.openai.com/v1").map_err(|e| Error::Invalid {
                 field: "openai_base_url",
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         Ok(Config {
             listen: self
                 .listen
@@ -339,7 +340,8 @@ impl Config {
         } else {
             Path::new(&self.database).parent()
         };
-        dir.unwrap_or_else(|| Path::new("")).join("tandem.jwt-secret")
+        dir.unwrap_or_else(|| Path::new(""))
+            .join("tandem.jwt-secret")
     }
 
     /// Ensures a JWT secret: the configured one, else the persisted one, else a new random

@@ -278,7 +278,10 @@ mod tests {
         assert_eq!(d.delivered, 1);
         assert_eq!(a_rx.frames.recv().await.as_deref(), Some("x"));
         assert!(b_rx.frames.try_recv().is_err());
-        assert_eq!(hub.publish("c1", Audience::Control, frame("p")).delivered, 1);
+        assert_eq!(
+            hub.publish("c1", Audience::Control, frame("p")).delivered,
+            1
+        );
         assert_eq!(b_rx.frames.recv().await.as_deref(), Some("p"));
         assert_eq!(hub.publish("c2", Audience::Audio, frame("y")).delivered, 0);
     }
@@ -326,7 +329,11 @@ mod tests {
         let (_, a_tx, a_rx) = hub.client();
         hub.register_control("u", &a_tx);
         hub.register_control("u", &a_tx);
-        assert_eq!(hub.subscriber_count("c", Audience::Control), 0, "no interest yet");
+        assert_eq!(
+            hub.subscriber_count("c", Audience::Control),
+            0,
+            "no interest yet"
+        );
         hub.mark_interest("c", "u");
         hub.mark_interest("c", "u");
         assert_eq!(hub.subscriber_count("c", Audience::Control), 1);

@@ -141,19 +141,95 @@ mod tests {
             source: Source,
         }
         let cases = [
-            Case { detected: Some(("en", 0.9)), client: None, clin: "en", pat: "es", role: Role::Clinician, lang: "en", source: Source::Language },
-            Case { detected: Some(("es", 0.9)), client: None, clin: "en", pat: "es", role: Role::Patient, lang: "es", source: Source::Language },
-            Case { detected: Some(("es", 0.9)), client: None, clin: "es", pat: "en", role: Role::Clinician, lang: "es", source: Source::Language },
-            Case { detected: Some(("fr", 0.8)), client: None, clin: "en", pat: "es", role: Role::Patient, lang: "fr", source: Source::Language },
-            Case { detected: None, client: None, clin: "en", pat: "es", role: Role::Clinician, lang: "en", source: Source::Fallback },
-            Case { detected: Some(("en", 0.9)), client: None, clin: "en", pat: "en", role: Role::Clinician, lang: "en", source: Source::Fallback },
-            Case { detected: Some(("en", 0.9)), client: Some(Role::Patient), clin: "en", pat: "es", role: Role::Patient, lang: "en", source: Source::Client },
-            Case { detected: Some(("de", 0.9)), client: Some(Role::Patient), clin: "en", pat: "es", role: Role::Patient, lang: "es", source: Source::Client },
-            Case { detected: None, client: Some(Role::Clinician), clin: "en", pat: "es", role: Role::Clinician, lang: "en", source: Source::Client },
+            Case {
+                detected: Some(("en", 0.9)),
+                client: None,
+                clin: "en",
+                pat: "es",
+                role: Role::Clinician,
+                lang: "en",
+                source: Source::Language,
+            },
+            Case {
+                detected: Some(("es", 0.9)),
+                client: None,
+                clin: "en",
+                pat: "es",
+                role: Role::Patient,
+                lang: "es",
+                source: Source::Language,
+            },
+            Case {
+                detected: Some(("es", 0.9)),
+                client: None,
+                clin: "es",
+                pat: "en",
+                role: Role::Clinician,
+                lang: "es",
+                source: Source::Language,
+            },
+            Case {
+                detected: Some(("fr", 0.8)),
+                client: None,
+                clin: "en",
+                pat: "es",
+                role: Role::Patient,
+                lang: "fr",
+                source: Source::Language,
+            },
+            Case {
+                detected: None,
+                client: None,
+                clin: "en",
+                pat: "es",
+                role: Role::Clinician,
+                lang: "en",
+                source: Source::Fallback,
+            },
+            Case {
+                detected: Some(("en", 0.9)),
+                client: None,
+                clin: "en",
+                pat: "en",
+                role: Role::Clinician,
+                lang: "en",
+                source: Source::Fallback,
+            },
+            Case {
+                detected: Some(("en", 0.9)),
+                client: Some(Role::Patient),
+                clin: "en",
+                pat: "es",
+                role: Role::Patient,
+                lang: "en",
+                source: Source::Client,
+            },
+            Case {
+                detected: Some(("de", 0.9)),
+                client: Some(Role::Patient),
+                clin: "en",
+                pat: "es",
+                role: Role::Patient,
+                lang: "es",
+                source: Source::Client,
+            },
+            Case {
+                detected: None,
+                client: Some(Role::Clinician),
+                clin: "en",
+                pat: "es",
+                role: Role::Clinician,
+                lang: "en",
+                source: Source::Client,
+            },
         ];
         for (i, c) in cases.iter().enumerate() {
             let s = decide(c.detected, c.client, c.clin, c.pat);
-            assert_eq!((s.role, s.language.as_str(), s.source), (c.role, c.lang, c.source), "case {i}");
+            assert_eq!(
+                (s.role, s.language.as_str(), s.source),
+                (c.role, c.lang, c.source),
+                "case {i}"
+            );
         }
     }
 
