@@ -88,7 +88,7 @@ mod postgres {
     async fn raw_client(url: &str) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
             .await
-            .unwrap();
+            .expect("admin connection to TANDEM_TEST_DATABASE_URL");
         tokio::spawn(conn);
         client
     }

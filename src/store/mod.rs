@@ -502,8 +502,11 @@ pub trait Store: Send + Sync + 'static {
         conversation_id: &str,
         content: &str,
     ) -> Result<Document>;
-    async fn get_document(&self, kind: DocumentKind, conversation_id: &str)
-        -> Result<Option<Document>>;
+    async fn get_document(
+        &self,
+        kind: DocumentKind,
+        conversation_id: &str,
+    ) -> Result<Option<Document>>;
 
     // --- audit ---
     async fn record_audit(&self, entry: NewAuditEntry) -> Result<()>;

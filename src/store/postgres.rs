@@ -21,9 +21,9 @@ use tokio_postgres::{Client, Config, NoTls, Row};
 
 use super::{
     new_id, now_millis, Action, AppliedMigration, AuditEntry, Conversation, ConversationStatus,
-    ConversationWithPatient, Document, DocumentKind, Error, Inserted, Message, Millis,
-    NewAction, NewAuditEntry, NewConversation, NewMessage, NewPatient, NewUser, Organization,
-    Page, Patient, PatientUpdate, RefreshToken, Result, SenderType, Store, User, UserRole,
+    ConversationWithPatient, Document, DocumentKind, Error, Inserted, Message, Millis, NewAction,
+    NewAuditEntry, NewConversation, NewMessage, NewPatient, NewUser, Organization, Page, Patient,
+    PatientUpdate, RefreshToken, Result, SenderType, Store, User, UserRole,
 };
 
 /// Embedded migrations, applied in order on connect; the version is the file's number.
@@ -479,7 +479,8 @@ impl Store for PostgresStore {
             created_at: now,
             updated_at: now,
         };
-        let sql = format!("INSERT INTO users ({USER_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)");
+        let sql =
+            format!("INSERT INTO users ({USER_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)");
         self.client()
             .await?
             .execute(
@@ -501,7 +502,10 @@ impl Store for PostgresStore {
 
     async fn user_by_id(&self, id: &str) -> Result<User> {
         let sql = format!("SELECT {USER_COLS} FROM users WHERE id = $1");
-        one(self.client().await?.query_opt(&sql, &[&id]).await?, user_row)
+        one(
+            self.client().await?.query_opt(&sql, &[&id]).await?,
+            user_row,
+        )
     }
 
     async fn user_by_username(&self, username: &str) -> Result<User> {
@@ -965,7 +969,8 @@ impl Store for PostgresStore {
             created_at: now,
             updated_at: now,
         };
-        let sql = format!("INSERT INTO actions ({ACTION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7)");
+        let sql =
+            format!("INSERT INTO actions ({ACTION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7)");
         self.client()
             .await?
             .execute(
