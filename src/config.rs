@@ -327,15 +327,10 @@ fn read_file(path: &Path) -> Result<Options, Error> {
 }
 
 impl Config {
-    /// Whether the database setting names a Postgres server rather than a SQLite file.
-    pub fn is_postgres(&self) -> bool {
-        self.database.starts_with("postgres://") || self.database.starts_with("postgresql://")
-    }
-
     /// Where a generated JWT secret is kept: next to the SQLite file (or in the working
     /// directory for Postgres), readable only by its owner.
     pub fn jwt_secret_path(&self) -> PathBuf {
-        let dir = if self.is_postgres() {
+        let dir = if crate::store::is_postgres_url(&self.database) {
             None
         } else {
             Path::new(&self.database).parent()

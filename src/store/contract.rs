@@ -120,6 +120,18 @@ async fn organizations(store: &dyn Store) {
     let org = store.create_organization("Clinic A").await.unwrap();
     assert_eq!(store.get_organization(&org.id).await.unwrap(), org);
     assert_not_found(store.get_organization(&new_id()).await, "unknown org");
+    let named = store
+        .create_organization(&format!("Clinic {}", new_id()))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.organization_by_name(&named.name).await.unwrap(),
+        named
+    );
+    assert_not_found(
+        store.organization_by_name(&new_id()).await,
+        "unknown org name",
+    );
 
     let d1 = store.default_organization().await.unwrap();
     let d2 = store.default_organization().await.unwrap();

@@ -32,6 +32,34 @@ pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// Whether a database setting names a Postgres server rather than a SQLite file.
+pub fn is_postgres_url(database: &str) -> bool {
+    database.starts_with("postgres://") || database.starts_with("postgresql://")
+}
+
+/// Opens the store a database setting names: a `postgres://` URL (with the `postgres` feature)
+/// or a SQLite file path. Migrations are applied on open.
+///
+/// # Errors
+/// The database cannot be opened or migrated, or Postgres is asked for without the feature.
+pub async fn open(database: &str) -> Result<std::sync::Arc<dyn Store>> {
+    if is_postgres_url(database) {
+        #[cfg(feature = "postgres")]
+        return Ok(std::sync::Arc::new(
+            postgres::PostgresStore::connect(database).await?,
+        ));
+        #[cfg(not(feature = "postgres"))]
+        return Err(Error::Unavailable(
+            "a postgres:// database needs a build with `--features postgres`".into(),
+        ));
+    }
+    let path = std::path::PathBuf::from(database);
+    let store = tokio::task::spawn_blocking(move || sqlite::SqliteStore::open(&path))
+        .await
+        .map_err(|e| Error::Backend(format!("opening the SQLite store panicked: {e}")))??;
+    Ok(std::sync::Arc::new(store))
+}
+
 /// Store failures.
 ///
 /// `NotFound` and `Conflict` are expected outcomes the caller maps to 404/409; `Unavailable`
@@ -410,12 +438,17 @@ pub struct NewAuditEntry {
 pub trait Store: Send + Sync + 'static {
     /// Cheap round trip to the database, for `/readyz`.
     async fn ping(&self) -> Result<()>;
+    /// The schema migrations applied, oldest first (they are applied when the store opens).
+    async fn applied_migrations(&self) -> Result<Vec<AppliedMigration>>;
 
     // --- organizations and users ---
     async fn create_organization(&self, name: &str) -> Result<Organization>;
     /// The organization open registration puts new users in, created on first use.
     async fn default_organization(&self) -> Result<Organization>;
     async fn get_organization(&self, id: &str) -> Result<Organization>;
+    /// The oldest organization with exactly this name (names are not unique; the CLI uses
+    /// this to put accounts into an existing clinic).
+    async fn organization_by_name(&self, name: &str) -> Result<Organization>;
     /// `Conflict` if the username is taken (usernames are unique across the install).
     async fn create_user(&self, user: NewUser) -> Result<User>;
     async fn user_by_id(&self, id: &str) -> Result<User>;

@@ -129,29 +129,6 @@ impl PostgresStore {
         &self.application_name
     }
 
-    /// The migrations recorded in the schema, oldest first (for the CLI's `migrate`).
-    ///
-    /// # Errors
-    /// `Unavailable`/`Backend` as for any query.
-    pub async fn applied_migrations(&self) -> Result<Vec<AppliedMigration>> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT version, applied_at FROM schema_migrations ORDER BY version",
-                &[],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AppliedMigration {
-                    version: r.try_get(0)?,
-                    applied_at: r.try_get(1)?,
-                })
-            })
-            .collect()
-    }
-
     async fn dial(&self) -> Result<Client> {
         let (client, connection) = self.config.connect(NoTls).await?;
         let name = self.application_name.clone();
@@ -425,6 +402,25 @@ fn one<T>(row: Option<Row>, f: fn(&Row) -> Result<T>) -> Result<T> {
 
 #[async_trait]
 impl Store for PostgresStore {
+    async fn applied_migrations(&self) -> Result<Vec<AppliedMigration>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT version, applied_at FROM schema_migrations ORDER BY version",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AppliedMigration {
+                    version: r.try_get(0)?,
+                    applied_at: r.try_get(1)?,
+                })
+            })
+            .collect()
+    }
+
     async fn ping(&self) -> Result<()> {
         self.client().await?.batch_execute("SELECT 1").await?;
         Ok(())
@@ -465,6 +461,16 @@ impl Store for PostgresStore {
     async fn get_organization(&self, id: &str) -> Result<Organization> {
         let sql = format!("SELECT {ORG_COLS} FROM organizations WHERE id = $1");
         one(self.client().await?.query_opt(&sql, &[&id]).await?, org_row)
+    }
+
+    async fn organization_by_name(&self, name: &str) -> Result<Organization> {
+        let sql = format!(
+            "SELECT {ORG_COLS} FROM organizations WHERE name = $1 ORDER BY created_at, id LIMIT 1"
+        );
+        one(
+            self.client().await?.query_opt(&sql, &[&name]).await?,
+            org_row,
+        )
     }
 
     async fn create_user(&self, user: NewUser) -> Result<User> {

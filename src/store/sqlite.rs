@@ -93,14 +93,6 @@ impl SqliteStore {
         })
     }
 
-    /// The migrations recorded in the database, oldest first (for the CLI's `migrate`).
-    ///
-    /// # Errors
-    /// `Unavailable`/`Backend` as for any query.
-    pub async fn applied_migrations(&self) -> Result<Vec<AppliedMigration>> {
-        self.call(|c| applied_migrations(c)).await
-    }
-
     /// Runs `f` on the connection on the blocking pool, so SQLite I/O never stalls a runtime
     /// worker.
     async fn call<T, F>(&self, f: F) -> Result<T>
@@ -374,6 +366,10 @@ fn get_conversation(
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn applied_migrations(&self) -> Result<Vec<AppliedMigration>> {
+        self.call(|c| applied_migrations(c)).await
+    }
+
     async fn ping(&self) -> Result<()> {
         self.call(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
@@ -420,6 +416,17 @@ impl Store for SqliteStore {
         self.call(move |c| {
             let sql = format!("SELECT {ORG_COLS} FROM organizations WHERE id = ?1");
             Ok(c.prepare_cached(&sql)?.query_row([id], org_row)?)
+        })
+        .await
+    }
+
+    async fn organization_by_name(&self, name: &str) -> Result<Organization> {
+        let name = name.to_owned();
+        self.call(move |c| {
+            let sql = format!(
+                "SELECT {ORG_COLS} FROM organizations WHERE name = ?1 ORDER BY created_at, id LIMIT 1"
+            );
+            Ok(c.prepare_cached(&sql)?.query_row([name], org_row)?)
         })
         .await
     }
