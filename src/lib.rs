@@ -10,3 +10,7 @@
 
 pub mod audio;
 pub mod store;
+pub mod auth;
+pub mod http;
+pub mod metrics;
+pub mod server;
