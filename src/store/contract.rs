@@ -1,0 +1,869 @@
+//! The behaviour every [`Store`] backend must show, as one executable suite.
+//!
+//! Design decision: the suite is ordinary library code (not `#[cfg(test)]`) so integration
+//! tests can run it against each backend, including Postgres behind a feature. Every run makes
+//! its own organizations and unique names, so it can run repeatedly against the same database
+//! (a reopened SQLite file, a shared Postgres schema) without cleaning up.
+//!
+//! It panics on the first violated expectation, like any test.
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed contract check.
+
+use serde_json::json;
+
+use super::{
+    new_id, now_millis, ConversationStatus, DocumentKind, Error, Inserted, NewAction,
+    NewAuditEntry, NewConversation, NewMessage, NewPatient, NewUser, Organization, Page,
+    PatientUpdate, RefreshToken, SenderType, Store, User, UserRole,
+};
+
+/// Strings that must round-trip verbatim through every text column.
+const NASTY: &[&str] = &[
+    "'; DROP TABLE users; --",
+    "Robert\"); DELETE FROM patients; --",
+    "O'Brien \\ % _ ? $1 :name @x",
+    "José Ñúñez 👩‍⚕️ 中文 العربية",
+    "",
+];
+
+/// Runs the whole contract against `store`.
+///
+/// # Panics
+/// On the first behaviour that differs from the [`Store`] documentation.
+pub async fn run(store: &dyn Store) {
+    store.ping().await.unwrap();
+    organizations(store).await;
+    users(store).await;
+    refresh_tokens(store).await;
+    patients(store).await;
+    patient_pagination(store).await;
+    conversations(store).await;
+    conversation_pagination(store).await;
+    messages(store).await;
+    message_pagination(store).await;
+    actions_and_documents(store).await;
+    audit(store).await;
+    verbatim_strings(store).await;
+}
+
+/// A fresh organization and a clinician in it.
+async fn tenant(store: &dyn Store) -> (Organization, User) {
+    let org = store
+        .create_organization(&format!("org {}", new_id()))
+        .await
+        .unwrap();
+    let user = store
+        .create_user(NewUser {
+            organization_id: org.id.clone(),
+            username: format!("user-{}", new_id()),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$salt$hash".into(),
+            preferred_language: "en".into(),
+            role: UserRole::Clinician,
+        })
+        .await
+        .unwrap();
+    (org, user)
+}
+
+fn new_patient(org: &str, first: &str, last: &str) -> NewPatient {
+    NewPatient {
+        organization_id: org.into(),
+        first_name: first.into(),
+        last_name: last.into(),
+        date_of_birth: "1970-01-31".into(),
+        preferred_language: "es".into(),
+    }
+}
+
+fn new_message(conversation_id: &str, sender: SenderType, text: &str) -> NewMessage {
+    NewMessage {
+        conversation_id: conversation_id.into(),
+        sender_type: sender,
+        original_text: text.into(),
+        translated_text: None,
+        language: "en".into(),
+        is_final: true,
+        original_message_id: None,
+        stt_item_id: None,
+        speaker_source: None,
+        speaker_confidence: None,
+        timings: None,
+    }
+}
+
+/// Creates a conversation for a new patient of the tenant.
+async fn conversation(store: &dyn Store, org: &Organization, user: &User) -> String {
+    let (patient, _) = store
+        .find_or_create_patient(new_patient(&org.id, "Ana", &format!("Conv {}", new_id())))
+        .await
+        .unwrap();
+    store
+        .create_conversation(NewConversation {
+            organization_id: org.id.clone(),
+            user_id: user.id.clone(),
+            patient_id: patient.id,
+            clinician_language: "en".into(),
+            patient_language: "es".into(),
+        })
+        .await
+        .unwrap()
+        .id
+}
+
+fn assert_not_found<T: std::fmt::Debug>(r: Result<T, Error>, what: &str) {
+    assert!(
+        matches!(r, Err(Error::NotFound)),
+        "{what}: expected NotFound, got {r:?}"
+    );
+}
+
+async fn organizations(store: &dyn Store) {
+    let org = store.create_organization("Clinic A").await.unwrap();
+    assert_eq!(store.get_organization(&org.id).await.unwrap(), org);
+    assert_not_found(store.get_organization(&new_id()).await, "unknown org");
+
+    let d1 = store.default_organization().await.unwrap();
+    let d2 = store.default_organization().await.unwrap();
+    assert_eq!(d1, d2, "default organization is created once");
+    assert_ne!(d1.id, org.id);
+}
+
+async fn users(store: &dyn Store) {
+    let (org, user) = tenant(store).await;
+    assert_eq!(store.user_by_id(&user.id).await.unwrap(), user);
+    assert_eq!(store.user_by_username(&user.username).await.unwrap(), user);
+    assert_not_found(store.user_by_id(&new_id()).await, "unknown user id");
+    assert_not_found(store.user_by_username(&new_id()).await, "unknown username");
+
+    let dup = store
+        .create_user(NewUser {
+            organization_id: org.id.clone(),
+            username: user.username.clone(),
+            password_hash: "x".into(),
+            preferred_language: "fr".into(),
+            role: UserRole::Admin,
+        })
+        .await;
+    assert!(
+        matches!(dup, Err(Error::Conflict(_))),
+        "duplicate username: {dup:?}"
+    );
+    let orphan = store
+        .create_user(NewUser {
+            organization_id: new_id(),
+            username: format!("orphan-{}", new_id()),
+            password_hash: "x".into(),
+            preferred_language: "en".into(),
+            role: UserRole::Clinician,
+        })
+        .await;
+    assert_not_found(orphan, "user in unknown organization");
+
+    let admin = store
+        .create_user(NewUser {
+            organization_id: org.id.clone(),
+            username: format!("admin-{}", new_id()),
+            password_hash: "h".into(),
+            preferred_language: "de".into(),
+            role: UserRole::Admin,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.user_by_id(&admin.id).await.unwrap().role,
+        UserRole::Admin
+    );
+
+    let all = store.list_users().await.unwrap();
+    assert!(all.contains(&user) && all.contains(&admin));
+    assert!(
+        all.windows(2).all(|w| w[0].username <= w[1].username),
+        "users are ordered by username"
+    );
+    assert!(store.count_users().await.unwrap() >= 2);
+    assert_eq!(store.count_users().await.unwrap(), all.len() as u64);
+
+    store.set_password_hash(&user.id, "new-hash").await.unwrap();
+    let changed = store.user_by_id(&user.id).await.unwrap();
+    assert_eq!(changed.password_hash, "new-hash");
+    assert!(changed.updated_at >= user.updated_at);
+    assert_not_found(
+        store.set_password_hash(&new_id(), "h").await,
+        "password of unknown user",
+    );
+}
+
+async fn refresh_tokens(store: &dyn Store) {
+    let (_, user) = tenant(store).await;
+    let family = new_id();
+    let now = now_millis();
+    let token = |hash: &str| RefreshToken {
+        token_hash: hash.into(),
+        user_id: user.id.clone(),
+        family_id: family.clone(),
+        expires_at: now + 86_400_000,
+        used_at: None,
+        created_at: now,
+    };
+    let (h1, h2, h3) = (new_id(), new_id(), new_id());
+    store.insert_refresh_token(token(&h1)).await.unwrap();
+    let dup = store.insert_refresh_token(token(&h1)).await;
+    assert!(
+        matches!(dup, Err(Error::Conflict(_))),
+        "duplicate hash: {dup:?}"
+    );
+    let mut orphan = token(&new_id());
+    orphan.user_id = new_id();
+    assert_not_found(
+        store.insert_refresh_token(orphan).await,
+        "token of unknown user",
+    );
+
+    let first = store.consume_refresh_token(&h1).await.unwrap();
+    assert_eq!(first, token(&h1), "first consume returns the unused token");
+    let second = store.consume_refresh_token(&h1).await.unwrap();
+    let used_at = second.used_at.expect("second consume reports reuse");
+    assert!(used_at >= now);
+    let third = store.consume_refresh_token(&h1).await.unwrap();
+    assert_eq!(third.used_at, Some(used_at), "first use time is kept");
+    assert_not_found(
+        store.consume_refresh_token(&new_id()).await,
+        "unknown token",
+    );
+
+    store.insert_refresh_token(token(&h2)).await.unwrap();
+    let mut other_family = token(&h3);
+    other_family.family_id = new_id();
+    store.insert_refresh_token(other_family).await.unwrap();
+    store.revoke_refresh_family(&family).await.unwrap();
+    assert!(store
+        .consume_refresh_token(&h2)
+        .await
+        .unwrap()
+        .used_at
+        .is_some());
+    assert!(
+        store
+            .consume_refresh_token(&h3)
+            .await
+            .unwrap()
+            .used_at
+            .is_none(),
+        "other families are untouched"
+    );
+    store.revoke_refresh_family(&new_id()).await.unwrap();
+}
+
+async fn patients(store: &dyn Store) {
+    let (org, _) = tenant(store).await;
+    let (other, _) = tenant(store).await;
+
+    let (p, created) = store
+        .find_or_create_patient(new_patient(&org.id, "Maria", "Lopez"))
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(
+        (
+            p.first_name.as_str(),
+            p.last_name.as_str(),
+            p.date_of_birth.as_str()
+        ),
+        ("Maria", "Lopez", "1970-01-31")
+    );
+    assert_eq!(p.preferred_language, "es");
+    let (again, created) = store
+        .find_or_create_patient(new_patient(&org.id, "Maria", "Lopez"))
+        .await
+        .unwrap();
+    assert!(!created);
+    assert_eq!(again, p, "same org + name + dob is the same patient");
+
+    let mut other_dob = new_patient(&org.id, "Maria", "Lopez");
+    other_dob.date_of_birth = "1970-02-01".into();
+    let (p2, created) = store.find_or_create_patient(other_dob).await.unwrap();
+    assert!(created && p2.id != p.id);
+
+    let (elsewhere, created) = store
+        .find_or_create_patient(new_patient(&other.id, "Maria", "Lopez"))
+        .await
+        .unwrap();
+    assert!(
+        created && elsewhere.id != p.id,
+        "another org gets its own patient"
+    );
+    assert_not_found(
+        store
+            .find_or_create_patient(new_patient(&new_id(), "A", "B"))
+            .await,
+        "patient in unknown org",
+    );
+
+    assert_eq!(store.get_patient(&org.id, &p.id).await.unwrap(), p);
+    assert_not_found(
+        store.get_patient(&other.id, &p.id).await,
+        "cross-org get_patient",
+    );
+    assert_not_found(
+        store.get_patient(&org.id, &new_id()).await,
+        "unknown patient",
+    );
+
+    let updated = store
+        .update_patient(
+            &org.id,
+            &p.id,
+            PatientUpdate {
+                preferred_language: Some("pt".into()),
+                ..PatientUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.preferred_language, "pt");
+    assert_eq!(updated.first_name, "Maria", "None leaves fields unchanged");
+    assert_eq!(updated.date_of_birth, "1970-01-31");
+    assert!(updated.updated_at >= p.updated_at);
+    assert_eq!(store.get_patient(&org.id, &p.id).await.unwrap(), updated);
+    assert_not_found(
+        store
+            .update_patient(
+                &other.id,
+                &p.id,
+                PatientUpdate {
+                    first_name: Some("Hijacked".into()),
+                    ..PatientUpdate::default()
+                },
+            )
+            .await,
+        "cross-org update_patient",
+    );
+    assert_eq!(store.get_patient(&org.id, &p.id).await.unwrap(), updated);
+
+    // Renaming into an existing identity collides with the uniqueness of patients.
+    let clash = store
+        .update_patient(
+            &org.id,
+            &p2.id,
+            PatientUpdate {
+                date_of_birth: Some("1970-01-31".into()),
+                ..PatientUpdate::default()
+            },
+        )
+        .await;
+    assert!(
+        matches!(clash, Err(Error::Conflict(_))),
+        "identity clash: {clash:?}"
+    );
+
+    let listed = store
+        .list_patients(&org.id, None, &Page::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|x| x.organization_id == org.id));
+    let q = store
+        .list_patients(&org.id, Some("lOPe"), &Page::default())
+        .await
+        .unwrap();
+    assert_eq!(q.len(), 2, "case-insensitive substring of the last name");
+    let q = store
+        .list_patients(&org.id, Some("ari"), &Page::default())
+        .await
+        .unwrap();
+    assert_eq!(q.len(), 2, "substring of the first name");
+    let q = store
+        .list_patients(&org.id, Some("zzz"), &Page::default())
+        .await
+        .unwrap();
+    assert!(q.is_empty());
+    let q = store
+        .list_patients(&org.id, Some("%"), &Page::default())
+        .await
+        .unwrap();
+    assert!(q.is_empty(), "the query is a literal, not a LIKE pattern");
+    assert!(store
+        .list_patients(&other.id, Some("Hijacked"), &Page::default())
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn patient_pagination(store: &dyn Store) {
+    let (org, _) = tenant(store).await;
+    let names = [
+        ("Zoe", "Adams"),
+        ("Al", "Baker"),
+        ("Bo", "Baker"),
+        ("Cy", "Clark"),
+        ("Di", "Davis"),
+    ];
+    // Inserted out of order, so ordering comes from the query, not insertion.
+    for (first, last) in names.iter().rev() {
+        store
+            .find_or_create_patient(new_patient(&org.id, first, last))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut page = Page {
+        after: None,
+        limit: 2,
+    };
+    loop {
+        let rows = store.list_patients(&org.id, None, &page).await.unwrap();
+        assert!(rows.len() <= 2);
+        let Some(last) = rows.last() else { break };
+        page.after = Some(last.id.clone());
+        seen.extend(rows.into_iter().map(|p| (p.first_name, p.last_name)));
+    }
+    let expected: Vec<_> = names
+        .iter()
+        .map(|(f, l)| (f.to_string(), l.to_string()))
+        .collect();
+    assert_eq!(
+        seen, expected,
+        "ordered by last, first name; no gaps or duplicates"
+    );
+
+    let (other, _) = tenant(store).await;
+    let foreign_cursor = Page {
+        after: page.after.clone(),
+        limit: 2,
+    };
+    assert_not_found(
+        store.list_patients(&other.id, None, &foreign_cursor).await,
+        "cursor from another organization",
+    );
+}
+
+async fn conversations(store: &dyn Store) {
+    let (org, user) = tenant(store).await;
+    let (other, other_user) = tenant(store).await;
+    let (patient, _) = store
+        .find_or_create_patient(new_patient(&org.id, "Li", "Wei"))
+        .await
+        .unwrap();
+    let (foreign_patient, _) = store
+        .find_or_create_patient(new_patient(&other.id, "Li", "Wei"))
+        .await
+        .unwrap();
+
+    let before = now_millis();
+    let c = store
+        .create_conversation(NewConversation {
+            organization_id: org.id.clone(),
+            user_id: user.id.clone(),
+            patient_id: patient.id.clone(),
+            clinician_language: "en".into(),
+            patient_language: "zh".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(c.status, ConversationStatus::Active);
+    assert_eq!(c.end_time, None);
+    assert!(c.start_time >= before);
+    assert_eq!(
+        (c.user_id.as_str(), c.patient_id.as_str()),
+        (user.id.as_str(), patient.id.as_str())
+    );
+
+    let new_conv = |user_id: &str, patient_id: &str| NewConversation {
+        organization_id: org.id.clone(),
+        user_id: user_id.into(),
+        patient_id: patient_id.into(),
+        clinician_language: "en".into(),
+        patient_language: "zh".into(),
+    };
+    assert_not_found(
+        store
+            .create_conversation(new_conv(&user.id, &foreign_patient.id))
+            .await,
+        "conversation with another org's patient",
+    );
+    assert_not_found(
+        store
+            .create_conversation(new_conv(&other_user.id, &patient.id))
+            .await,
+        "conversation by another org's user",
+    );
+
+    let got = store.get_conversation(&org.id, &c.id).await.unwrap();
+    assert_eq!(got.conversation, c);
+    assert_eq!(got.patient, patient);
+    assert_not_found(
+        store.get_conversation(&other.id, &c.id).await,
+        "cross-org get",
+    );
+    assert!(store
+        .list_conversations(&other.id, &Page::default())
+        .await
+        .unwrap()
+        .iter()
+        .all(|x| x.conversation.organization_id == other.id));
+
+    let lang = store
+        .set_patient_language(&org.id, &c.id, "yue")
+        .await
+        .unwrap();
+    assert_eq!(lang.patient_language, "yue");
+    assert_not_found(
+        store.set_patient_language(&other.id, &c.id, "fr").await,
+        "cross-org set_patient_language",
+    );
+
+    let end = now_millis();
+    let ended = store
+        .set_conversation_status(&org.id, &c.id, ConversationStatus::Ended, Some(end))
+        .await
+        .unwrap();
+    assert_eq!(ended.status, ConversationStatus::Ended);
+    assert_eq!(ended.end_time, Some(end));
+    assert_eq!(ended.patient_language, "yue");
+    let summarized = store
+        .set_conversation_status(&org.id, &c.id, ConversationStatus::Summarized, None)
+        .await
+        .unwrap();
+    assert_eq!(summarized.status, ConversationStatus::Summarized);
+    assert_eq!(summarized.end_time, Some(end), "None keeps the end time");
+    assert_not_found(
+        store
+            .set_conversation_status(&other.id, &c.id, ConversationStatus::EndedError, None)
+            .await,
+        "cross-org status change",
+    );
+    let stored = store.get_conversation(&org.id, &c.id).await.unwrap();
+    assert_eq!(stored.conversation, summarized);
+
+    let errored = conversation(store, &org, &user).await;
+    let e = store
+        .set_conversation_status(&org.id, &errored, ConversationStatus::EndedError, Some(end))
+        .await
+        .unwrap();
+    assert_eq!(e.status, ConversationStatus::EndedError);
+}
+
+async fn conversation_pagination(store: &dyn Store) {
+    let (org, user) = tenant(store).await;
+    let mut created = Vec::new();
+    for _ in 0..5 {
+        created.push(conversation(store, &org, &user).await);
+    }
+    let all = store
+        .list_conversations(&org.id, &Page::default())
+        .await
+        .unwrap();
+    let ids: Vec<_> = all.iter().map(|c| c.conversation.id.clone()).collect();
+    let newest_first: Vec<_> = created.iter().rev().cloned().collect();
+    assert_eq!(ids, newest_first, "newest start_time first");
+    assert!(all
+        .iter()
+        .all(|c| c.patient.id == c.conversation.patient_id));
+
+    let mut seen = Vec::new();
+    let mut page = Page {
+        after: None,
+        limit: 2,
+    };
+    loop {
+        let rows = store.list_conversations(&org.id, &page).await.unwrap();
+        let Some(last) = rows.last() else { break };
+        page.after = Some(last.conversation.id.clone());
+        seen.extend(rows.into_iter().map(|c| c.conversation.id));
+    }
+    assert_eq!(seen, newest_first, "pages have no gaps or duplicates");
+}
+
+async fn messages(store: &dyn Store) {
+    let (org, user) = tenant(store).await;
+    let conv = conversation(store, &org, &user).await;
+    let item = format!("item_{}", new_id());
+
+    let mut original = new_message(&conv, SenderType::Patient, "me duele la cabeza");
+    original.language = "es".into();
+    original.is_final = true;
+    original.stt_item_id = Some(item.clone());
+    original.speaker_source = Some("language".into());
+    original.speaker_confidence = Some(0.875);
+    original.timings = Some(json!({"transcript_ms": 412, "detect_ms": 88.5}));
+    let first = store.insert_message(original.clone()).await.unwrap();
+    let Inserted::New(stored) = first else {
+        panic!("first insert must be New, got {first:?}")
+    };
+    assert_eq!(stored.sender_type, SenderType::Patient);
+    assert_eq!(stored.speaker_confidence, Some(0.875));
+    assert_eq!(stored.timings, original.timings);
+
+    let mut replay = original.clone();
+    replay.original_text = "replayed text".into();
+    let second = store.insert_message(replay).await.unwrap();
+    assert_eq!(
+        second,
+        Inserted::Existing(stored.clone()),
+        "a replayed STT item returns the stored row"
+    );
+
+    let mut translation = new_message(&conv, SenderType::Translation, "my head hurts");
+    translation.original_message_id = Some(stored.id.clone());
+    translation.stt_item_id = Some(item.clone());
+    let t1 = store.insert_message(translation.clone()).await.unwrap();
+    let Inserted::New(t1) = t1 else {
+        panic!("the translation of an item is a different row, got {t1:?}")
+    };
+    assert_eq!(t1.original_message_id.as_deref(), Some(stored.id.as_str()));
+    let t2 = store.insert_message(translation).await.unwrap();
+    assert_eq!(
+        t2,
+        Inserted::Existing(t1.clone()),
+        "translation stored once"
+    );
+
+    // The same item id in another conversation is unrelated.
+    let conv2 = conversation(store, &org, &user).await;
+    let mut elsewhere = original.clone();
+    elsewhere.conversation_id = conv2.clone();
+    assert!(matches!(
+        store.insert_message(elsewhere).await.unwrap(),
+        Inserted::New(_)
+    ));
+
+    // Rows without an item id are never deduplicated.
+    let plain = new_message(&conv, SenderType::Clinician, "hello");
+    let a = store.insert_message(plain.clone()).await.unwrap();
+    let b = store.insert_message(plain).await.unwrap();
+    assert!(matches!((&a, &b), (Inserted::New(_), Inserted::New(_))));
+    let b = b.into_inner();
+    assert_eq!(b.sender_type, SenderType::Clinician);
+    assert_eq!(
+        (b.stt_item_id, b.timings, b.speaker_confidence),
+        (None, None, None)
+    );
+
+    let listed = store.list_messages(&conv, &Page::default()).await.unwrap();
+    assert_eq!(
+        listed.len(),
+        4,
+        "one original, one translation, two plain rows"
+    );
+    assert_eq!(listed[0], stored);
+    assert_eq!(listed[1], t1);
+    assert_eq!(listed[3].id, b.id);
+
+    assert_not_found(
+        store
+            .insert_message(new_message(&new_id(), SenderType::Patient, "x"))
+            .await,
+        "message for unknown conversation",
+    );
+}
+
+async fn message_pagination(store: &dyn Store) {
+    let (org, user) = tenant(store).await;
+    let conv = conversation(store, &org, &user).await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let m = store
+            .insert_message(new_message(&conv, SenderType::Clinician, &format!("m{i}")))
+            .await
+            .unwrap()
+            .into_inner();
+        ids.push(m.id);
+    }
+    let all = store.list_messages(&conv, &Page::default()).await.unwrap();
+    assert_eq!(
+        all.iter().map(|m| &m.id).collect::<Vec<_>>(),
+        ids.iter().collect::<Vec<_>>()
+    );
+    assert!(all.windows(2).all(|w| w[0].timestamp <= w[1].timestamp));
+
+    let mut seen = Vec::new();
+    let mut page = Page {
+        after: None,
+        limit: 3,
+    };
+    loop {
+        let rows = store.list_messages(&conv, &page).await.unwrap();
+        assert!(rows.len() <= 3);
+        let Some(last) = rows.last() else { break };
+        page.after = Some(last.id.clone());
+        seen.extend(rows.into_iter().map(|m| m.id));
+    }
+    assert_eq!(seen, ids, "ascending, no gaps or duplicates across pages");
+
+    let other = conversation(store, &org, &user).await;
+    let foreign = Page {
+        after: Some(ids[0].clone()),
+        limit: 3,
+    };
+    assert_not_found(
+        store.list_messages(&other, &foreign).await,
+        "cursor from another conversation",
+    );
+}
+
+async fn actions_and_documents(store: &dyn Store) {
+    let (org, user) = tenant(store).await;
+    let conv = conversation(store, &org, &user).await;
+
+    let note = store
+        .insert_action(NewAction {
+            conversation_id: conv.clone(),
+            kind: "note".into(),
+            status: "created".into(),
+            data: json!({"content": "BP 120/80"}),
+        })
+        .await
+        .unwrap();
+    let rx = store
+        .insert_action(NewAction {
+            conversation_id: conv.clone(),
+            kind: "prescription".into(),
+            status: "pending_review".into(),
+            data: json!({"medicationName": "Ibuprofen", "dosage": "400 mg",
+                         "frequency": "every 8 hours", "details": null}),
+        })
+        .await
+        .unwrap();
+    let listed = store.list_actions(&conv).await.unwrap();
+    assert_eq!(listed, vec![rx, note], "actions newest first");
+    assert_not_found(
+        store
+            .insert_action(NewAction {
+                conversation_id: new_id(),
+                kind: "note".into(),
+                status: "created".into(),
+                data: json!({}),
+            })
+            .await,
+        "action for unknown conversation",
+    );
+
+    for kind in [DocumentKind::Summary, DocumentKind::MedicalHistory] {
+        assert_eq!(store.get_document(kind, &conv).await.unwrap(), None);
+        let d1 = store.upsert_document(kind, &conv, "first").await.unwrap();
+        assert_eq!(d1.content, "first");
+        let d2 = store.upsert_document(kind, &conv, "second").await.unwrap();
+        assert_eq!(d2.id, d1.id, "upsert replaces, keeps the row");
+        assert_eq!(d2.content, "second");
+        assert_eq!(d2.created_at, d1.created_at);
+        assert!(d2.updated_at >= d1.updated_at);
+        assert_eq!(store.get_document(kind, &conv).await.unwrap(), Some(d2));
+    }
+    let summary = store
+        .get_document(DocumentKind::Summary, &conv)
+        .await
+        .unwrap()
+        .unwrap();
+    let history = store
+        .get_document(DocumentKind::MedicalHistory, &conv)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(summary.id, history.id, "kinds are separate documents");
+    assert_not_found(
+        store
+            .upsert_document(DocumentKind::Summary, &new_id(), "x")
+            .await,
+        "document for unknown conversation",
+    );
+}
+
+async fn audit(store: &dyn Store) {
+    let (org, user) = tenant(store).await;
+    let (other, _) = tenant(store).await;
+    let entry = |action: &str, user_id: Option<&str>| NewAuditEntry {
+        organization_id: org.id.clone(),
+        user_id: user_id.map(str::to_owned),
+        action: action.into(),
+        entity_type: "conversation".into(),
+        entity_id: "c1".into(),
+    };
+    for action in ["create", "read", "update", "export"] {
+        store
+            .record_audit(entry(action, Some(&user.id)))
+            .await
+            .unwrap();
+    }
+    store.record_audit(entry("login", None)).await.unwrap();
+
+    let all = store.list_audit(&org.id, 100).await.unwrap();
+    let actions: Vec<_> = all.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["login", "export", "update", "read", "create"],
+        "newest first"
+    );
+    assert_eq!(all[0].user_id, None);
+    assert_eq!(all[1].user_id.as_deref(), Some(user.id.as_str()));
+    assert!(all.windows(2).all(|w| w[0].at >= w[1].at));
+    let two = store.list_audit(&org.id, 2).await.unwrap();
+    assert_eq!(two, all[..2].to_vec());
+    assert!(store.list_audit(&other.id, 100).await.unwrap().is_empty());
+}
+
+async fn verbatim_strings(store: &dyn Store) {
+    let (org, user) = tenant(store).await;
+    for (i, s) in NASTY.iter().enumerate() {
+        let username = format!("{s}-{}", new_id());
+        let u = store
+            .create_user(NewUser {
+                organization_id: org.id.clone(),
+                username: username.clone(),
+                password_hash: s.to_string(),
+                preferred_language: "en".into(),
+                role: UserRole::Clinician,
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.user_by_username(&username).await.unwrap(), u);
+        assert_eq!(u.password_hash, *s);
+
+        let (p, created) = store
+            .find_or_create_patient(new_patient(&org.id, s, &format!("{s}{i}")))
+            .await
+            .unwrap();
+        assert!(created);
+        assert_eq!(
+            store.get_patient(&org.id, &p.id).await.unwrap().first_name,
+            *s
+        );
+        let found = store
+            .list_patients(&org.id, Some(&format!("{s}{i}")), &Page::default())
+            .await
+            .unwrap();
+        assert!(found.iter().any(|x| x.id == p.id), "search by {s:?}");
+
+        let conv = conversation(store, &org, &user).await;
+        let mut m = new_message(&conv, SenderType::Patient, s);
+        m.translated_text = Some(s.to_string());
+        m.stt_item_id = Some(s.to_string());
+        m.speaker_source = Some(s.to_string());
+        let mut timings = serde_json::Map::new();
+        timings.insert(s.to_string(), json!(s));
+        m.timings = Some(timings.into());
+        let stored = store.insert_message(m).await.unwrap().into_inner();
+        let listed = store.list_messages(&conv, &Page::default()).await.unwrap();
+        assert_eq!(listed, vec![stored]);
+        assert_eq!(listed[0].original_text, *s);
+
+        let doc = store
+            .upsert_document(DocumentKind::Summary, &conv, s)
+            .await
+            .unwrap();
+        assert_eq!(doc.content, *s);
+        store
+            .record_audit(NewAuditEntry {
+                organization_id: org.id.clone(),
+                user_id: Some(s.to_string()),
+                action: s.to_string(),
+                entity_type: s.to_string(),
+                entity_id: s.to_string(),
+            })
+            .await
+            .unwrap();
+        let last = store.list_audit(&org.id, 1).await.unwrap();
+        assert_eq!(last[0].entity_id, *s);
+    }
+    // The tables the strings aimed at are still there.
+    assert!(store.count_users().await.unwrap() > 0);
+    store.user_by_id(&user.id).await.unwrap();
+}

@@ -37,6 +37,9 @@ pub fn new_id() -> String {
 /// `NotFound` and `Conflict` are expected outcomes the caller maps to 404/409; `Unavailable`
 /// is transient (busy database, lost connection) and worth a retry; `Backend` is a bug or a
 /// corrupt database and is logged, never shown to clients.
+///
+/// A write that references a row that does not exist (a foreign-key violation, e.g. a message
+/// for an unknown conversation) is `NotFound`: the thing the caller pointed at is not there.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("not found")]
@@ -309,13 +312,27 @@ impl<T> Inserted<T> {
     }
 }
 
-/// Keyset pagination over rows ordered by (timestamp, id) ascending.
+/// Keyset pagination in the listing's own order (each list method documents it).
+///
+/// Keyset rather than offset so a page boundary never duplicates or skips rows while new rows
+/// arrive.
 #[derive(Debug, Clone, Default)]
 pub struct Page {
     /// Return rows strictly after this row id (exclusive cursor); `None` starts at the beginning.
+    /// A cursor that is not a row of the listing (unknown, or another conversation's or
+    /// organization's) is [`Error::NotFound`] rather than an empty page.
     pub after: Option<String>,
-    /// At most this many rows.
+    /// At most this many rows; `0` means no limit (so `Page::default()` is "everything").
+    /// Callers taking a limit from clients clamp it first.
     pub limit: u32,
+}
+
+/// A schema migration recorded in `schema_migrations`, as reported by the CLI's `migrate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppliedMigration {
+    /// Sequence number from the file name (`0001_init.sql` is 1).
+    pub version: i64,
+    pub applied_at: Millis,
 }
 
 /// An action the clinician's voice commands (or later, REST) produce. `kind` is open-ended

@@ -1,0 +1,1005 @@
+//! The SQLite backend: the zero-configuration default (`./tandem.db`).
+//!
+//! Design decision: one `rusqlite::Connection` behind a `std::sync::Mutex`, and every call runs
+//! on tokio's blocking pool (`spawn_blocking`). SQLite serializes writers anyway, so a single
+//! connection costs little and makes every method trivially atomic within the process; WAL and
+//! `busy_timeout` cover other processes (the CLI) touching the same file.
+//!
+//! SQL is always written with `?N` placeholders and bound parameters; the only `format!` below
+//! splices constant column lists, never values.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::types::Type;
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior};
+
+use super::{
+    new_id, now_millis, Action, AppliedMigration, AuditEntry, Conversation, ConversationStatus,
+    ConversationWithPatient, Document, DocumentKind, Error, Inserted, Message, Millis, NewAction,
+    NewAuditEntry, NewConversation, NewMessage, NewPatient, NewUser, Organization, Page, Patient,
+    PatientUpdate, RefreshToken, Result, SenderType, Store, User, UserRole,
+};
+
+/// Embedded migrations, applied in order on open; the version is the file's number.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/sqlite/0001_init.sql"))];
+
+/// How long a statement waits for another process's lock before giving up as `Unavailable`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const ORG_COLS: &str = "id, name, created_at";
+const USER_COLS: &str =
+    "id, organization_id, username, password_hash, preferred_language, role, created_at, updated_at";
+const TOKEN_COLS: &str = "token_hash, user_id, family_id, expires_at, used_at, created_at";
+const PATIENT_COLS: &str = "id, organization_id, first_name, last_name, date_of_birth, \
+     preferred_language, created_at, updated_at";
+/// [`PATIENT_COLS`] qualified for joins (SQLite's RETURNING only takes the unqualified form).
+const P_PATIENT_COLS: &str = "p.id, p.organization_id, p.first_name, p.last_name, \
+     p.date_of_birth, p.preferred_language, p.created_at, p.updated_at";
+const CONV_COLS: &str = "id, organization_id, user_id, patient_id, clinician_language, \
+     patient_language, status, start_time, end_time, created_at, updated_at";
+const C_CONV_COLS: &str = "c.id, c.organization_id, c.user_id, c.patient_id, \
+     c.clinician_language, c.patient_language, c.status, c.start_time, c.end_time, c.created_at, \
+     c.updated_at";
+/// Number of columns in [`C_CONV_COLS`]; the patient columns follow in joined selects.
+const CONV_NCOLS: usize = 11;
+const MSG_COLS: &str = "id, conversation_id, timestamp, sender_type, original_text, \
+     translated_text, language, is_final, original_message_id, stt_item_id, speaker_source, \
+     speaker_confidence, timings";
+const ACTION_COLS: &str = "id, conversation_id, kind, status, data, created_at, updated_at";
+const DOC_COLS: &str = "id, conversation_id, content, created_at, updated_at";
+const AUDIT_COLS: &str = "id, organization_id, user_id, action, entity_type, entity_id, at";
+
+/// SQLite-backed [`Store`]. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file, sets WAL, `synchronous=NORMAL`,
+    /// `foreign_keys=ON` and the busy timeout, and applies pending migrations.
+    ///
+    /// Synchronous on purpose: it runs once at startup, before the server accepts requests.
+    ///
+    /// # Errors
+    /// `Backend` if the file cannot be opened, WAL cannot be enabled, a migration fails, or the
+    /// database was migrated by a newer Tandem (unknown versions); `Unavailable` if another
+    /// process holds the lock longer than the busy timeout.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Backend(format!(
+                "{}: cannot enable WAL (journal_mode = {mode})",
+                path.display()
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// The migrations recorded in the database, oldest first (for the CLI's `migrate`).
+    ///
+    /// # Errors
+    /// `Unavailable`/`Backend` as for any query.
+    pub async fn applied_migrations(&self) -> Result<Vec<AppliedMigration>> {
+        self.call(|c| applied_migrations(c)).await
+    }
+
+    /// Runs `f` on the connection on the blocking pool, so SQLite I/O never stalls a runtime
+    /// worker.
+    async fn call<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock unwound through any open `Transaction`, which
+            // rolled back on drop, so the connection itself is still consistent.
+            let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| Error::Backend(format!("sqlite task failed: {e}")))?
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        match &e {
+            rusqlite::Error::QueryReturnedNoRows => Error::NotFound,
+            rusqlite::Error::SqliteFailure(f, _) => match f.code {
+                ErrorCode::ConstraintViolation => match f.extended_code {
+                    rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY => Error::Conflict(e.to_string()),
+                    rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY => Error::NotFound,
+                    _ => Error::Backend(e.to_string()),
+                },
+                ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
+                    Error::Unavailable(e.to_string())
+                }
+                _ => Error::Backend(e.to_string()),
+            },
+            _ => Error::Backend(e.to_string()),
+        }
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version INTEGER PRIMARY KEY NOT NULL,
+             applied_at INTEGER NOT NULL
+         )",
+    )?;
+    let known = MIGRATIONS.last().map_or(0, |m| m.0);
+    for &(version, sql) in MIGRATIONS {
+        // IMMEDIATE takes the write lock up front, so two processes opening a fresh file at
+        // once apply each migration exactly once.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let newest: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )?;
+        if newest > known {
+            return Err(Error::Backend(format!(
+                "database schema version {newest} is newer than this build knows ({known})"
+            )));
+        }
+        let done: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?1)",
+            [version],
+            |r| r.get(0),
+        )?;
+        if !done {
+            tx.execute_batch(sql)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+                params![version, now_millis()],
+            )?;
+            tracing::info!(version, "applied sqlite migration");
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn applied_migrations(conn: &Connection) -> Result<Vec<AppliedMigration>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT version, applied_at FROM schema_migrations ORDER BY version")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(AppliedMigration {
+            version: r.get(0)?,
+            applied_at: r.get(1)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// `0` means unbounded, which SQLite spells `LIMIT -1`.
+fn sql_limit(page: &Page) -> i64 {
+    if page.limit == 0 {
+        -1
+    } else {
+        i64::from(page.limit)
+    }
+}
+
+/// Reads a text column into one of the domain enums; an unknown value is corruption.
+fn enum_col<T>(r: &Row<'_>, idx: usize, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
+    let s: String = r.get(idx)?;
+    parse(&s).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            idx,
+            Type::Text,
+            format!("unexpected value {s:?}").into(),
+        )
+    })
+}
+
+fn json_col(r: &Row<'_>, idx: usize) -> rusqlite::Result<Option<serde_json::Value>> {
+    let s: Option<String> = r.get(idx)?;
+    s.map(|s| serde_json::from_str(&s))
+        .transpose()
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(e)))
+}
+
+fn json_text(v: &serde_json::Value) -> String {
+    // Serializing a `Value` to a string cannot fail (no non-string map keys, no I/O).
+    v.to_string()
+}
+
+fn org_row(r: &Row<'_>) -> rusqlite::Result<Organization> {
+    Ok(Organization {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        created_at: r.get(2)?,
+    })
+}
+
+fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: r.get(0)?,
+        organization_id: r.get(1)?,
+        username: r.get(2)?,
+        password_hash: r.get(3)?,
+        preferred_language: r.get(4)?,
+        role: enum_col(r, 5, UserRole::parse)?,
+        created_at: r.get(6)?,
+        updated_at: r.get(7)?,
+    })
+}
+
+fn token_row(r: &Row<'_>) -> rusqlite::Result<RefreshToken> {
+    Ok(RefreshToken {
+        token_hash: r.get(0)?,
+        user_id: r.get(1)?,
+        family_id: r.get(2)?,
+        expires_at: r.get(3)?,
+        used_at: r.get(4)?,
+        created_at: r.get(5)?,
+    })
+}
+
+fn patient_at(r: &Row<'_>, base: usize) -> rusqlite::Result<Patient> {
+    Ok(Patient {
+        id: r.get(base)?,
+        organization_id: r.get(base + 1)?,
+        first_name: r.get(base + 2)?,
+        last_name: r.get(base + 3)?,
+        date_of_birth: r.get(base + 4)?,
+        preferred_language: r.get(base + 5)?,
+        created_at: r.get(base + 6)?,
+        updated_at: r.get(base + 7)?,
+    })
+}
+
+fn patient_row(r: &Row<'_>) -> rusqlite::Result<Patient> {
+    patient_at(r, 0)
+}
+
+fn conversation_row(r: &Row<'_>) -> rusqlite::Result<Conversation> {
+    Ok(Conversation {
+        id: r.get(0)?,
+        organization_id: r.get(1)?,
+        user_id: r.get(2)?,
+        patient_id: r.get(3)?,
+        clinician_language: r.get(4)?,
+        patient_language: r.get(5)?,
+        status: enum_col(r, 6, ConversationStatus::parse)?,
+        start_time: r.get(7)?,
+        end_time: r.get(8)?,
+        created_at: r.get(9)?,
+        updated_at: r.get(10)?,
+    })
+}
+
+fn conversation_with_patient_row(r: &Row<'_>) -> rusqlite::Result<ConversationWithPatient> {
+    Ok(ConversationWithPatient {
+        conversation: conversation_row(r)?,
+        patient: patient_at(r, CONV_NCOLS)?,
+    })
+}
+
+fn message_row(r: &Row<'_>) -> rusqlite::Result<Message> {
+    Ok(Message {
+        id: r.get(0)?,
+        conversation_id: r.get(1)?,
+        timestamp: r.get(2)?,
+        sender_type: enum_col(r, 3, SenderType::parse)?,
+        original_text: r.get(4)?,
+        translated_text: r.get(5)?,
+        language: r.get(6)?,
+        is_final: r.get(7)?,
+        original_message_id: r.get(8)?,
+        stt_item_id: r.get(9)?,
+        speaker_source: r.get(10)?,
+        speaker_confidence: r.get(11)?,
+        timings: json_col(r, 12)?,
+    })
+}
+
+fn action_row(r: &Row<'_>) -> rusqlite::Result<Action> {
+    Ok(Action {
+        id: r.get(0)?,
+        conversation_id: r.get(1)?,
+        kind: r.get(2)?,
+        status: r.get(3)?,
+        data: json_col(r, 4)?.unwrap_or(serde_json::Value::Null),
+        created_at: r.get(5)?,
+        updated_at: r.get(6)?,
+    })
+}
+
+fn document_row(r: &Row<'_>) -> rusqlite::Result<Document> {
+    Ok(Document {
+        id: r.get(0)?,
+        conversation_id: r.get(1)?,
+        content: r.get(2)?,
+        created_at: r.get(3)?,
+        updated_at: r.get(4)?,
+    })
+}
+
+fn audit_row(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        id: r.get(0)?,
+        organization_id: r.get(1)?,
+        user_id: r.get(2)?,
+        action: r.get(3)?,
+        entity_type: r.get(4)?,
+        entity_id: r.get(5)?,
+        at: r.get(6)?,
+    })
+}
+
+fn document_kind(kind: DocumentKind) -> &'static str {
+    match kind {
+        DocumentKind::Summary => "summary",
+        DocumentKind::MedicalHistory => "medical_history",
+    }
+}
+
+fn get_conversation(
+    conn: &Connection,
+    organization_id: &str,
+    id: &str,
+) -> Result<ConversationWithPatient> {
+    let sql = format!(
+        "SELECT {C_CONV_COLS}, {P_PATIENT_COLS} FROM conversations c \
+         JOIN patients p ON p.id = c.patient_id \
+         WHERE c.organization_id = ?1 AND c.id = ?2"
+    );
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row(params![organization_id, id], conversation_with_patient_row)?)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<()> {
+        self.call(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
+    }
+
+    async fn create_organization(&self, name: &str) -> Result<Organization> {
+        let org = Organization {
+            id: new_id(),
+            name: name.to_owned(),
+            created_at: now_millis(),
+        };
+        self.call(move |c| {
+            c.prepare_cached(
+                "INSERT INTO organizations (id, name, is_default, created_at) VALUES (?1, ?2, 0, ?3)",
+            )?
+            .execute(params![org.id, org.name, org.created_at])?;
+            Ok(org)
+        })
+        .await
+    }
+
+    async fn default_organization(&self) -> Result<Organization> {
+        self.call(|c| {
+            let select = format!("SELECT {ORG_COLS} FROM organizations WHERE is_default = 1");
+            if let Some(org) = c
+                .prepare_cached(&select)?
+                .query_row([], org_row)
+                .optional()?
+            {
+                return Ok(org);
+            }
+            c.prepare_cached(
+                "INSERT INTO organizations (id, name, is_default, created_at) \
+                 VALUES (?1, 'Default', 1, ?2) ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![new_id(), now_millis()])?;
+            Ok(c.prepare_cached(&select)?.query_row([], org_row)?)
+        })
+        .await
+    }
+
+    async fn get_organization(&self, id: &str) -> Result<Organization> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            let sql = format!("SELECT {ORG_COLS} FROM organizations WHERE id = ?1");
+            Ok(c.prepare_cached(&sql)?.query_row([id], org_row)?)
+        })
+        .await
+    }
+
+    async fn create_user(&self, user: NewUser) -> Result<User> {
+        let now = now_millis();
+        let user = User {
+            id: new_id(),
+            organization_id: user.organization_id,
+            username: user.username,
+            password_hash: user.password_hash,
+            preferred_language: user.preferred_language,
+            role: user.role,
+            created_at: now,
+            updated_at: now,
+        };
+        self.call(move |c| {
+            let sql =
+                format!("INSERT INTO users ({USER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
+            c.prepare_cached(&sql)?.execute(params![
+                user.id,
+                user.organization_id,
+                user.username,
+                user.password_hash,
+                user.preferred_language,
+                user.role.as_str(),
+                user.created_at,
+                user.updated_at
+            ])?;
+            Ok(user)
+        })
+        .await
+    }
+
+    async fn user_by_id(&self, id: &str) -> Result<User> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            let sql = format!("SELECT {USER_COLS} FROM users WHERE id = ?1");
+            Ok(c.prepare_cached(&sql)?.query_row([id], user_row)?)
+        })
+        .await
+    }
+
+    async fn user_by_username(&self, username: &str) -> Result<User> {
+        let username = username.to_owned();
+        self.call(move |c| {
+            let sql = format!("SELECT {USER_COLS} FROM users WHERE username = ?1");
+            Ok(c.prepare_cached(&sql)?.query_row([username], user_row)?)
+        })
+        .await
+    }
+
+    async fn list_users(&self) -> Result<Vec<User>> {
+        self.call(|c| {
+            let sql = format!("SELECT {USER_COLS} FROM users ORDER BY username, id");
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map([], user_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn count_users(&self) -> Result<u64> {
+        self.call(|c| {
+            let n: i64 = c.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))?;
+            u64::try_from(n).map_err(|e| Error::Backend(e.to_string()))
+        })
+        .await
+    }
+
+    async fn set_password_hash(&self, user_id: &str, password_hash: &str) -> Result<()> {
+        let (user_id, hash) = (user_id.to_owned(), password_hash.to_owned());
+        self.call(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE users SET password_hash = ?2, updated_at = ?3 WHERE id = ?1",
+                )?
+                .execute(params![user_id, hash, now_millis()])?;
+            if n == 0 {
+                return Err(Error::NotFound);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn insert_refresh_token(&self, token: RefreshToken) -> Result<()> {
+        self.call(move |c| {
+            let sql = format!(
+                "INSERT INTO refresh_tokens ({TOKEN_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            );
+            c.prepare_cached(&sql)?.execute(params![
+                token.token_hash,
+                token.user_id,
+                token.family_id,
+                token.expires_at,
+                token.used_at,
+                token.created_at
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn consume_refresh_token(&self, token_hash: &str) -> Result<RefreshToken> {
+        let token_hash = token_hash.to_owned();
+        self.call(move |c| {
+            // IMMEDIATE: read-then-write must not interleave with another process's consume.
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let before = {
+                let sql = format!("SELECT {TOKEN_COLS} FROM refresh_tokens WHERE token_hash = ?1");
+                tx.prepare_cached(&sql)?
+                    .query_row([&token_hash], token_row)?
+            };
+            tx.prepare_cached(
+                "UPDATE refresh_tokens SET used_at = COALESCE(used_at, ?2) WHERE token_hash = ?1",
+            )?
+            .execute(params![token_hash, now_millis()])?;
+            tx.commit()?;
+            Ok(before)
+        })
+        .await
+    }
+
+    async fn revoke_refresh_family(&self, family_id: &str) -> Result<()> {
+        let family_id = family_id.to_owned();
+        self.call(move |c| {
+            c.prepare_cached(
+                "UPDATE refresh_tokens SET used_at = COALESCE(used_at, ?2) WHERE family_id = ?1",
+            )?
+            .execute(params![family_id, now_millis()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn find_or_create_patient(&self, patient: NewPatient) -> Result<(Patient, bool)> {
+        self.call(move |c| {
+            let now = now_millis();
+            let created =
+                c.prepare_cached(
+                    "INSERT INTO patients (id, organization_id, first_name, last_name, \
+                     date_of_birth, preferred_language, created_at, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![
+                    new_id(),
+                    patient.organization_id,
+                    patient.first_name,
+                    patient.last_name,
+                    patient.date_of_birth,
+                    patient.preferred_language,
+                    now
+                ])? == 1;
+            let sql = format!(
+                "SELECT {PATIENT_COLS} FROM patients WHERE organization_id = ?1 \
+                 AND last_name = ?2 AND first_name = ?3 AND date_of_birth = ?4"
+            );
+            let found = c.prepare_cached(&sql)?.query_row(
+                params![
+                    patient.organization_id,
+                    patient.last_name,
+                    patient.first_name,
+                    patient.date_of_birth
+                ],
+                patient_row,
+            )?;
+            Ok((found, created))
+        })
+        .await
+    }
+
+    async fn get_patient(&self, organization_id: &str, id: &str) -> Result<Patient> {
+        let (org, id) = (organization_id.to_owned(), id.to_owned());
+        self.call(move |c| {
+            let sql = format!(
+                "SELECT {PATIENT_COLS} FROM patients WHERE organization_id = ?1 AND id = ?2"
+            );
+            Ok(c.prepare_cached(&sql)?
+                .query_row(params![org, id], patient_row)?)
+        })
+        .await
+    }
+
+    async fn list_patients(
+        &self,
+        organization_id: &str,
+        query: Option<&str>,
+        page: &Page,
+    ) -> Result<Vec<Patient>> {
+        let org = organization_id.to_owned();
+        let query = query.map(str::to_owned);
+        let (after, limit) = (page.after.clone(), sql_limit(page));
+        self.call(move |c| {
+            let cursor: Option<(String, String, String)> = match &after {
+                None => None,
+                Some(id) => Some(
+                    c.prepare_cached(
+                        "SELECT last_name, first_name, id FROM patients \
+                         WHERE organization_id = ?1 AND id = ?2",
+                    )?
+                    .query_row(params![org, id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?,
+                ),
+            };
+            let (last, first, cid) = match cursor {
+                Some((l, f, i)) => (Some(l), Some(f), Some(i)),
+                None => (None, None, None),
+            };
+            let sql = format!(
+                "SELECT {PATIENT_COLS} FROM patients WHERE organization_id = ?1 \
+                 AND (?2 IS NULL OR instr(lower(first_name), lower(?2)) > 0 \
+                      OR instr(lower(last_name), lower(?2)) > 0) \
+                 AND (?3 IS NULL OR (last_name, first_name, id) > (?3, ?4, ?5)) \
+                 ORDER BY last_name, first_name, id LIMIT ?6"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![org, query, last, first, cid, limit], patient_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn update_patient(
+        &self,
+        organization_id: &str,
+        id: &str,
+        update: PatientUpdate,
+    ) -> Result<Patient> {
+        let (org, id) = (organization_id.to_owned(), id.to_owned());
+        self.call(move |c| {
+            let sql = format!(
+                "UPDATE patients SET \
+                 first_name = COALESCE(?3, first_name), last_name = COALESCE(?4, last_name), \
+                 date_of_birth = COALESCE(?5, date_of_birth), \
+                 preferred_language = COALESCE(?6, preferred_language), updated_at = ?7 \
+                 WHERE organization_id = ?1 AND id = ?2 RETURNING {PATIENT_COLS}"
+            );
+            Ok(c.prepare_cached(&sql)?.query_row(
+                params![
+                    org,
+                    id,
+                    update.first_name,
+                    update.last_name,
+                    update.date_of_birth,
+                    update.preferred_language,
+                    now_millis()
+                ],
+                patient_row,
+            )?)
+        })
+        .await
+    }
+
+    async fn create_conversation(&self, conversation: NewConversation) -> Result<Conversation> {
+        let now = now_millis();
+        let conv = Conversation {
+            id: new_id(),
+            organization_id: conversation.organization_id,
+            user_id: conversation.user_id,
+            patient_id: conversation.patient_id,
+            clinician_language: conversation.clinician_language,
+            patient_language: conversation.patient_language,
+            status: ConversationStatus::Active,
+            start_time: now,
+            end_time: None,
+            created_at: now,
+            updated_at: now,
+        };
+        self.call(move |c| {
+            // The user and the patient must both belong to the conversation's organization.
+            let n = c
+                .prepare_cached(
+                    "INSERT INTO conversations (id, organization_id, user_id, patient_id, \
+                     clinician_language, patient_language, status, start_time, end_time, \
+                     created_at, updated_at) \
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, ?8, ?8 \
+                     WHERE EXISTS (SELECT 1 FROM users WHERE id = ?3 AND organization_id = ?2) \
+                       AND EXISTS (SELECT 1 FROM patients WHERE id = ?4 AND organization_id = ?2)",
+                )?
+                .execute(params![
+                    conv.id,
+                    conv.organization_id,
+                    conv.user_id,
+                    conv.patient_id,
+                    conv.clinician_language,
+                    conv.patient_language,
+                    conv.status.as_str(),
+                    conv.start_time
+                ])?;
+            if n == 0 {
+                return Err(Error::NotFound);
+            }
+            Ok(conv)
+        })
+        .await
+    }
+
+    async fn get_conversation(
+        &self,
+        organization_id: &str,
+        id: &str,
+    ) -> Result<ConversationWithPatient> {
+        let (org, id) = (organization_id.to_owned(), id.to_owned());
+        self.call(move |c| get_conversation(c, &org, &id)).await
+    }
+
+    async fn list_conversations(
+        &self,
+        organization_id: &str,
+        page: &Page,
+    ) -> Result<Vec<ConversationWithPatient>> {
+        let org = organization_id.to_owned();
+        let (after, limit) = (page.after.clone(), sql_limit(page));
+        self.call(move |c| {
+            let cursor: Option<(Millis, String)> = match &after {
+                None => None,
+                Some(id) => Some(
+                    c.prepare_cached(
+                        "SELECT start_time, id FROM conversations \
+                         WHERE organization_id = ?1 AND id = ?2",
+                    )?
+                    .query_row(params![org, id], |r| Ok((r.get(0)?, r.get(1)?)))?,
+                ),
+            };
+            let (start, cid) = cursor.unzip();
+            let sql = format!(
+                "SELECT {C_CONV_COLS}, {P_PATIENT_COLS} FROM conversations c \
+                 JOIN patients p ON p.id = c.patient_id \
+                 WHERE c.organization_id = ?1 \
+                 AND (?2 IS NULL OR (c.start_time, c.id) < (?2, ?3)) \
+                 ORDER BY c.start_time DESC, c.id DESC LIMIT ?4"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(
+                params![org, start, cid, limit],
+                conversation_with_patient_row,
+            )?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn set_conversation_status(
+        &self,
+        organization_id: &str,
+        id: &str,
+        status: ConversationStatus,
+        end_time: Option<Millis>,
+    ) -> Result<Conversation> {
+        let (org, id) = (organization_id.to_owned(), id.to_owned());
+        self.call(move |c| {
+            let sql = format!(
+                "UPDATE conversations SET status = ?3, end_time = COALESCE(?4, end_time), \
+                 updated_at = ?5 WHERE organization_id = ?1 AND id = ?2 RETURNING {CONV_COLS}"
+            );
+            Ok(c.prepare_cached(&sql)?.query_row(
+                params![org, id, status.as_str(), end_time, now_millis()],
+                conversation_row,
+            )?)
+        })
+        .await
+    }
+
+    async fn set_patient_language(
+        &self,
+        organization_id: &str,
+        id: &str,
+        language: &str,
+    ) -> Result<Conversation> {
+        let (org, id, lang) = (
+            organization_id.to_owned(),
+            id.to_owned(),
+            language.to_owned(),
+        );
+        self.call(move |c| {
+            let sql = format!(
+                "UPDATE conversations SET patient_language = ?3, updated_at = ?4 \
+                 WHERE organization_id = ?1 AND id = ?2 RETURNING {CONV_COLS}"
+            );
+            Ok(c.prepare_cached(&sql)?
+                .query_row(params![org, id, lang, now_millis()], conversation_row)?)
+        })
+        .await
+    }
+
+    async fn insert_message(&self, message: NewMessage) -> Result<Inserted<Message>> {
+        let msg = Message {
+            id: new_id(),
+            conversation_id: message.conversation_id,
+            timestamp: now_millis(),
+            sender_type: message.sender_type,
+            original_text: message.original_text,
+            translated_text: message.translated_text,
+            language: message.language,
+            is_final: message.is_final,
+            original_message_id: message.original_message_id,
+            stt_item_id: message.stt_item_id,
+            speaker_source: message.speaker_source,
+            speaker_confidence: message.speaker_confidence,
+            timings: message.timings,
+        };
+        self.call(move |c| {
+            // DO NOTHING fires only on the (conversation, item, kind) index: the id is fresh.
+            let sql = format!(
+                "INSERT INTO messages ({MSG_COLS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+                 ON CONFLICT DO NOTHING"
+            );
+            let n = c.prepare_cached(&sql)?.execute(params![
+                msg.id,
+                msg.conversation_id,
+                msg.timestamp,
+                msg.sender_type.as_str(),
+                msg.original_text,
+                msg.translated_text,
+                msg.language,
+                msg.is_final,
+                msg.original_message_id,
+                msg.stt_item_id,
+                msg.speaker_source,
+                msg.speaker_confidence,
+                msg.timings.as_ref().map(json_text)
+            ])?;
+            if n == 1 {
+                return Ok(Inserted::New(msg));
+            }
+            let sql = format!(
+                "SELECT {MSG_COLS} FROM messages WHERE conversation_id = ?1 \
+                 AND stt_item_id = ?2 AND (sender_type = 'translation') = ?3"
+            );
+            let existing = c.prepare_cached(&sql)?.query_row(
+                params![
+                    msg.conversation_id,
+                    msg.stt_item_id,
+                    msg.sender_type == SenderType::Translation
+                ],
+                message_row,
+            )?;
+            Ok(Inserted::Existing(existing))
+        })
+        .await
+    }
+
+    async fn list_messages(&self, conversation_id: &str, page: &Page) -> Result<Vec<Message>> {
+        let conv = conversation_id.to_owned();
+        let (after, limit) = (page.after.clone(), sql_limit(page));
+        self.call(move |c| {
+            let cursor: Option<(Millis, String)> = match &after {
+                None => None,
+                Some(id) => Some(
+                    c.prepare_cached(
+                        "SELECT timestamp, id FROM messages WHERE conversation_id = ?1 AND id = ?2",
+                    )?
+                    .query_row(params![conv, id], |r| Ok((r.get(0)?, r.get(1)?)))?,
+                ),
+            };
+            let (ts, cid) = cursor.unzip();
+            let sql = format!(
+                "SELECT {MSG_COLS} FROM messages WHERE conversation_id = ?1 \
+                 AND (?2 IS NULL OR (timestamp, id) > (?2, ?3)) \
+                 ORDER BY timestamp, id LIMIT ?4"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![conv, ts, cid, limit], message_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn insert_action(&self, action: NewAction) -> Result<Action> {
+        let now = now_millis();
+        let action = Action {
+            id: new_id(),
+            conversation_id: action.conversation_id,
+            kind: action.kind,
+            status: action.status,
+            data: action.data,
+            created_at: now,
+            updated_at: now,
+        };
+        self.call(move |c| {
+            let sql =
+                format!("INSERT INTO actions ({ACTION_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+            c.prepare_cached(&sql)?.execute(params![
+                action.id,
+                action.conversation_id,
+                action.kind,
+                action.status,
+                json_text(&action.data),
+                action.created_at,
+                action.updated_at
+            ])?;
+            Ok(action)
+        })
+        .await
+    }
+
+    async fn list_actions(&self, conversation_id: &str) -> Result<Vec<Action>> {
+        let conv = conversation_id.to_owned();
+        self.call(move |c| {
+            let sql = format!(
+                "SELECT {ACTION_COLS} FROM actions WHERE conversation_id = ?1 \
+                 ORDER BY created_at DESC, id DESC"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map([conv], action_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn upsert_document(
+        &self,
+        kind: DocumentKind,
+        conversation_id: &str,
+        content: &str,
+    ) -> Result<Document> {
+        let (conv, content) = (conversation_id.to_owned(), content.to_owned());
+        self.call(move |c| {
+            let sql = format!(
+                "INSERT INTO documents (id, conversation_id, kind, content, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5) \
+                 ON CONFLICT (conversation_id, kind) DO UPDATE \
+                 SET content = excluded.content, updated_at = excluded.updated_at \
+                 RETURNING {DOC_COLS}"
+            );
+            Ok(c.prepare_cached(&sql)?.query_row(
+                params![new_id(), conv, document_kind(kind), content, now_millis()],
+                document_row,
+            )?)
+        })
+        .await
+    }
+
+    async fn get_document(
+        &self,
+        kind: DocumentKind,
+        conversation_id: &str,
+    ) -> Result<Option<Document>> {
+        let conv = conversation_id.to_owned();
+        self.call(move |c| {
+            let sql = format!(
+                "SELECT {DOC_COLS} FROM documents WHERE conversation_id = ?1 AND kind = ?2"
+            );
+            Ok(c.prepare_cached(&sql)?
+                .query_row(params![conv, document_kind(kind)], document_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn record_audit(&self, entry: NewAuditEntry) -> Result<()> {
+        self.call(move |c| {
+            let sql =
+                format!("INSERT INTO audit_log ({AUDIT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+            c.prepare_cached(&sql)?.execute(params![
+                new_id(),
+                entry.organization_id,
+                entry.user_id,
+                entry.action,
+                entry.entity_type,
+                entry.entity_id,
+                now_millis()
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_audit(&self, organization_id: &str, limit: u32) -> Result<Vec<AuditEntry>> {
+        let org = organization_id.to_owned();
+        self.call(move |c| {
+            let sql = format!(
+                "SELECT {AUDIT_COLS} FROM audit_log WHERE organization_id = ?1 \
+                 ORDER BY at DESC, id DESC LIMIT ?2"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![org, i64::from(limit)], audit_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+}
