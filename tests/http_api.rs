@@ -14,7 +14,7 @@ use tandem::store::{NewAction, NewMessage, SenderType, Store};
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap()
+        .expect("clock after 1970")
         .as_secs()
 }
 
@@ -24,7 +24,7 @@ fn mint(secret: &[u8], claims: Value) -> String {
         &claims,
         &jsonwebtoken::EncodingKey::from_secret(secret),
     )
-    .unwrap()
+    .expect("HS256 signing")
 }
 
 fn claims(user_id: &str, iss: &str, aud: &str, exp: u64) -> Value {

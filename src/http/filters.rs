@@ -182,6 +182,54 @@ mod tests {
         assert!(parse_json::<Body>(br#"{"n":1}"#).is_ok());
     }
 
+    #[tokio::test]
+    async fn ws_auth_takes_query_token_rest_auth_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::sqlite::SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let state = AppState::new(
+            std::sync::Arc::new(store),
+            crate::auth::AuthConfig::new(vec![3; 32]),
+            super::super::HttpConfig::default(),
+        )
+        .unwrap();
+        let user = crate::store::User {
+            id: "u1".into(),
+            organization_id: "o1".into(),
+            username: "ws".into(),
+            password_hash: String::new(),
+            preferred_language: "en".into(),
+            role: crate::store::UserRole::Clinician,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let token = state.auth.issue_access(&user);
+        let path = format!("/ws?conversationId=c1&token={token}");
+
+        let ws = with_ws_auth(state.clone());
+        let p = warp::test::request().path(&path).filter(&ws).await.unwrap();
+        assert_eq!(p.user_id, "u1");
+        let p = warp::test::request()
+            .path("/ws")
+            .header("authorization", format!("Bearer {token}"))
+            .filter(&ws)
+            .await
+            .unwrap();
+        assert_eq!(p.organization_id, "o1");
+        assert!(warp::test::request()
+            .path("/ws?token=forged")
+            .filter(&ws)
+            .await
+            .is_err());
+        assert!(warp::test::request().path("/ws").filter(&ws).await.is_err());
+
+        let rest = with_auth(state);
+        assert!(warp::test::request()
+            .path(&path)
+            .filter(&rest)
+            .await
+            .is_err());
+    }
+
     #[test]
     fn bearer_and_query_token() {
         let mut h = HeaderMap::new();
