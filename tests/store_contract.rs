@@ -88,7 +88,7 @@ mod postgres {
     async fn raw_client(url: &str) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
             .await
-            .unwrap();
+            .expect("admin connection to TANDEM_TEST_DATABASE_URL");
         tokio::spawn(conn);
         client
     }
@@ -126,6 +126,21 @@ mod postgres {
             .await
             .unwrap();
         assert_eq!(killed, 1, "exactly the store's own connection");
+        // Wait until the backend has really exited, so the next call meets a dead connection.
+        for _ in 0..100 {
+            let alive: i64 = admin
+                .query_one(
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = $1",
+                    &[&store.application_name()],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if alive == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         let mut recovered = false;
         for _ in 0..3 {
             match store.ping().await {

@@ -438,8 +438,9 @@ pub trait Store: Send + Sync + 'static {
     /// or creates one. Returns the patient and whether it was created.
     async fn find_or_create_patient(&self, patient: NewPatient) -> Result<(Patient, bool)>;
     async fn get_patient(&self, organization_id: &str, id: &str) -> Result<Patient>;
-    /// Ordered by last name, first name, id; `query` filters on a case-insensitive substring of
-    /// either name.
+    /// Ordered by last name, first name, id (byte order, identical in both backends); `query`
+    /// filters on a case-insensitive substring of either name. Case folding is ASCII-only in
+    /// both backends (SQLite's `lower()`), so `josé` finds `José` but not `JOSÉ`.
     async fn list_patients(
         &self,
         organization_id: &str,
@@ -501,8 +502,11 @@ pub trait Store: Send + Sync + 'static {
         conversation_id: &str,
         content: &str,
     ) -> Result<Document>;
-    async fn get_document(&self, kind: DocumentKind, conversation_id: &str)
-        -> Result<Option<Document>>;
+    async fn get_document(
+        &self,
+        kind: DocumentKind,
+        conversation_id: &str,
+    ) -> Result<Option<Document>>;
 
     // --- audit ---
     async fn record_audit(&self, entry: NewAuditEntry) -> Result<()>;

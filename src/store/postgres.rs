@@ -1,0 +1,1088 @@
+//! The PostgreSQL backend (`--features postgres`), for installs that outgrow one SQLite file.
+//!
+//! Design decision: one multiplexed `tokio_postgres::Client` (it pipelines concurrent queries
+//! on a single connection) behind a reconnect-on-next-call slot, and every method a single
+//! statement or a short sequence of idempotent ones, so no method needs a client-side
+//! transaction on the shared connection. Atomic read-modify-write (refresh-token consumption)
+//! is one `UPDATE … FROM (SELECT … FOR UPDATE)` statement.
+//!
+//! TLS: the connection uses `NoTls`. Point it at loopback or a Unix socket; for a remote
+//! database, terminate TLS locally (pgbouncer, stunnel, or a socket forwarded over SSH).
+//!
+//! Text that listings order by is `COLLATE "C"` in the schema, so ordering and keyset cursors
+//! are byte order, exactly as in SQLite.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Config, NoTls, Row};
+
+use super::{
+    new_id, now_millis, Action, AppliedMigration, AuditEntry, Conversation, ConversationStatus,
+    ConversationWithPatient, Document, DocumentKind, Error, Inserted, Message, Millis, NewAction,
+    NewAuditEntry, NewConversation, NewMessage, NewPatient, NewUser, Organization, Page, Patient,
+    PatientUpdate, RefreshToken, Result, SenderType, Store, User, UserRole,
+};
+
+/// Embedded migrations, applied in order on connect; the version is the file's number.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/postgres/0001_init.sql"))];
+
+/// Used when the URL sets no `connect_timeout`, so an unreachable server fails fast as
+/// `Unavailable` instead of hanging a request.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+const ORG_COLS: &str = "id, name, created_at";
+const USER_COLS: &str =
+    "id, organization_id, username, password_hash, preferred_language, role, created_at, updated_at";
+const TOKEN_COLS: &str = "token_hash, user_id, family_id, expires_at, used_at, created_at";
+const PATIENT_COLS: &str = "id, organization_id, first_name, last_name, date_of_birth, \
+     preferred_language, created_at, updated_at";
+const P_PATIENT_COLS: &str = "p.id, p.organization_id, p.first_name, p.last_name, \
+     p.date_of_birth, p.preferred_language, p.created_at, p.updated_at";
+const CONV_COLS: &str = "id, organization_id, user_id, patient_id, clinician_language, \
+     patient_language, status, start_time, end_time, created_at, updated_at";
+const C_CONV_COLS: &str = "c.id, c.organization_id, c.user_id, c.patient_id, \
+     c.clinician_language, c.patient_language, c.status, c.start_time, c.end_time, c.created_at, \
+     c.updated_at";
+/// Number of columns in [`C_CONV_COLS`]; the patient columns follow in joined selects.
+const CONV_NCOLS: usize = 11;
+const MSG_COLS: &str = "id, conversation_id, timestamp, sender_type, original_text, \
+     translated_text, language, is_final, original_message_id, stt_item_id, speaker_source, \
+     speaker_confidence, timings";
+const ACTION_COLS: &str = "id, conversation_id, kind, status, data, created_at, updated_at";
+const DOC_COLS: &str = "id, conversation_id, content, created_at, updated_at";
+const AUDIT_COLS: &str = "id, organization_id, user_id, action, entity_type, entity_id, at";
+
+/// PostgreSQL-backed [`Store`].
+pub struct PostgresStore {
+    config: Config,
+    /// Quoted schema identifier put first on `search_path`, if any.
+    schema: Option<String>,
+    /// Unique per store, so its session can be found in `pg_stat_activity`.
+    application_name: String,
+    /// The live client; replaced on the next call after the connection closed. The async
+    /// mutex is held only to clone the `Arc` or while dialing, so concurrent callers after a
+    /// drop wait for one reconnect instead of racing several.
+    client: tokio::sync::Mutex<Option<Arc<Client>>>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.schema)
+            .field("application_name", &self.application_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user@host:port/db`) and applies pending migrations to
+    /// the connection's default schema.
+    ///
+    /// # Errors
+    /// `Unavailable` if the server cannot be reached; `Backend` for a bad URL, failed
+    /// authentication, a failed migration, or a schema migrated by a newer Tandem.
+    pub async fn connect(url: &str) -> Result<PostgresStore> {
+        Self::open(url, None).await
+    }
+
+    /// Like [`connect`](Self::connect), but creates `schema` if needed and keeps all tables
+    /// there (`search_path`), so tests and co-hosted installs can share one database.
+    ///
+    /// # Errors
+    /// As for [`connect`](Self::connect).
+    pub async fn connect_with_schema(url: &str, schema: &str) -> Result<PostgresStore> {
+        Self::open(url, Some(schema)).await
+    }
+
+    async fn open(url: &str, schema: Option<&str>) -> Result<PostgresStore> {
+        let mut config: Config = url
+            .parse()
+            .map_err(|e| Error::Backend(format!("invalid postgres url: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+        }
+        let application_name = format!("tandem-{}", new_id());
+        config.application_name(&application_name);
+        let store = PostgresStore {
+            config,
+            schema: schema.map(quote_ident),
+            application_name,
+            client: tokio::sync::Mutex::new(None),
+        };
+        let mut client = store.dial().await?;
+        if let Some(schema) = &store.schema {
+            client
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .await?;
+        }
+        migrate(&mut client).await?;
+        *store.client.lock().await = Some(Arc::new(client));
+        Ok(store)
+    }
+
+    /// The `application_name` this store's sessions carry, to find them in
+    /// `pg_stat_activity`.
+    pub fn application_name(&self) -> &str {
+        &self.application_name
+    }
+
+    /// The migrations recorded in the schema, oldest first (for the CLI's `migrate`).
+    ///
+    /// # Errors
+    /// `Unavailable`/`Backend` as for any query.
+    pub async fn applied_migrations(&self) -> Result<Vec<AppliedMigration>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT version, applied_at FROM schema_migrations ORDER BY version",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AppliedMigration {
+                    version: r.try_get(0)?,
+                    applied_at: r.try_get(1)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn dial(&self) -> Result<Client> {
+        let (client, connection) = self.config.connect(NoTls).await?;
+        let name = self.application_name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(application_name = %name, error = %e, "postgres connection lost");
+            }
+        });
+        if let Some(schema) = &self.schema {
+            client
+                .batch_execute(&format!("SET search_path TO {schema}"))
+                .await?;
+        }
+        Ok(client)
+    }
+
+    /// The live client, reconnecting first if the previous connection closed.
+    async fn client(&self) -> Result<Arc<Client>> {
+        let mut slot = self.client.lock().await;
+        if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(client));
+        }
+        if slot.is_some() {
+            tracing::info!(application_name = %self.application_name, "reconnecting to postgres");
+        }
+        *slot = None;
+        let client = Arc::new(self.dial().await?);
+        *slot = Some(Arc::clone(&client));
+        Ok(client)
+    }
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if let Some(db) = e.as_db_error() {
+            let code = db.code();
+            let detail = format!("{} ({})", db.message(), code.code());
+            return if *code == SqlState::UNIQUE_VIOLATION {
+                Error::Conflict(db.constraint().map_or(detail, str::to_owned))
+            } else if *code == SqlState::FOREIGN_KEY_VIOLATION {
+                Error::NotFound
+            } else if matches!(&code.code()[..2], "08" | "40" | "53" | "57") {
+                // Connection exception, serialization failure/deadlock, out of resources,
+                // operator intervention (shutdown, terminated session): all worth a retry.
+                Error::Unavailable(detail)
+            } else {
+                Error::Backend(detail)
+            };
+        }
+        let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+        if e.is_closed() || io {
+            Error::Unavailable(e.to_string())
+        } else {
+            Error::Backend(e.to_string())
+        }
+    }
+}
+
+/// Double-quotes an identifier, so any schema name is taken literally.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+async fn migrate(client: &mut Client) -> Result<()> {
+    let known = MIGRATIONS.last().map_or(0, |m| m.0);
+    for &(version, sql) in MIGRATIONS {
+        let tx = client.transaction().await?;
+        // Serializes concurrent migrators of the same schema (several replicas starting).
+        tx.batch_execute(
+            "SELECT pg_advisory_xact_lock(hashtext('tandem.migrate.' || COALESCE(current_schema(), '')));
+             CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version BIGINT PRIMARY KEY NOT NULL,
+                 applied_at BIGINT NOT NULL
+             )",
+        )
+        .await?;
+        let newest: i64 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations",
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+        if newest > known {
+            return Err(Error::Backend(format!(
+                "database schema version {newest} is newer than this build knows ({known})"
+            )));
+        }
+        let done: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = $1)",
+                &[&version],
+            )
+            .await?
+            .try_get(0)?;
+        if !done {
+            tx.batch_execute(sql).await?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+                &[&version, &now_millis()],
+            )
+            .await?;
+            tracing::info!(version, "applied postgres migration");
+        }
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// `0` means unbounded, which Postgres spells `LIMIT NULL`.
+fn sql_limit(page: &Page) -> Option<i64> {
+    (page.limit != 0).then(|| i64::from(page.limit))
+}
+
+fn enum_col<T>(r: &Row, idx: usize, parse: fn(&str) -> Option<T>) -> Result<T> {
+    let s: String = r.try_get(idx)?;
+    parse(&s).ok_or_else(|| Error::Backend(format!("unexpected value {s:?} in column {idx}")))
+}
+
+fn json_col(r: &Row, idx: usize) -> Result<Option<serde_json::Value>> {
+    let s: Option<String> = r.try_get(idx)?;
+    s.map(|s| serde_json::from_str(&s))
+        .transpose()
+        .map_err(|e| Error::Backend(format!("bad JSON in column {idx}: {e}")))
+}
+
+fn json_text(v: &serde_json::Value) -> String {
+    // Serializing a `Value` to a string cannot fail (no non-string map keys, no I/O).
+    v.to_string()
+}
+
+fn org_row(r: &Row) -> Result<Organization> {
+    Ok(Organization {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        created_at: r.try_get(2)?,
+    })
+}
+
+fn user_row(r: &Row) -> Result<User> {
+    Ok(User {
+        id: r.try_get(0)?,
+        organization_id: r.try_get(1)?,
+        username: r.try_get(2)?,
+        password_hash: r.try_get(3)?,
+        preferred_language: r.try_get(4)?,
+        role: enum_col(r, 5, UserRole::parse)?,
+        created_at: r.try_get(6)?,
+        updated_at: r.try_get(7)?,
+    })
+}
+
+fn token_row(r: &Row) -> Result<RefreshToken> {
+    Ok(RefreshToken {
+        token_hash: r.try_get(0)?,
+        user_id: r.try_get(1)?,
+        family_id: r.try_get(2)?,
+        expires_at: r.try_get(3)?,
+        used_at: r.try_get(4)?,
+        created_at: r.try_get(5)?,
+    })
+}
+
+fn patient_at(r: &Row, base: usize) -> Result<Patient> {
+    Ok(Patient {
+        id: r.try_get(base)?,
+        organization_id: r.try_get(base + 1)?,
+        first_name: r.try_get(base + 2)?,
+        last_name: r.try_get(base + 3)?,
+        date_of_birth: r.try_get(base + 4)?,
+        preferred_language: r.try_get(base + 5)?,
+        created_at: r.try_get(base + 6)?,
+        updated_at: r.try_get(base + 7)?,
+    })
+}
+
+fn patient_row(r: &Row) -> Result<Patient> {
+    patient_at(r, 0)
+}
+
+fn conversation_row(r: &Row) -> Result<Conversation> {
+    Ok(Conversation {
+        id: r.try_get(0)?,
+        organization_id: r.try_get(1)?,
+        user_id: r.try_get(2)?,
+        patient_id: r.try_get(3)?,
+        clinician_language: r.try_get(4)?,
+        patient_language: r.try_get(5)?,
+        status: enum_col(r, 6, ConversationStatus::parse)?,
+        start_time: r.try_get(7)?,
+        end_time: r.try_get(8)?,
+        created_at: r.try_get(9)?,
+        updated_at: r.try_get(10)?,
+    })
+}
+
+fn conversation_with_patient_row(r: &Row) -> Result<ConversationWithPatient> {
+    Ok(ConversationWithPatient {
+        conversation: conversation_row(r)?,
+        patient: patient_at(r, CONV_NCOLS)?,
+    })
+}
+
+fn message_row(r: &Row) -> Result<Message> {
+    Ok(Message {
+        id: r.try_get(0)?,
+        conversation_id: r.try_get(1)?,
+        timestamp: r.try_get(2)?,
+        sender_type: enum_col(r, 3, SenderType::parse)?,
+        original_text: r.try_get(4)?,
+        translated_text: r.try_get(5)?,
+        language: r.try_get(6)?,
+        is_final: r.try_get(7)?,
+        original_message_id: r.try_get(8)?,
+        stt_item_id: r.try_get(9)?,
+        speaker_source: r.try_get(10)?,
+        speaker_confidence: r.try_get(11)?,
+        timings: json_col(r, 12)?,
+    })
+}
+
+fn action_row(r: &Row) -> Result<Action> {
+    Ok(Action {
+        id: r.try_get(0)?,
+        conversation_id: r.try_get(1)?,
+        kind: r.try_get(2)?,
+        status: r.try_get(3)?,
+        data: json_col(r, 4)?.unwrap_or(serde_json::Value::Null),
+        created_at: r.try_get(5)?,
+        updated_at: r.try_get(6)?,
+    })
+}
+
+fn document_row(r: &Row) -> Result<Document> {
+    Ok(Document {
+        id: r.try_get(0)?,
+        conversation_id: r.try_get(1)?,
+        content: r.try_get(2)?,
+        created_at: r.try_get(3)?,
+        updated_at: r.try_get(4)?,
+    })
+}
+
+fn audit_row(r: &Row) -> Result<AuditEntry> {
+    Ok(AuditEntry {
+        id: r.try_get(0)?,
+        organization_id: r.try_get(1)?,
+        user_id: r.try_get(2)?,
+        action: r.try_get(3)?,
+        entity_type: r.try_get(4)?,
+        entity_id: r.try_get(5)?,
+        at: r.try_get(6)?,
+    })
+}
+
+fn document_kind(kind: DocumentKind) -> &'static str {
+    match kind {
+        DocumentKind::Summary => "summary",
+        DocumentKind::MedicalHistory => "medical_history",
+    }
+}
+
+fn rows<T>(rows: &[Row], f: fn(&Row) -> Result<T>) -> Result<Vec<T>> {
+    rows.iter().map(f).collect()
+}
+
+/// `Some(row)` mapped, or `NotFound`.
+fn one<T>(row: Option<Row>, f: fn(&Row) -> Result<T>) -> Result<T> {
+    row.as_ref().map_or(Err(Error::NotFound), f)
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn ping(&self) -> Result<()> {
+        self.client().await?.batch_execute("SELECT 1").await?;
+        Ok(())
+    }
+
+    async fn create_organization(&self, name: &str) -> Result<Organization> {
+        let org = Organization {
+            id: new_id(),
+            name: name.to_owned(),
+            created_at: now_millis(),
+        };
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO organizations (id, name, is_default, created_at) \
+                 VALUES ($1, $2, FALSE, $3)",
+                &[&org.id, &org.name, &org.created_at],
+            )
+            .await?;
+        Ok(org)
+    }
+
+    async fn default_organization(&self) -> Result<Organization> {
+        let c = self.client().await?;
+        let select = format!("SELECT {ORG_COLS} FROM organizations WHERE is_default");
+        if let Some(row) = c.query_opt(&select, &[]).await? {
+            return org_row(&row);
+        }
+        c.execute(
+            "INSERT INTO organizations (id, name, is_default, created_at) \
+             VALUES ($1, 'Default', TRUE, $2) ON CONFLICT DO NOTHING",
+            &[&new_id(), &now_millis()],
+        )
+        .await?;
+        org_row(&c.query_one(&select, &[]).await?)
+    }
+
+    async fn get_organization(&self, id: &str) -> Result<Organization> {
+        let sql = format!("SELECT {ORG_COLS} FROM organizations WHERE id = $1");
+        one(self.client().await?.query_opt(&sql, &[&id]).await?, org_row)
+    }
+
+    async fn create_user(&self, user: NewUser) -> Result<User> {
+        let now = now_millis();
+        let user = User {
+            id: new_id(),
+            organization_id: user.organization_id,
+            username: user.username,
+            password_hash: user.password_hash,
+            preferred_language: user.preferred_language,
+            role: user.role,
+            created_at: now,
+            updated_at: now,
+        };
+        let sql =
+            format!("INSERT INTO users ({USER_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)");
+        self.client()
+            .await?
+            .execute(
+                &sql,
+                &[
+                    &user.id,
+                    &user.organization_id,
+                    &user.username,
+                    &user.password_hash,
+                    &user.preferred_language,
+                    &user.role.as_str(),
+                    &user.created_at,
+                    &user.updated_at,
+                ],
+            )
+            .await?;
+        Ok(user)
+    }
+
+    async fn user_by_id(&self, id: &str) -> Result<User> {
+        let sql = format!("SELECT {USER_COLS} FROM users WHERE id = $1");
+        one(
+            self.client().await?.query_opt(&sql, &[&id]).await?,
+            user_row,
+        )
+    }
+
+    async fn user_by_username(&self, username: &str) -> Result<User> {
+        let sql = format!("SELECT {USER_COLS} FROM users WHERE username = $1");
+        one(
+            self.client().await?.query_opt(&sql, &[&username]).await?,
+            user_row,
+        )
+    }
+
+    async fn list_users(&self) -> Result<Vec<User>> {
+        let sql = format!("SELECT {USER_COLS} FROM users ORDER BY username, id");
+        rows(&self.client().await?.query(&sql, &[]).await?, user_row)
+    }
+
+    async fn count_users(&self) -> Result<u64> {
+        let n: i64 = self
+            .client()
+            .await?
+            .query_one("SELECT COUNT(*) FROM users", &[])
+            .await?
+            .try_get(0)?;
+        u64::try_from(n).map_err(|e| Error::Backend(e.to_string()))
+    }
+
+    async fn set_password_hash(&self, user_id: &str, password_hash: &str) -> Result<()> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1",
+                &[&user_id, &password_hash, &now_millis()],
+            )
+            .await?;
+        if n == 0 {
+            return Err(Error::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn insert_refresh_token(&self, token: RefreshToken) -> Result<()> {
+        let sql =
+            format!("INSERT INTO refresh_tokens ({TOKEN_COLS}) VALUES ($1, $2, $3, $4, $5, $6)");
+        self.client()
+            .await?
+            .execute(
+                &sql,
+                &[
+                    &token.token_hash,
+                    &token.user_id,
+                    &token.family_id,
+                    &token.expires_at,
+                    &token.used_at,
+                    &token.created_at,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn consume_refresh_token(&self, token_hash: &str) -> Result<RefreshToken> {
+        // One statement: the row lock makes a concurrent consumer wait and then see this
+        // one's `used_at`, so exactly one caller gets the unused token.
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "UPDATE refresh_tokens t SET used_at = COALESCE(t.used_at, $2) \
+                 FROM (SELECT token_hash, used_at FROM refresh_tokens \
+                       WHERE token_hash = $1 FOR UPDATE) old \
+                 WHERE t.token_hash = old.token_hash \
+                 RETURNING t.token_hash, t.user_id, t.family_id, t.expires_at, old.used_at, \
+                           t.created_at",
+                &[&token_hash, &now_millis()],
+            )
+            .await?;
+        one(row, token_row)
+    }
+
+    async fn revoke_refresh_family(&self, family_id: &str) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE refresh_tokens SET used_at = COALESCE(used_at, $2) WHERE family_id = $1",
+                &[&family_id, &now_millis()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn find_or_create_patient(&self, patient: NewPatient) -> Result<(Patient, bool)> {
+        let c = self.client().await?;
+        let created = c
+            .execute(
+                "INSERT INTO patients (id, organization_id, first_name, last_name, \
+                 date_of_birth, preferred_language, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT DO NOTHING",
+                &[
+                    &new_id(),
+                    &patient.organization_id,
+                    &patient.first_name,
+                    &patient.last_name,
+                    &patient.date_of_birth,
+                    &patient.preferred_language,
+                    &now_millis(),
+                ],
+            )
+            .await?
+            == 1;
+        let sql = format!(
+            "SELECT {PATIENT_COLS} FROM patients WHERE organization_id = $1 \
+             AND last_name = $2 AND first_name = $3 AND date_of_birth = $4"
+        );
+        let row = c
+            .query_one(
+                &sql,
+                &[
+                    &patient.organization_id,
+                    &patient.last_name,
+                    &patient.first_name,
+                    &patient.date_of_birth,
+                ],
+            )
+            .await?;
+        Ok((patient_row(&row)?, created))
+    }
+
+    async fn get_patient(&self, organization_id: &str, id: &str) -> Result<Patient> {
+        let sql =
+            format!("SELECT {PATIENT_COLS} FROM patients WHERE organization_id = $1 AND id = $2");
+        one(
+            self.client()
+                .await?
+                .query_opt(&sql, &[&organization_id, &id])
+                .await?,
+            patient_row,
+        )
+    }
+
+    async fn list_patients(
+        &self,
+        organization_id: &str,
+        query: Option<&str>,
+        page: &Page,
+    ) -> Result<Vec<Patient>> {
+        let c = self.client().await?;
+        let cursor: Option<(String, String, String)> = match &page.after {
+            None => None,
+            Some(id) => {
+                let row = c
+                    .query_opt(
+                        "SELECT last_name, first_name, id FROM patients \
+                         WHERE organization_id = $1 AND id = $2",
+                        &[&organization_id, id],
+                    )
+                    .await?
+                    .ok_or(Error::NotFound)?;
+                Some((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+            }
+        };
+        let (last, first, cid) = match cursor {
+            Some((l, f, i)) => (Some(l), Some(f), Some(i)),
+            None => (None, None, None),
+        };
+        let sql = format!(
+            "SELECT {PATIENT_COLS} FROM patients WHERE organization_id = $1 \
+             AND ($2::TEXT IS NULL OR strpos(lower(first_name), lower($2 COLLATE \"C\")) > 0 \
+                  OR strpos(lower(last_name), lower($2 COLLATE \"C\")) > 0) \
+             AND ($3::TEXT IS NULL OR (last_name, first_name, id) > ($3, $4, $5)) \
+             ORDER BY last_name, first_name, id LIMIT $6"
+        );
+        let found = c
+            .query(
+                &sql,
+                &[
+                    &organization_id,
+                    &query,
+                    &last,
+                    &first,
+                    &cid,
+                    &sql_limit(page),
+                ],
+            )
+            .await?;
+        rows(&found, patient_row)
+    }
+
+    async fn update_patient(
+        &self,
+        organization_id: &str,
+        id: &str,
+        update: PatientUpdate,
+    ) -> Result<Patient> {
+        let sql = format!(
+            "UPDATE patients SET \
+             first_name = COALESCE($3, first_name), last_name = COALESCE($4, last_name), \
+             date_of_birth = COALESCE($5, date_of_birth), \
+             preferred_language = COALESCE($6, preferred_language), updated_at = $7 \
+             WHERE organization_id = $1 AND id = $2 RETURNING {PATIENT_COLS}"
+        );
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                &sql,
+                &[
+                    &organization_id,
+                    &id,
+                    &update.first_name,
+                    &update.last_name,
+                    &update.date_of_birth,
+                    &update.preferred_language,
+                    &now_millis(),
+                ],
+            )
+            .await?;
+        one(row, patient_row)
+    }
+
+    async fn create_conversation(&self, conversation: NewConversation) -> Result<Conversation> {
+        let now = now_millis();
+        let conv = Conversation {
+            id: new_id(),
+            organization_id: conversation.organization_id,
+            user_id: conversation.user_id,
+            patient_id: conversation.patient_id,
+            clinician_language: conversation.clinician_language,
+            patient_language: conversation.patient_language,
+            status: ConversationStatus::Active,
+            start_time: now,
+            end_time: None,
+            created_at: now,
+            updated_at: now,
+        };
+        // The user and the patient must both belong to the conversation's organization.
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "INSERT INTO conversations (id, organization_id, user_id, patient_id, \
+                 clinician_language, patient_language, status, start_time, end_time, \
+                 created_at, updated_at) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, NULL, $8, $8 \
+                 WHERE EXISTS (SELECT 1 FROM users WHERE id = $3 AND organization_id = $2) \
+                   AND EXISTS (SELECT 1 FROM patients WHERE id = $4 AND organization_id = $2)",
+                &[
+                    &conv.id,
+                    &conv.organization_id,
+                    &conv.user_id,
+                    &conv.patient_id,
+                    &conv.clinician_language,
+                    &conv.patient_language,
+                    &conv.status.as_str(),
+                    &conv.start_time,
+                ],
+            )
+            .await?;
+        if n == 0 {
+            return Err(Error::NotFound);
+        }
+        Ok(conv)
+    }
+
+    async fn get_conversation(
+        &self,
+        organization_id: &str,
+        id: &str,
+    ) -> Result<ConversationWithPatient> {
+        let sql = format!(
+            "SELECT {C_CONV_COLS}, {P_PATIENT_COLS} FROM conversations c \
+             JOIN patients p ON p.id = c.patient_id \
+             WHERE c.organization_id = $1 AND c.id = $2"
+        );
+        one(
+            self.client()
+                .await?
+                .query_opt(&sql, &[&organization_id, &id])
+                .await?,
+            conversation_with_patient_row,
+        )
+    }
+
+    async fn list_conversations(
+        &self,
+        organization_id: &str,
+        page: &Page,
+    ) -> Result<Vec<ConversationWithPatient>> {
+        let c = self.client().await?;
+        let cursor: Option<(Millis, String)> = match &page.after {
+            None => None,
+            Some(id) => {
+                let row = c
+                    .query_opt(
+                        "SELECT start_time, id FROM conversations \
+                         WHERE organization_id = $1 AND id = $2",
+                        &[&organization_id, id],
+                    )
+                    .await?
+                    .ok_or(Error::NotFound)?;
+                Some((row.try_get(0)?, row.try_get(1)?))
+            }
+        };
+        let (start, cid) = cursor.unzip();
+        let sql = format!(
+            "SELECT {C_CONV_COLS}, {P_PATIENT_COLS} FROM conversations c \
+             JOIN patients p ON p.id = c.patient_id \
+             WHERE c.organization_id = $1 \
+             AND ($2::BIGINT IS NULL OR (c.start_time, c.id) < ($2, $3)) \
+             ORDER BY c.start_time DESC, c.id DESC LIMIT $4"
+        );
+        let found = c
+            .query(&sql, &[&organization_id, &start, &cid, &sql_limit(page)])
+            .await?;
+        rows(&found, conversation_with_patient_row)
+    }
+
+    async fn set_conversation_status(
+        &self,
+        organization_id: &str,
+        id: &str,
+        status: ConversationStatus,
+        end_time: Option<Millis>,
+    ) -> Result<Conversation> {
+        let sql = format!(
+            "UPDATE conversations SET status = $3, end_time = COALESCE($4, end_time), \
+             updated_at = $5 WHERE organization_id = $1 AND id = $2 RETURNING {CONV_COLS}"
+        );
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                &sql,
+                &[
+                    &organization_id,
+                    &id,
+                    &status.as_str(),
+                    &end_time,
+                    &now_millis(),
+                ],
+            )
+            .await?;
+        one(row, conversation_row)
+    }
+
+    async fn set_patient_language(
+        &self,
+        organization_id: &str,
+        id: &str,
+        language: &str,
+    ) -> Result<Conversation> {
+        let sql = format!(
+            "UPDATE conversations SET patient_language = $3, updated_at = $4 \
+             WHERE organization_id = $1 AND id = $2 RETURNING {CONV_COLS}"
+        );
+        let row = self
+            .client()
+            .await?
+            .query_opt(&sql, &[&organization_id, &id, &language, &now_millis()])
+            .await?;
+        one(row, conversation_row)
+    }
+
+    async fn insert_message(&self, message: NewMessage) -> Result<Inserted<Message>> {
+        let msg = Message {
+            id: new_id(),
+            conversation_id: message.conversation_id,
+            timestamp: now_millis(),
+            sender_type: message.sender_type,
+            original_text: message.original_text,
+            translated_text: message.translated_text,
+            language: message.language,
+            is_final: message.is_final,
+            original_message_id: message.original_message_id,
+            stt_item_id: message.stt_item_id,
+            speaker_source: message.speaker_source,
+            speaker_confidence: message.speaker_confidence,
+            timings: message.timings,
+        };
+        let c = self.client().await?;
+        // DO NOTHING fires only on the (conversation, item, kind) index: the id is fresh.
+        let sql = format!(
+            "INSERT INTO messages ({MSG_COLS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             ON CONFLICT DO NOTHING"
+        );
+        let n = c
+            .execute(
+                &sql,
+                &[
+                    &msg.id,
+                    &msg.conversation_id,
+                    &msg.timestamp,
+                    &msg.sender_type.as_str(),
+                    &msg.original_text,
+                    &msg.translated_text,
+                    &msg.language,
+                    &msg.is_final,
+                    &msg.original_message_id,
+                    &msg.stt_item_id,
+                    &msg.speaker_source,
+                    &msg.speaker_confidence,
+                    &msg.timings.as_ref().map(json_text),
+                ],
+            )
+            .await?;
+        if n == 1 {
+            return Ok(Inserted::New(msg));
+        }
+        let sql = format!(
+            "SELECT {MSG_COLS} FROM messages WHERE conversation_id = $1 \
+             AND stt_item_id = $2 AND (sender_type = 'translation') = $3"
+        );
+        let row = c
+            .query_opt(
+                &sql,
+                &[
+                    &msg.conversation_id,
+                    &msg.stt_item_id,
+                    &(msg.sender_type == SenderType::Translation),
+                ],
+            )
+            .await?;
+        Ok(Inserted::Existing(one(row, message_row)?))
+    }
+
+    async fn list_messages(&self, conversation_id: &str, page: &Page) -> Result<Vec<Message>> {
+        let c = self.client().await?;
+        let cursor: Option<(Millis, String)> = match &page.after {
+            None => None,
+            Some(id) => {
+                let row = c
+                    .query_opt(
+                        "SELECT timestamp, id FROM messages WHERE conversation_id = $1 AND id = $2",
+                        &[&conversation_id, id],
+                    )
+                    .await?
+                    .ok_or(Error::NotFound)?;
+                Some((row.try_get(0)?, row.try_get(1)?))
+            }
+        };
+        let (ts, cid) = cursor.unzip();
+        let sql = format!(
+            "SELECT {MSG_COLS} FROM messages WHERE conversation_id = $1 \
+             AND ($2::BIGINT IS NULL OR (timestamp, id) > ($2, $3)) \
+             ORDER BY timestamp, id LIMIT $4"
+        );
+        let found = c
+            .query(&sql, &[&conversation_id, &ts, &cid, &sql_limit(page)])
+            .await?;
+        rows(&found, message_row)
+    }
+
+    async fn insert_action(&self, action: NewAction) -> Result<Action> {
+        let now = now_millis();
+        let action = Action {
+            id: new_id(),
+            conversation_id: action.conversation_id,
+            kind: action.kind,
+            status: action.status,
+            data: action.data,
+            created_at: now,
+            updated_at: now,
+        };
+        let sql =
+            format!("INSERT INTO actions ({ACTION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7)");
+        self.client()
+            .await?
+            .execute(
+                &sql,
+                &[
+                    &action.id,
+                    &action.conversation_id,
+                    &action.kind,
+                    &action.status,
+                    &json_text(&action.data),
+                    &action.created_at,
+                    &action.updated_at,
+                ],
+            )
+            .await?;
+        Ok(action)
+    }
+
+    async fn list_actions(&self, conversation_id: &str) -> Result<Vec<Action>> {
+        let sql = format!(
+            "SELECT {ACTION_COLS} FROM actions WHERE conversation_id = $1 \
+             ORDER BY created_at DESC, id DESC"
+        );
+        rows(
+            &self
+                .client()
+                .await?
+                .query(&sql, &[&conversation_id])
+                .await?,
+            action_row,
+        )
+    }
+
+    async fn upsert_document(
+        &self,
+        kind: DocumentKind,
+        conversation_id: &str,
+        content: &str,
+    ) -> Result<Document> {
+        let sql = format!(
+            "INSERT INTO documents (id, conversation_id, kind, content, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $5) \
+             ON CONFLICT (conversation_id, kind) DO UPDATE \
+             SET content = excluded.content, updated_at = excluded.updated_at \
+             RETURNING {DOC_COLS}"
+        );
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                &sql,
+                &[
+                    &new_id(),
+                    &conversation_id,
+                    &document_kind(kind),
+                    &content,
+                    &now_millis(),
+                ],
+            )
+            .await?;
+        document_row(&row)
+    }
+
+    async fn get_document(
+        &self,
+        kind: DocumentKind,
+        conversation_id: &str,
+    ) -> Result<Option<Document>> {
+        let sql =
+            format!("SELECT {DOC_COLS} FROM documents WHERE conversation_id = $1 AND kind = $2");
+        self.client()
+            .await?
+            .query_opt(&sql, &[&conversation_id, &document_kind(kind)])
+            .await?
+            .as_ref()
+            .map(document_row)
+            .transpose()
+    }
+
+    async fn record_audit(&self, entry: NewAuditEntry) -> Result<()> {
+        let sql =
+            format!("INSERT INTO audit_log ({AUDIT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7)");
+        self.client()
+            .await?
+            .execute(
+                &sql,
+                &[
+                    &new_id(),
+                    &entry.organization_id,
+                    &entry.user_id,
+                    &entry.action,
+                    &entry.entity_type,
+                    &entry.entity_id,
+                    &now_millis(),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn list_audit(&self, organization_id: &str, limit: u32) -> Result<Vec<AuditEntry>> {
+        let sql = format!(
+            "SELECT {AUDIT_COLS} FROM audit_log WHERE organization_id = $1 \
+             ORDER BY at DESC, id DESC LIMIT $2"
+        );
+        rows(
+            &self
+                .client()
+                .await?
+                .query(&sql, &[&organization_id, &i64::from(limit)])
+                .await?,
+            audit_row,
+        )
+    }
+}
