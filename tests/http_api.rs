@@ -776,3 +776,66 @@ async fn registration_can_be_closed() {
     srv.user_in_new_org("Clinic", "admin-made").await;
     srv.stop().await;
 }
+
+/// Collects formatted log output for assertions.
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .expect("log buffer lock")
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn access_log_never_contains_tokens() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // Current-thread runtime: the server's tasks log through this thread's subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let srv = start().await;
+    let user = srv.new_user("logged").await;
+    user.get_json("/conversations", 200).await;
+    let res = srv
+        .http
+        .get(srv.url(&format!(
+            "/transcription?conversationId=c1&token={}",
+            user.access_token
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let res = srv
+        .http
+        .post(srv.api("/auth/refresh"))
+        .json(&json!({ "refreshToken": user.refresh_token }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    srv.stop().await;
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("tandem::access"),
+        "access log written: {text}"
+    );
+    assert!(text.contains("token=REDACTED"), "{text}");
+    assert!(!text.contains(&user.access_token));
+    assert!(!text.contains(&user.refresh_token));
+    assert!(!text.contains(PASSWORD));
+}
