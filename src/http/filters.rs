@@ -1,0 +1,249 @@
+//! Reusable warp filters: state injection, authentication, bounded JSON bodies, client IP.
+//!
+//! Design decision: filters reject with an [`ApiError`] (a custom rejection) so the one
+//! rejection handler renders every failure the same way; handlers never see an unauthenticated
+//! request or an unparsed body.
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+
+use futures_util::StreamExt as _;
+use serde::de::DeserializeOwned;
+use warp::http::HeaderMap;
+use warp::{Filter, Rejection};
+
+use super::error::ApiError;
+use crate::auth::{self, Principal};
+use crate::server::AppState;
+
+/// Hands a clone of the state to the handler.
+pub fn with_state(
+    state: AppState,
+) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// Requires `Authorization: Bearer <access token>`. For REST routes: tokens in URLs end up in
+/// proxy logs and browser history, so REST does not accept `?token=`.
+pub fn with_auth(
+    state: AppState,
+) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone {
+    warp::header::headers_cloned().and_then(move |headers: HeaderMap| {
+        let state = state.clone();
+        async move {
+            let token = bearer(&headers).ok_or(ApiError::Auth(auth::Error::InvalidToken))?;
+            state
+                .auth
+                .authenticate(token)
+                .map_err(|e| warp::reject::custom(ApiError::Auth(e)))
+        }
+    })
+}
+
+/// Like [`with_auth`], but also accepts `?token=<access token>` because browsers cannot set
+/// headers on a WebSocket handshake (the original frontend puts the token there). The header
+/// wins when both are present. For the WebSocket routes only.
+pub fn with_ws_auth(
+    state: AppState,
+) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone {
+    warp::header::headers_cloned().and(raw_query()).and_then(
+        move |headers: HeaderMap, query: String| {
+            let state = state.clone();
+            async move {
+                let from_query = query_param(&query, "token");
+                let token = bearer(&headers)
+                    .map(str::to_owned)
+                    .or(from_query)
+                    .ok_or(ApiError::Auth(auth::Error::InvalidToken))?;
+                state
+                    .auth
+                    .authenticate(&token)
+                    .map_err(|e| warp::reject::custom(ApiError::Auth(e)))
+            }
+        },
+    )
+}
+
+/// The raw query string, empty when there is none (warp's own filter rejects that case).
+pub fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+    warp::query::raw().or(warp::any().map(String::new)).unify()
+}
+
+/// The value of the first `name=` pair of a query string, percent-decoded.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(warp::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The peer address, for per-IP login throttling. Proxies are not trusted: behind one, all
+/// clients share the proxy's IP and its limit.
+pub fn client_ip() -> impl Filter<Extract = (Option<IpAddr>,), Error = Infallible> + Clone {
+    warp::addr::remote().map(|addr: Option<std::net::SocketAddr>| addr.map(|a| a.ip()))
+}
+
+/// A JSON body of at most `limit` bytes, whether or not the client sent `Content-Length`.
+///
+/// Rejects with 413 `payload_too_large` (checked on the header first, then while streaming),
+/// 400 `bad_json` for malformed JSON, and 422 `invalid_field` for well-formed JSON of the
+/// wrong shape (missing field, wrong type, unknown value).
+pub fn json_body<T: DeserializeOwned + Send>(
+    limit: u64,
+) -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .and_then(move |declared, body| read_json(declared, body, limit))
+}
+
+async fn read_json<T, S, B>(declared: Option<u64>, body: S, limit: u64) -> Result<T, Rejection>
+where
+    T: DeserializeOwned,
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: bytes::Buf,
+{
+    if declared.is_some_and(|n| n > limit) {
+        return Err(warp::reject::custom(ApiError::PayloadTooLarge));
+    }
+    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
+    let initial = declared
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0)
+        .min(cap);
+    let mut buf = Vec::with_capacity(initial);
+    let mut body = std::pin::pin!(body);
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk
+            .map_err(|e| warp::reject::custom(ApiError::BadJson(format!("reading body: {e}"))))?;
+        if buf.len() + chunk.remaining() > cap {
+            return Err(warp::reject::custom(ApiError::PayloadTooLarge));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let n = part.len();
+            buf.extend_from_slice(part);
+            chunk.advance(n);
+        }
+    }
+    parse_json(&buf).map_err(warp::reject::custom)
+}
+
+/// Classifies serde errors: syntax and truncation are the client's JSON being broken (400);
+/// data errors are a valid document with a bad field (422).
+///
+/// # Errors
+/// [`ApiError::BadJson`] or [`ApiError::InvalidField`] as described.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::InvalidField(e.to_string()),
+        _ => ApiError::BadJson(e.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Body {
+        #[allow(dead_code)] // only its presence and type matter here
+        n: u32,
+    }
+
+    #[test]
+    fn json_errors_are_classified() {
+        assert!(matches!(
+            parse_json::<Body>(b"{"),
+            Err(ApiError::BadJson(_))
+        ));
+        assert!(matches!(
+            parse_json::<Body>(b"nope"),
+            Err(ApiError::BadJson(_))
+        ));
+        assert!(matches!(
+            parse_json::<Body>(br#"{"n":"x"}"#),
+            Err(ApiError::InvalidField(_))
+        ));
+        assert!(matches!(
+            parse_json::<Body>(b"{}"),
+            Err(ApiError::InvalidField(_))
+        ));
+        assert!(parse_json::<Body>(br#"{"n":1}"#).is_ok());
+    }
+
+    #[tokio::test]
+    async fn ws_auth_takes_query_token_rest_auth_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::sqlite::SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let state = AppState::new(
+            std::sync::Arc::new(store),
+            crate::auth::AuthConfig::new(vec![3; 32]),
+            super::super::HttpConfig::default(),
+        )
+        .unwrap();
+        let user = crate::store::User {
+            id: "u1".into(),
+            organization_id: "o1".into(),
+            username: "ws".into(),
+            password_hash: String::new(),
+            preferred_language: "en".into(),
+            role: crate::store::UserRole::Clinician,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let token = state.auth.issue_access(&user);
+        let path = format!("/ws?conversationId=c1&token={token}");
+
+        let ws = with_ws_auth(state.clone());
+        let p = warp::test::request().path(&path).filter(&ws).await.unwrap();
+        assert_eq!(p.user_id, "u1");
+        let p = warp::test::request()
+            .path("/ws")
+            .header("authorization", format!("Bearer {token}"))
+            .filter(&ws)
+            .await
+            .unwrap();
+        assert_eq!(p.organization_id, "o1");
+        assert!(warp::test::request()
+            .path("/ws?token=forged")
+            .filter(&ws)
+            .await
+            .is_err());
+        assert!(warp::test::request().path("/ws").filter(&ws).await.is_err());
+
+        let rest = with_auth(state);
+        assert!(warp::test::request()
+            .path(&path)
+            .filter(&rest)
+            .await
+            .is_err());
+    }
+
+    #[test]
+    fn bearer_and_query_token() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert("authorization", "Bearer abc".parse().unwrap());
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert("authorization", "bearer  xyz ".parse().unwrap());
+        assert_eq!(bearer(&h), Some("xyz"));
+        h.insert("authorization", "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+        assert_eq!(
+            query_param("conversationId=1&token=a%2Bb", "token").as_deref(),
+            Some("a+b")
+        );
+        assert_eq!(query_param("", "token"), None);
+    }
+}
