@@ -12,6 +12,7 @@ pub mod audio;
 pub mod config;
 pub mod pipeline;
 pub mod store;
+pub mod wire;
 pub mod auth;
 pub mod http;
 pub mod metrics;
