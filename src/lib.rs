@@ -8,6 +8,9 @@
 //! - [`config`]: the command line and environment, composed from per-module configs.
 //! - [`server`]: the composition root that wires the above together and serves.
 
+pub mod ai;
 pub mod audio;
 pub mod config;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
