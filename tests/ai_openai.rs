@@ -31,14 +31,14 @@ fn config(fake: &FakeOpenAi) -> OpenAiConfig {
 }
 
 fn client(fake: &FakeOpenAi) -> OpenAiClient {
-    OpenAiClient::new(config(fake)).unwrap()
+    OpenAiClient::new(config(fake)).expect("client builds")
 }
 
 async fn command(fake: &FakeOpenAi, text: &str) -> CommandOutcome {
     OpenAiCommandDetector::new(client(fake))
         .detect(text, &CommandContext::new("en"))
         .await
-        .unwrap()
+        .expect("command detection succeeds")
 }
 
 #[tokio::test]

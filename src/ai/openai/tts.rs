@@ -38,9 +38,9 @@ pub(crate) fn split_text(text: &str, max_chars: usize) -> Vec<&str> {
         let window = &rest[..limit];
         let sentence_end = window
             .char_indices()
-            .filter(|(_, c)| matches!(c, '.' | '!' | '?' | '\n' | '。' | '！' | '？' | ';'))
-            .map(|(i, c)| i + c.len_utf8())
-            .last();
+            .rev()
+            .find(|(_, c)| matches!(c, '.' | '!' | '?' | '\n' | '。' | '！' | '？' | ';'))
+            .map(|(i, c)| i + c.len_utf8());
         let cut = sentence_end
             .or_else(|| window.rfind(char::is_whitespace))
             .filter(|cut| *cut > 0)

@@ -7,7 +7,9 @@ use warp::{Filter, Rejection, Reply};
 
 /// Placeholder state: the real one holds the transcription script and fault switches.
 #[derive(Debug, Default)]
-pub struct State;
+pub struct State {
+    _placeholder: (),
+}
 
 /// Rejects every request, so `route(..).or(http::routes(..))` falls through to the HTTP half.
 pub fn route(
