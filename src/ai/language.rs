@@ -154,7 +154,10 @@ impl Default for LocalThresholds {
     fn default() -> Self {
         LocalThresholds {
             min_letters: 12,
-            min_confidence: 0.5,
+            // From a small en/es probe: whatlang's two-language confidence is modest even when
+            // right (0.45-0.9 for 4-8 word utterances, often under 0.4 for two-word phrases),
+            // so 0.4 sends mostly the short ones to the fallback. Tune per deployment.
+            min_confidence: 0.4,
         }
     }
 }
