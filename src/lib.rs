@@ -2,18 +2,27 @@
 //!
 //! # Layout
 //! - [`audio`]: browser audio bytes in, PCM16 mono 24 kHz out (pure, synchronous).
+//! - [`ai`]: the OpenAI-compatible HTTP providers (language, translation, commands, speech,
+//!   summaries) behind traits.
+//! - [`pipeline`]: per-conversation live processing and the fan-out of its events.
 //! - [`store`]: persistence behind one trait; SQLite by default, Postgres behind a feature.
+//! - [`wire`]: the JSON shapes of stored rows shared by REST and WebSocket events.
 //! - [`auth`]: JWTs, password hashing and login throttling; no HTTP types.
 //! - [`http`]: warp filters and handlers for the REST API and the WebSockets.
-//! - [`config`]: the command line and environment, composed from per-module configs.
+//! - [`metrics`]: the Prometheus registry.
+//! - [`config`], [`cli`], [`shutdown`]: the binary's edge, composed from per-module configs.
 //! - [`server`]: the composition root that wires the above together and serves.
+//! - `testing` (feature `testing`): the loopback fake OpenAI server for tests and benches.
 
+pub mod ai;
 pub mod audio;
-pub mod config;
-pub mod pipeline;
-pub mod store;
-pub mod wire;
 pub mod auth;
+pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod pipeline;
 pub mod server;
+pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod wire;
