@@ -31,6 +31,11 @@ use crate::store::{self, now_millis, RefreshToken, Store, User, UserRole};
 /// Shortest accepted HMAC secret: HS256 keys shorter than the hash output weaken it.
 pub const MIN_SECRET_BYTES: usize = 32;
 
+/// Accepted username lengths in characters (REST registration and `tandem user add`).
+pub const USERNAME_LEN: std::ops::RangeInclusive<usize> = 3..=64;
+/// Accepted password lengths in characters; the upper bound caps argon2 input.
+pub const PASSWORD_LEN: std::ops::RangeInclusive<usize> = 8..=256;
+
 /// Authentication settings. Built by `config.rs` (or tests) and validated by
 /// [`Authenticator::new`].
 #[derive(Clone)]

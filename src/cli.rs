@@ -15,6 +15,12 @@ pub enum Error {
     Store(#[from] store::Error),
     #[error(transparent)]
     Auth(#[from] auth::Error),
+    #[error("{field} must be {min} to {max} characters")]
+    Length {
+        field: &'static str,
+        min: usize,
+        max: usize,
+    },
     #[error("user {0:?} does not exist")]
     NoSuchUser(String),
     #[error("user {0:?} already exists")]
@@ -42,8 +48,24 @@ pub fn read_password() -> Result<String, Error> {
         std::io::stdin().lock().read_line(&mut line).map_err(io)?;
         line.trim_end_matches(['\r', '\n']).to_owned()
     };
-    auth::validate_password(&password)?;
+    check_len("password", &password, auth::PASSWORD_LEN)?;
     Ok(password)
+}
+
+fn check_len(
+    field: &'static str,
+    value: &str,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<(), Error> {
+    if range.contains(&value.chars().count()) {
+        Ok(())
+    } else {
+        Err(Error::Length {
+            field,
+            min: *range.start(),
+            max: *range.end(),
+        })
+    }
 }
 
 /// Creates an account in the named organization (created when missing) or in the default one.
@@ -52,13 +74,14 @@ pub fn read_password() -> Result<String, Error> {
 /// The username is taken, or the store fails.
 pub async fn user_add(
     store: &dyn Store,
+    authenticator: &Authenticator,
     username: &str,
     organization: Option<&str>,
     language: &str,
     role: UserRole,
     password: &str,
 ) -> Result<User, Error> {
-    auth::validate_username(username)?;
+    check_len("username", username, auth::USERNAME_LEN)?;
     let organization = match organization {
         Some(name) => match store.organization_by_name(name).await {
             Ok(org) => org,
@@ -67,7 +90,7 @@ pub async fn user_add(
         },
         None => store.default_organization().await?,
     };
-    let password_hash = auth::hash_password(password).await?;
+    let password_hash = authenticator.hash_password(password).await?;
     store
         .create_user(NewUser {
             organization_id: organization.id,
@@ -87,9 +110,14 @@ pub async fn user_add(
 ///
 /// # Errors
 /// No such user, or the store fails.
-pub async fn user_passwd(store: &dyn Store, username: &str, password: &str) -> Result<(), Error> {
+pub async fn user_passwd(
+    store: &dyn Store,
+    authenticator: &Authenticator,
+    username: &str,
+    password: &str,
+) -> Result<(), Error> {
     let user = find_user(store, username).await?;
-    let hash = auth::hash_password(password).await?;
+    let hash = authenticator.hash_password(password).await?;
     store.set_password_hash(&user.id, &hash).await?;
     Ok(())
 }
@@ -125,7 +153,7 @@ pub async fn token(
     username: &str,
 ) -> Result<String, Error> {
     let user = find_user(store, username).await?;
-    Ok(authenticator.issue_access(&user)?)
+    Ok(authenticator.issue_access(&user))
 }
 
 async fn find_user(store: &dyn Store, username: &str) -> Result<User, Error> {

@@ -17,11 +17,13 @@
 pub mod ai;
 pub mod audio;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;
 pub mod server;
+pub mod shutdown;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -1,1 +1,143 @@
-fn main() {}
+//! The `tandem` binary: parse configuration, set up logging, open the store, run a subcommand.
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use tandem::auth::AuthConfig;
+use tandem::cli;
+use tandem::config::{Cli, Command, Config, LogFormat, SecretSource, UserCommand};
+use tandem::http::HttpConfig;
+use tandem::server::{self, AppState};
+use tandem::store::{self, UserRole};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = cli.options.resolve()?;
+    init_tracing(config.log_format);
+
+    let secret_source = config.load_jwt_secret()?;
+    if secret_source == SecretSource::Generated {
+        tracing::warn!(
+            path = %config.jwt_secret_path().display(),
+            "TANDEM_JWT_SECRET is not set: generated a random secret and saved it; set \
+             TANDEM_JWT_SECRET in production and keep it out of backups of the database"
+        );
+    }
+    let store = store::open(&config.database)
+        .await
+        .with_context(|| format!("cannot open the database {:?}", config.database))?;
+    let state = AppState::new(store.clone(), auth_config(&config)?, http_config(&config))
+        .context("invalid authentication configuration")?;
+
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config, state).await,
+        Command::Migrate => {
+            for m in store.applied_migrations().await? {
+                println!(
+                    "{:04}\tapplied {}",
+                    m.version,
+                    tandem::wire::iso_millis(m.applied_at)
+                );
+            }
+            Ok(())
+        }
+        Command::User(UserCommand::Add {
+            username,
+            organization,
+            language,
+            admin,
+        }) => {
+            let password = cli::read_password()?;
+            let role = if admin {
+                UserRole::Admin
+            } else {
+                UserRole::Clinician
+            };
+            let user = cli::user_add(
+                store.as_ref(),
+                &state.auth,
+                &username,
+                organization.as_deref(),
+                &language,
+                role,
+                &password,
+            )
+            .await?;
+            println!("created {} ({})", user.username, user.id);
+            Ok(())
+        }
+        Command::User(UserCommand::List) => {
+            for line in cli::user_list(store.as_ref()).await? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Command::User(UserCommand::Passwd { username }) => {
+            let password = cli::read_password()?;
+            cli::user_passwd(store.as_ref(), &state.auth, &username, &password).await?;
+            println!("password changed for {username}");
+            Ok(())
+        }
+        Command::Token { username } => {
+            println!(
+                "{}",
+                cli::token(store.as_ref(), &state.auth, &username).await?
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config, state: AppState) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    if state.store.count_users().await? == 0 {
+        tracing::info!(
+            "no accounts yet: register from the frontend, or run `tandem user add <username>`"
+        );
+    }
+    tracing::info!(
+        database = %config.database,
+        openai_base_url = %config.openai_base_url,
+        "Tandem {} serving on http://{}",
+        env!("CARGO_PKG_VERSION"),
+        listener.local_addr().unwrap_or(config.listen)
+    );
+    server::run(listener, state, tandem::shutdown::signal()).await;
+    Ok(())
+}
+
+fn auth_config(config: &Config) -> anyhow::Result<AuthConfig> {
+    let secret = config
+        .jwt_secret
+        .as_ref()
+        .context("the JWT secret was not loaded")?;
+    let mut auth = AuthConfig::new(secret.expose().as_bytes().to_vec());
+    auth.access_ttl = config.access_token_ttl;
+    auth.refresh_ttl = config.refresh_token_ttl;
+    Ok(auth)
+}
+
+fn http_config(config: &Config) -> HttpConfig {
+    HttpConfig {
+        cors_origins: config.cors_origins.clone(),
+        max_body_bytes: config.max_body_bytes,
+        registration_open: config.open_registration,
+        drain_timeout: config.shutdown_grace,
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TANDEM_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -7,7 +7,9 @@
 use serde::Serialize;
 use time::macros::format_description;
 
-use crate::store::{Action, Conversation, ConversationWithPatient, Document, Message, Millis, Patient};
+use crate::store::{
+    Action, Conversation, ConversationWithPatient, Document, Message, Millis, Patient,
+};
 
 /// Renders store milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn iso_millis(ms: Millis) -> String {

@@ -18,7 +18,7 @@ use warp::reply::{self, Reply, Response};
 
 use super::error::ApiError;
 use super::models::*;
-use crate::auth::Principal;
+use crate::auth::{self, Principal};
 use crate::server::AppState;
 use crate::store::{
     self, now_millis, ConversationStatus, DocumentKind, NewAuditEntry, NewConversation, NewPatient,
@@ -33,8 +33,6 @@ const MAX_PAGE: u32 = 500;
 /// `GET /conversations` returns a plain array (the original frontend's shape) of at most this
 /// many, newest first.
 const MAX_CONVERSATIONS: u32 = 1000;
-const USERNAME_LEN: std::ops::RangeInclusive<usize> = 3..=64;
-const PASSWORD_LEN: std::ops::RangeInclusive<usize> = 8..=256;
 const NAME_MAX: usize = 200;
 
 fn json<T: Serialize>(value: &T) -> Response {
@@ -85,13 +83,13 @@ pub async fn register(state: AppState, body: RegisterRequest) -> Result {
     if !state.http.registration_open {
         return Err(ApiError::RegistrationClosed);
     }
-    check_len("username", &body.username, USERNAME_LEN)?;
+    check_len("username", &body.username, auth::USERNAME_LEN)?;
     if body.username.chars().any(char::is_control) {
         return Err(ApiError::InvalidField(
             "username must not contain control characters".into(),
         ));
     }
-    check_len("password", &body.password, PASSWORD_LEN)?;
+    check_len("password", &body.password, auth::PASSWORD_LEN)?;
     let language = match body.preferred_language {
         Some(l) => check_language("preferredLanguage", l)?,
         None => "en".to_owned(),

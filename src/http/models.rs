@@ -136,5 +136,3 @@ pub struct PatientPage {
     pub patients: Vec<PatientView>,
     pub next_cursor: Option<String>,
 }
-
-

@@ -285,23 +285,43 @@ mod tests {
                 json!({"type": "error", "code": "lagged", "message": "You fell behind", "text": "You fell behind"}),
             ),
             (
-                ServerEvent::CaptionDelta { item_id: "i1".into(), delta: "Hel".into() },
+                ServerEvent::CaptionDelta {
+                    item_id: "i1".into(),
+                    delta: "Hel".into(),
+                },
                 json!({"type": "conversation.item.input_audio_transcription.delta", "item_id": "i1", "delta": "Hel"}),
             ),
             (
-                ServerEvent::BackendConnected { message: "Connected to backend service.", status: "openai_connecting" },
+                ServerEvent::BackendConnected {
+                    message: "Connected to backend service.",
+                    status: "openai_connecting",
+                },
                 json!({"type": "backend_connected", "message": "Connected to backend service.", "status": "openai_connecting"}),
             ),
             (
-                ServerEvent::TtsAudio { payload: TtsAudio { audio_base64: "AAA=".into(), format: "audio/mpeg".into(), original_message_id: "m1".into(), chunk: None } },
+                ServerEvent::TtsAudio {
+                    payload: TtsAudio {
+                        audio_base64: "AAA=".into(),
+                        format: "audio/mpeg".into(),
+                        original_message_id: "m1".into(),
+                        chunk: None,
+                    },
+                },
                 json!({"type": "tts_audio", "payload": {"audioBase64": "AAA=", "format": "audio/mpeg", "originalMessageId": "m1"}}),
             ),
             (
-                ServerEvent::MedicalHistoryData { payload: MedicalHistoryData::new("c1".into(), Some("Allergies: none".into())) },
+                ServerEvent::MedicalHistoryData {
+                    payload: MedicalHistoryData::new("c1".into(), Some("Allergies: none".into())),
+                },
                 json!({"type": "medical_history_data", "payload": {"conversationId": "c1", "history": "Allergies: none", "medicalHistory": "Allergies: none"}}),
             ),
             (
-                ServerEvent::SummaryData { payload: SummaryData { conversation_id: "c1".into(), summary: None } },
+                ServerEvent::SummaryData {
+                    payload: SummaryData {
+                        conversation_id: "c1".into(),
+                        summary: None,
+                    },
+                },
                 json!({"type": "summary_data", "payload": {"conversationId": "c1", "summary": null}}),
             ),
         ];

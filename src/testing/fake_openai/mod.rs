@@ -32,7 +32,9 @@ impl FakeOpenAi {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
             .expect("bind a loopback port for the fake OpenAI server");
-        let addr = listener.local_addr().expect("local address of a bound socket");
+        let addr = listener
+            .local_addr()
+            .expect("local address of a bound socket");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(
             warp::serve(routes)
