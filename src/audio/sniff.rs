@@ -41,11 +41,12 @@ pub fn sniff(head: &[u8]) -> Result<Option<InputFormat>> {
     Err(Error::Unsupported("unrecognised container"))
 }
 
-/// Whether `head` starts a new recording: a complete container magic. Used to restart a stream
-/// after `finish` or a fatal error without a declared format.
+/// Whether a chunk starts a new recording: an EBML header, an Ogg page with the BOS flag
+/// (every Ogg page starts with `OggS`, and Firefox chunks often start on a page), or `ftyp`
+/// (later MP4 chunks start with `moof`).
 pub fn is_recording_start(head: &[u8]) -> bool {
     head.starts_with(&EBML_MAGIC)
-        || head.starts_with(&OGG_MAGIC)
+        || (head.len() >= 6 && head.starts_with(&OGG_MAGIC) && head[5] & 0x02 != 0)
         || (head.len() >= SNIFF_LEN && &head[4..8] == b"ftyp")
 }
 
@@ -132,7 +133,8 @@ mod tests {
             sniff(b"RIFF\0\0\0\0WAVE").unwrap_err(),
             Error::Unsupported("unrecognised container")
         );
-        assert!(is_recording_start(b"OggS"));
+        assert!(is_recording_start(b"OggS\0\x02"));
+        assert!(!is_recording_start(b"OggS\0\x00"));
         assert!(!is_recording_start(b"Ogg"));
     }
 
