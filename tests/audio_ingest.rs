@@ -2,6 +2,9 @@
 //! randomly split input decode identically, durations hold, the decode matches the libopus
 //! reference, and bad input gives a clean error.
 
+// Helpers outside #[test] fns are not covered by allow-unwrap-in-tests; a panic is the report.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -103,10 +106,16 @@ fn check_fixture(name: &str, packet_ms: f64, min_snr: f64) {
     let (by_chunk, frames) = transcode(&fx.mime, &chunk_refs);
     let whole: Vec<u8> = fx.chunks.concat();
     let (single, _) = transcode(&fx.mime, &[&whole]);
-    assert!(by_chunk == single, "{name}: chunked decode differs from single-chunk decode");
+    assert!(
+        by_chunk == single,
+        "{name}: chunked decode differs from single-chunk decode"
+    );
     for seed in 0..3 {
         let (split, _) = transcode(&fx.mime, &random_split(&whole, seed));
-        assert!(split == single, "{name}: random split (seed {seed}) differs");
+        assert!(
+            split == single,
+            "{name}: random split (seed {seed}) differs"
+        );
     }
     // Frame sizes: 20–100 ms except the last one of the recording.
     for f in &frames[..frames.len() - 1] {
@@ -151,9 +160,9 @@ fn ogg_opus() {
 
 #[test]
 fn chrome_webm_pcm() {
-    // The reference went through ffmpeg's soxr resampler, ours through rubato: two different
-    // filters, so the bar is what two good resamplers agree to, not bit-exactness.
-    check_fixture("chrome-webm-pcm", 10.0, 30.0);
+    // The reference went through ffmpeg's soxr resampler, ours through rubato: different
+    // filters, yet they agree far above the bar (78.6 dB measured).
+    check_fixture("chrome-webm-pcm", 10.0, 40.0);
 }
 
 #[test]
@@ -251,10 +260,7 @@ fn truncated_corrupted_and_hostile_input_never_panics() {
     let mut frames = Vec::new();
     t.push(&whole[..whole.len() / 2 + 7], &mut frames).unwrap();
     assert!(!frames.is_empty());
-    assert_eq!(
-        t.finish(&mut frames).unwrap_err().code(),
-        "audio_malformed"
-    );
+    assert_eq!(t.finish(&mut frames).unwrap_err().code(), "audio_malformed");
     // After a fatal error only a new header restarts the stream.
     assert_eq!(
         t.push(&whole[100..200], &mut frames),
@@ -311,7 +317,9 @@ fn huge_declared_element_is_a_limit_error() {
         .position(|w| w == [0x1F, 0x43, 0xB6, 0x75])
         .unwrap();
     let mut bytes = first[..cluster].to_vec();
-    bytes.extend([0x1F, 0x43, 0xB6, 0x75, 0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]);
+    bytes.extend([
+        0x1F, 0x43, 0xB6, 0x75, 0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+    ]);
     bytes.extend([0xA3, 0x01, 0, 0, 0, 0x10, 0, 0, 0, 0x81]);
     let e = expect_error(None, &[&bytes]);
     assert_eq!(e, Error::Limit("webm element size"));

@@ -53,8 +53,10 @@ struct Chain {
 
 enum State {
     /// Waiting for the first bytes of a recording; `head` holds a prefix too short to sniff.
-    Idle { head: Vec<u8> },
-    Running(Chain),
+    Idle {
+        head: Vec<u8>,
+    },
+    Running(Box<Chain>),
     /// A container error ended the recording; only a new header restarts the stream.
     Failed,
 }
@@ -247,11 +249,11 @@ impl Transcoder {
                     decoder: None,
                     resampler: None,
                 };
-                self.state = State::Running(chain);
+                self.state = State::Running(Box::new(chain));
                 self.start_recording();
                 return self.feed(&chunk[take..], out);
             };
-            self.state = State::Running(chain);
+            self.state = State::Running(Box::new(chain));
             self.start_recording();
         }
         self.feed(chunk, out)
@@ -341,11 +343,10 @@ impl Transcoder {
 
     /// Flushes the resampler tail of the current recording and emits every pending sample.
     fn flush_tail(&mut self, out: &mut Vec<Pcm16Frame>) {
-        if let State::Running(Chain {
-            resampler: Some(r), ..
-        }) = &mut self.state
-        {
-            self.sink.flush(r);
+        if let State::Running(chain) = &mut self.state {
+            if let Some(r) = chain.resampler.as_mut() {
+                self.sink.flush(r);
+            }
         }
         self.emit(out, true);
     }
@@ -389,7 +390,9 @@ impl Transcoder {
     /// [`MIN_FRAME`] waits unless `all`.
     fn emit(&mut self, out: &mut Vec<Pcm16Frame>, all: bool) {
         let mut taken = 0;
-        while self.sink.pending.len() - taken >= MIN_FRAME || (all && taken < self.sink.pending.len()) {
+        while self.sink.pending.len() - taken >= MIN_FRAME
+            || (all && taken < self.sink.pending.len())
+        {
             let n = (self.sink.pending.len() - taken).min(MAX_FRAME);
             out.push(Pcm16Frame {
                 samples: self.sink.pending[taken..taken + n].to_vec(),
@@ -416,4 +419,82 @@ fn resampler_for(rate: u32) -> Result<Option<Resampler>> {
 /// same, without dither).
 fn to_i16(s: f32) -> i16 {
     (s * 32768.0).round().clamp(-32768.0, 32767.0) as i16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audio::demux::webm::tests::{cluster, header};
+
+    /// A hand-built Chrome-like `audio/webm;codecs=pcm` stream: 48 kHz float, 10 ms blocks.
+    fn webm_pcm(blocks: usize) -> Vec<u8> {
+        let mut s = header(b"A_PCM/FLOAT/IEEE", None, 2);
+        let block: Vec<u8> = (0..480)
+            .flat_map(|i| (0.25 * (i as f32 * 0.05).sin()).to_le_bytes())
+            .collect();
+        let refs: Vec<&[u8]> = (0..blocks).map(|_| block.as_slice()).collect();
+        for c in refs.chunks(10) {
+            s.extend(cluster(0, c));
+        }
+        s
+    }
+
+    #[test]
+    fn byte_by_byte_equals_one_chunk() {
+        let s = webm_pcm(50);
+        let run = |step: usize| {
+            let mut t = Transcoder::new(None);
+            let mut out = Vec::new();
+            for c in s.chunks(step) {
+                t.push(c, &mut out).unwrap();
+            }
+            t.finish(&mut out).unwrap();
+            out.iter()
+                .flat_map(|f| f.samples.iter().copied())
+                .collect::<Vec<i16>>()
+        };
+        let whole = run(s.len());
+        assert_eq!(whole.len(), 50 * 240); // 0.5 s at 24 kHz, resampler tail included
+        assert_eq!(run(1), whole);
+        assert_eq!(run(13), whole);
+    }
+
+    #[test]
+    fn frames_are_20_to_100_ms_and_positioned() {
+        let mut t = Transcoder::new(None);
+        let mut out = Vec::new();
+        t.push(&webm_pcm(100), &mut out).unwrap();
+        assert!(out
+            .iter()
+            .all(|f| (MIN_FRAME..=MAX_FRAME).contains(&f.samples.len())));
+        t.finish(&mut out).unwrap();
+        let mut pos = 0;
+        for f in &out {
+            assert_eq!(f.start, pos);
+            pos += f.samples.len() as u64;
+        }
+        assert_eq!(pos, 24_000);
+        assert_eq!(t.stats().packets, 100);
+    }
+
+    #[test]
+    fn undecided_header_and_pcm_tail_errors() {
+        let mut t = Transcoder::new(None);
+        let mut out = Vec::new();
+        t.push(&[0x1A, 0x45], &mut out).unwrap();
+        assert_eq!(
+            t.finish(&mut out),
+            Err(Error::Malformed("stream ends inside its header"))
+        );
+        let mut t = Transcoder::new(Some(InputFormat::Pcm16 {
+            sample_rate: 24_000,
+            channels: 1,
+        }));
+        t.push(&[1, 0, 2], &mut out).unwrap();
+        assert_eq!(
+            t.finish(&mut out),
+            Err(Error::Malformed("pcm ends inside a sample"))
+        );
+        assert_eq!(out.last().unwrap().samples, [1]);
+    }
 }

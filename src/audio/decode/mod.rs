@@ -41,11 +41,19 @@ pub fn for_track(track: &TrackInfo) -> Result<Box<dyn PacketDecoder>> {
         Codec::PcmF32 {
             sample_rate,
             channels,
-        } => Ok(Box::new(PcmDecoder::new(PcmKind::F32, sample_rate, channels))),
+        } => Ok(Box::new(PcmDecoder::new(
+            PcmKind::F32,
+            sample_rate,
+            channels,
+        ))),
         Codec::PcmS16 {
             sample_rate,
             channels,
-        } => Ok(Box::new(PcmDecoder::new(PcmKind::S16, sample_rate, channels))),
+        } => Ok(Box::new(PcmDecoder::new(
+            PcmKind::S16,
+            sample_rate,
+            channels,
+        ))),
         // AAC (Safari's fragmented MP4) plugs in here (decode/aac.rs).
         Codec::Aac { .. } => Err(Error::Unsupported("aac decoder not built in")),
     }

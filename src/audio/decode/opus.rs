@@ -119,8 +119,7 @@ mod tests {
 
     /// 1 s of a 440 Hz tone encoded at 48 kHz in 20 ms packets.
     fn encoded_tone() -> Vec<Vec<u8>> {
-        let mut enc =
-            opus_rs::OpusEncoder::new(48_000, 1, opus_rs::Application::Audio).unwrap();
+        let mut enc = opus_rs::OpusEncoder::new(48_000, 1, opus_rs::Application::Audio).unwrap();
         let pcm: Vec<f32> = (0..48_000)
             .map(|i| 0.3 * (i as f32 * 440.0 * std::f32::consts::TAU / 48_000.0).sin())
             .collect();

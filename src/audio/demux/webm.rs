@@ -469,9 +469,7 @@ fn for_each_laced_frame(flags: u8, data: &[u8], mut f: impl FnMut(&[u8])) -> Res
         f(data);
         return Ok(());
     }
-    let (&count, mut rest) = data
-        .split_first()
-        .ok_or(Error::Malformed("laced block"))?;
+    let (&count, mut rest) = data.split_first().ok_or(Error::Malformed("laced block"))?;
     let frames = usize::from(count) + 1;
     let mut sizes = [0usize; 256];
     match lacing {
