@@ -36,6 +36,8 @@ pub enum Codec {
     Aac { config: Vec<u8> },
     /// Interleaved 32-bit float PCM (Chrome's `audio/webm;codecs=pcm`).
     PcmF32 { sample_rate: u32, channels: u16 },
+    /// Interleaved 16-bit little-endian PCM (AudioWorklet streams, WebM `A_PCM/INT/LIT`).
+    PcmS16 { sample_rate: u32, channels: u16 },
 }
 
 /// Track parameters a demuxer reports once it has read the container header.
@@ -44,6 +46,32 @@ pub struct TrackInfo {
     pub codec: Codec,
     pub sample_rate: u32,
     pub channels: u16,
+}
+
+/// A run of mono PCM16 samples at [`OUTPUT_RATE`]: what the speech-to-text stage consumes.
+///
+/// Frames carry their position so a consumer can tell a new recording (and detect any gap)
+/// without trusting arrival order alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pcm16Frame {
+    /// Mono samples at [`OUTPUT_RATE`].
+    pub samples: Vec<i16>,
+    /// Index of the first sample, counted from the start of this recording.
+    pub start: u64,
+    /// Which recording on this stream produced the frame: 0, then +1 per new container header.
+    pub recording: u32,
+}
+
+impl Pcm16Frame {
+    /// Duration in milliseconds (rounded down).
+    pub fn duration_ms(&self) -> u64 {
+        self.samples.len() as u64 * 1000 / u64::from(OUTPUT_RATE)
+    }
+
+    /// The samples as little-endian bytes, the wire layout of `pcm16`.
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        self.samples.iter().flat_map(|s| s.to_le_bytes()).collect()
+    }
 }
 
 /// One compressed (or raw) access unit of the audio track.
@@ -56,9 +84,12 @@ pub struct Packet {
 
 /// Audio ingest errors. Cheap to create (no allocation) because they occur on the hot path.
 ///
-/// Recoverability: `Malformed` on a single packet is recoverable (skip it, count it, go on);
-/// `Malformed` in a container header, `Unsupported` and `Limit` are fatal for the stream until a
-/// new recording header arrives; `ResetRequired` means the caller must start a new demuxer.
+/// Recoverability: `Malformed` from a [`decode::PacketDecoder`] is per packet (skip it, count
+/// it, go on); `Malformed` from a demuxer, `Unsupported` and `Limit` are fatal for the stream
+/// until a new recording header arrives. `ResetRequired` from a demuxer's `next_packet` is a
+/// signal, not a failure: a new recording header begins here, the demuxer has restarted itself on
+/// it, and the caller flushes and resets its decoder. From a [`transcoder::Transcoder`] it means
+/// the stream failed earlier and only a new recording header can restart it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     #[error("malformed audio: {0}")]
