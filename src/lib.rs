@@ -11,3 +11,6 @@
 pub mod audio;
 pub mod config;
 pub mod store;
+pub mod stt;
+#[cfg(feature = "testing")]
+pub mod testing;
