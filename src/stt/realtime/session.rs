@@ -231,7 +231,14 @@ impl Session {
         self.closing = true;
         let open_local = self.vad.finish().is_some();
         self.prune_speech_starts();
-        if self.server_speech || open_local || !self.speech_starts.is_empty() {
+        let covered = self
+            .manual_cuts
+            .back()
+            .copied()
+            .unwrap_or(0)
+            .max(self.uncommitted_from);
+        let uncommitted_speech = self.speech_starts.iter().any(|s| *s >= covered);
+        if self.server_speech || open_local || uncommitted_speech {
             self.commit(out);
         }
     }
