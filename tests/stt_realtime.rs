@@ -37,7 +37,13 @@ fn pcm(pattern: &[(f32, bool)]) -> Vec<i16> {
 }
 
 fn two_utterances() -> Vec<i16> {
-    pcm(&[(0.5, false), (1.0, true), (1.0, false), (1.0, true), (1.0, false)])
+    pcm(&[
+        (0.5, false),
+        (1.0, true),
+        (1.0, false),
+        (1.0, true),
+        (1.0, false),
+    ])
 }
 
 fn config(fake: &FakeOpenAi, dialect: Dialect) -> RealtimeConfig {
@@ -65,7 +71,9 @@ async fn transcribe(cfg: RealtimeConfig, audio: Vec<i16>) -> Vec<SttEvent> {
     let mut events = session.events;
     let writer = tokio::spawn(async move {
         for frame in audio.chunks(SR / 25) {
-            tx.send(SttInput::Audio(frame.to_vec())).await.expect("send audio");
+            tx.send(SttInput::Audio(frame.to_vec()))
+                .await
+                .expect("send audio");
         }
         tx.send(SttInput::Close).await.expect("send close");
     });
@@ -107,7 +115,10 @@ fn deltas_of(events: &[SttEvent], item: &str) -> String {
         .collect()
 }
 
-const SCRIPT: [&str; 2] = ["I have had chest pain since Monday", "Take metformin twice a day"];
+const SCRIPT: [&str; 2] = [
+    "I have had chest pain since Monday",
+    "Take metformin twice a day",
+];
 
 async fn start(state: realtime::State) -> FakeOpenAi {
     FakeOpenAi::start(state, http::State::default()).await
@@ -127,7 +138,10 @@ async fn ga_utterances_are_transcribed_in_order_with_deltas() {
     cfg.api_key = Some("sk-test".into());
     let events = transcribe(cfg, two_utterances()).await;
 
-    assert_eq!(events.first(), Some(&SttEvent::Status(ConnectionStatus::Connected)));
+    assert_eq!(
+        events.first(),
+        Some(&SttEvent::Status(ConnectionStatus::Connected))
+    );
     assert_eq!(events.last(), Some(&SttEvent::Closed));
     assert_eq!(finals(&events), SCRIPT);
     let mut previous = None;
@@ -140,7 +154,11 @@ async fn ga_utterances_are_transcribed_in_order_with_deltas() {
             ..
         } = e
         {
-            assert_eq!(&deltas_of(&events, item_id), text, "deltas add up to the final");
+            assert_eq!(
+                &deltas_of(&events, item_id),
+                text,
+                "deltas add up to the final"
+            );
             assert_eq!(previous_item_id, &previous);
             previous = Some(item_id.clone());
             if text == SCRIPT[0] {
@@ -148,13 +166,18 @@ async fn ga_utterances_are_transcribed_in_order_with_deltas() {
             }
         }
     }
-    assert!(events.iter().any(|e| matches!(e, SttEvent::SpeechStarted { .. })));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, SttEvent::SpeechStarted { .. })));
 
     let hs = fake.realtime.handshakes();
     assert_eq!(hs.len(), 1);
     assert_eq!(hs[0].authorization.as_deref(), Some("Bearer sk-test"));
     assert_eq!(hs[0].openai_beta, None);
-    assert_eq!(hs[0].query.get("intent").map(String::as_str), Some("transcription"));
+    assert_eq!(
+        hs[0].query.get("intent").map(String::as_str),
+        Some("transcription")
+    );
     let first = &fake.realtime.received()[0];
     assert_eq!(first["type"], "session.update");
     assert_eq!(first["session"]["type"], "transcription");
@@ -183,7 +206,10 @@ async fn speaches_dialect_completed_only() {
     assert_eq!(finals(&events), SCRIPT);
     assert!(!events.iter().any(|e| matches!(e, SttEvent::Delta { .. })));
     let hs = fake.realtime.handshakes();
-    assert_eq!(hs[0].query.get("model").map(String::as_str), Some("gpt-4o-transcribe"));
+    assert_eq!(
+        hs[0].query.get("model").map(String::as_str),
+        Some("gpt-4o-transcribe")
+    );
     let first = &fake.realtime.received()[0];
     assert_eq!(first["type"], "session.update");
     assert!(first["session"].get("input_audio_transcription").is_some());
@@ -263,8 +289,13 @@ async fn local_vad_commits_each_utterance() {
         .iter()
         .filter(|t| *t == "input_audio_buffer.commit")
         .count();
-    assert_eq!(commits, 2, "one commit per utterance, none for trailing silence");
-    assert!(!events.iter().any(|e| matches!(e, SttEvent::SpeechStarted { .. })));
+    assert_eq!(
+        commits, 2,
+        "one commit per utterance, none for trailing silence"
+    );
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, SttEvent::SpeechStarted { .. })));
 }
 
 #[tokio::test]
