@@ -5,6 +5,7 @@
 //! - [`ai`]: the OpenAI-compatible HTTP providers (language, translation, commands, speech,
 //!   summaries) behind traits.
 //! - [`pipeline`]: per-conversation live processing and the fan-out of its events.
+//! - [`stt`]: the Realtime speech-to-text client (reconnects, replay, local VAD).
 //! - [`store`]: persistence behind one trait; SQLite by default, Postgres behind a feature.
 //! - [`wire`]: the JSON shapes of stored rows shared by REST and WebSocket events.
 //! - [`auth`]: JWTs, password hashing and login throttling; no HTTP types.
@@ -25,6 +26,7 @@ pub mod pipeline;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod stt;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod wire;
