@@ -19,6 +19,7 @@ pub mod ai;
 pub mod audio;
 pub mod auth;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod http;
 pub mod metrics;

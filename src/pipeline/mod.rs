@@ -1,6 +1,570 @@
-//! The live interpretation pipeline: per-conversation runtime from PCM to interpreted speech,
-//! and the fan-out of its events to WebSocket clients.
+//! The live interpretation pipeline: per-conversation runtime from browser audio to
+//! interpreted speech, and the fan-out of its events to WebSocket clients.
+//!
+//! Design decision: a conversation is *live* while at least one `/transcription` socket is
+//! attached. Its runtime ([`Live`]) owns one speech-to-text session and one ordered lane of
+//! utterances; every audio socket gets its own decoder stream on the DSP pool (a socket is a
+//! recording) whose PCM goes into that one session. The last socket to leave ends the session
+//! gracefully: flush the decoder, commit, wait for the last transcript, process it.
+//!
+//! Data flow and the full-buffer policy of each hop:
+//! socket reader → [`AudioInput::push`] (awaits a DSP credit: **Block**, so TCP pushes back on
+//! the browser) → DSP worker → per-socket forwarder → STT session input (**Block**) → STT
+//! events (**Block**, read promptly) → utterance lane (**Block**, bounded) → hub (per-client
+//! queues, **drop and tell** the lagging client).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+use crate::ai::{
+    AudioFormat, CommandDetector, GlossaryEntry, LanguageDetector, SpeechAudio, TextToSpeech,
+    Translator,
+};
+use crate::audio::pool::{AudioStream, DspPool, Output, PoolClosed};
+use crate::audio::InputFormat;
+use crate::metrics::{Histogram, Metrics};
+use crate::store::{Conversation, Store};
+use crate::stt::{ConnectionStatus, SpeechToText, SttEvent, SttInput, SttOptions};
 
 pub mod event;
 pub mod hub;
 pub mod speaker;
+mod transcript;
+
+use event::ServerEvent;
+use hub::{Audience, ClientTx, Hub};
+use speaker::Role;
+
+/// The providers the pipeline calls, as trait objects so tests and benches swap in fakes.
+#[derive(Clone)]
+pub struct Providers {
+    pub stt: Arc<dyn SpeechToText>,
+    pub language: Arc<dyn LanguageDetector>,
+    pub translator: Arc<dyn Translator>,
+    pub commands: Arc<dyn CommandDetector>,
+    pub tts: Arc<dyn TextToSpeech>,
+}
+
+/// Pipeline settings a clinic may change.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// TTS encoding sent in `tts_audio` (mp3 is what the original frontend plays).
+    pub tts_format: AudioFormat,
+    /// Terms translations must keep or render a fixed way; also sent to STT as keywords.
+    pub glossary: Vec<GlossaryEntry>,
+    /// Free-text STT prompt (context for the transcription model).
+    pub stt_prompt: Option<String>,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            tts_format: AudioFormat::Mp3,
+            glossary: Vec::new(),
+            stt_prompt: None,
+        }
+    }
+}
+
+/// Pipeline failures a client is told about.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Stt(#[from] crate::stt::Error),
+    #[error("the audio decoder pool has shut down")]
+    PoolClosed,
+    #[error("the conversation's transcription session has ended")]
+    SessionEnded,
+}
+
+impl Error {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Stt(e) => e.code(),
+            Error::PoolClosed => "shutting_down",
+            Error::SessionEnded => "session_ended",
+        }
+    }
+}
+
+impl From<PoolClosed> for Error {
+    fn from(_: PoolClosed) -> Self {
+        Error::PoolClosed
+    }
+}
+
+/// Utterances waiting for their turn in a conversation's lane. Small: STT produces a few per
+/// minute; when full, the STT event reader waits (Block) and the STT session buffers audio.
+const LANE_CAPACITY: usize = 16;
+
+/// Histograms of per-utterance stage latencies.
+#[derive(Clone)]
+pub(crate) struct StageMetrics {
+    /// `tandem_pipeline_stage_seconds{stage}`, measured from the moment the transcript arrived
+    /// (or, for `transcript`, from the end of speech).
+    stage: Histogram,
+}
+
+/// The registry of live conversations and everything they share.
+pub struct Pipelines {
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    providers: Providers,
+    pool: DspPool,
+    config: PipelineConfig,
+    metrics: StageMetrics,
+    live: Mutex<HashMap<String, Arc<Live>>>,
+    /// Every conversation task, so shutdown can wait for them to drain.
+    tasks: TaskTracker,
+}
+
+/// STT connection state, for `backend_connected.status`.
+const STATUS_CONNECTING: u8 = 0;
+const STATUS_CONNECTED: u8 = 1;
+const STATUS_DISCONNECTED: u8 = 2;
+
+/// One live conversation.
+pub(crate) struct Live {
+    conversation_id: String,
+    organization_id: String,
+    /// Input of the conversation's STT session; shared by its audio sockets. Bounded (Block).
+    stt: mpsc::Sender<SttInput>,
+    /// Attached audio sockets; guarded by the registry lock. At 0 the session is closed.
+    sockets: Mutex<usize>,
+    /// Set once the session was told to close; a new socket then starts a fresh runtime.
+    closing: AtomicBool,
+    status: AtomicU8,
+    /// Clinician and patient languages; the patient's changes when the patient switches.
+    languages: Mutex<(String, String)>,
+    /// A role the client stated (push-to-talk); overrides language-based speaker detection.
+    speaker_override: Mutex<Option<Role>>,
+    /// The clinician's last spoken translation, replayed when the patient asks to repeat.
+    last_clinician_audio: Mutex<Option<(String, SpeechAudio)>>,
+}
+
+impl Live {
+    fn languages(&self) -> (String, String) {
+        lock(&self.languages).clone()
+    }
+    fn status_name(&self) -> &'static str {
+        match self.status.load(Ordering::Relaxed) {
+            STATUS_CONNECTED => "openai_connected",
+            STATUS_DISCONNECTED => "openai_disconnected",
+            _ => "openai_connecting",
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every value behind these locks is replaced whole, so a panicking holder leaves no torn
+    // state behind.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Pipelines {
+    pub fn new(
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+        providers: Providers,
+        pool: DspPool,
+        config: PipelineConfig,
+        metrics: &Metrics,
+    ) -> Arc<Self> {
+        let stage = metrics.histogram(
+            "tandem_pipeline_stage_seconds",
+            "Per-utterance pipeline latency by stage: transcript (end of speech to transcript), \
+             stored, translated, tts_first_byte, sent (each from transcript arrival).",
+            crate::metrics::LATENCY_BUCKETS,
+        );
+        Arc::new(Pipelines {
+            store,
+            hub,
+            providers,
+            pool,
+            config,
+            metrics: StageMetrics { stage },
+            live: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    /// The hub the pipeline publishes on (sockets subscribe to it).
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// The store the pipeline writes to.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Number of live conversations.
+    pub fn live_count(&self) -> usize {
+        lock(&self.live).len()
+    }
+
+    /// Attaches an audio socket to a conversation, starting its runtime (and STT session) if
+    /// it is not live. `client` receives this socket's own errors (decode failures).
+    ///
+    /// # Errors
+    /// The STT session could not be opened, or the DSP pool is gone.
+    pub async fn attach(
+        self: &Arc<Self>,
+        conversation: &Conversation,
+        declared: Option<InputFormat>,
+        client: ClientTx,
+    ) -> Result<AudioInput, Error> {
+        let live = self.live_for(conversation).await?;
+        let (stream, outputs) = self.pool.open(&conversation.id, declared).await?;
+        let paused = Arc::new(AtomicBool::new(false));
+        let (ack_tx, ack_rx) = mpsc::channel(1);
+        self.tasks.spawn(forward(
+            outputs,
+            live.stt.clone(),
+            paused.clone(),
+            client,
+            ack_tx,
+        ));
+        Ok(AudioInput {
+            live,
+            pipelines: Arc::clone(self),
+            stream,
+            paused,
+            end_of_input: ack_rx,
+        })
+    }
+
+    /// The `backend_connected.status` for a conversation (`openai_connecting` if not live).
+    pub fn stt_status(&self, conversation_id: &str) -> &'static str {
+        lock(&self.live)
+            .get(conversation_id)
+            .map_or("openai_connecting", |l| l.status_name())
+    }
+
+    async fn live_for(self: &Arc<Self>, conversation: &Conversation) -> Result<Arc<Live>, Error> {
+        if let Some(live) = self.join_existing(&conversation.id) {
+            return Ok(live);
+        }
+        let options = SttOptions {
+            languages: vec![
+                conversation.clinician_language.clone(),
+                conversation.patient_language.clone(),
+            ],
+            prompt: self.config.stt_prompt.clone(),
+            keywords: self.config.glossary.iter().map(|g| g.term.clone()).collect(),
+        };
+        let session = self.providers.stt.open(options).await?;
+        let live = Arc::new(Live {
+            conversation_id: conversation.id.clone(),
+            organization_id: conversation.organization_id.clone(),
+            stt: session.audio,
+            sockets: Mutex::new(1),
+            closing: AtomicBool::new(false),
+            status: AtomicU8::new(STATUS_CONNECTED),
+            languages: Mutex::new((
+                conversation.clinician_language.clone(),
+                conversation.patient_language.clone(),
+            )),
+            speaker_override: Mutex::new(None),
+            last_clinician_audio: Mutex::new(None),
+        });
+        // Another socket may have started the conversation while we dialed; both sessions
+        // work, but the conversation must have one. Keep the first, close ours.
+        {
+            let mut map = lock(&self.live);
+            if let Some(existing) = map.get(&conversation.id) {
+                if !existing.closing.load(Ordering::Acquire) {
+                    *lock(&existing.sockets) += 1;
+                    return Ok(Arc::clone(existing));
+                }
+            }
+            map.insert(conversation.id.clone(), Arc::clone(&live));
+        }
+        tracing::info!(conversation_id = %conversation.id, "conversation live");
+        self.hub.publish(
+            &conversation.id,
+            Audience::Audio,
+            ServerEvent::SttConnected {
+                message: "Ready for audio",
+            }
+            .to_frame(),
+        );
+        let (lane_tx, lane_rx) = mpsc::channel(LANE_CAPACITY);
+        self.tasks
+            .spawn(read_stt_events(Arc::clone(self), Arc::clone(&live), session.events, lane_tx));
+        self.tasks
+            .spawn(transcript::run_lane(Arc::clone(self), Arc::clone(&live), lane_rx));
+        Ok(live)
+    }
+
+    fn join_existing(&self, conversation_id: &str) -> Option<Arc<Live>> {
+        let map = lock(&self.live);
+        let live = map.get(conversation_id)?;
+        if live.closing.load(Ordering::Acquire) {
+            return None;
+        }
+        *lock(&live.sockets) += 1;
+        Some(Arc::clone(live))
+    }
+
+    /// A socket left. The last one closes the STT session, which drains: the final transcript
+    /// is still processed and published.
+    async fn detach(&self, live: &Arc<Live>) {
+        let last = {
+            let _map = lock(&self.live);
+            let mut sockets = lock(&live.sockets);
+            *sockets = sockets.saturating_sub(1);
+            if *sockets == 0 {
+                live.closing.store(true, Ordering::Release);
+            }
+            *sockets == 0
+        };
+        let input = if last {
+            SttInput::Close
+        } else {
+            SttInput::Commit
+        };
+        // A closed session has nothing left to commit.
+        let _ = live.stt.send(input).await;
+    }
+
+    fn retire(&self, live: &Arc<Live>) {
+        let mut map = lock(&self.live);
+        if map
+            .get(&live.conversation_id)
+            .is_some_and(|current| Arc::ptr_eq(current, live))
+        {
+            map.remove(&live.conversation_id);
+        }
+    }
+
+    /// Graceful shutdown: closes every conversation's STT session (each drains its last
+    /// transcript), then waits up to `deadline` for all pipeline tasks.
+    pub async fn shutdown(&self, deadline: Duration) {
+        let lives: Vec<Arc<Live>> = lock(&self.live).values().cloned().collect();
+        for live in &lives {
+            live.closing.store(true, Ordering::Release);
+            let _ = live.stt.try_send(SttInput::Close);
+        }
+        self.tasks.close();
+        if tokio::time::timeout(deadline, self.tasks.wait()).await.is_err() {
+            tracing::warn!(
+                live = lives.len(),
+                ?deadline,
+                "pipeline drain deadline passed; abandoning in-flight utterances"
+            );
+        }
+    }
+
+    fn publish(&self, conversation_id: &str, audience: Audience, event: &ServerEvent) {
+        self.hub.publish(conversation_id, audience, event.to_frame());
+    }
+}
+
+/// One audio socket's input into a live conversation.
+pub struct AudioInput {
+    live: Arc<Live>,
+    pipelines: Arc<Pipelines>,
+    stream: AudioStream,
+    paused: Arc<AtomicBool>,
+    /// One message per completed `finish` on the DSP stream, after its PCM was forwarded.
+    end_of_input: mpsc::Receiver<()>,
+}
+
+impl AudioInput {
+    /// Queues a chunk of container bytes for decoding. Waits while the pipeline is full.
+    ///
+    /// # Errors
+    /// The DSP pool has shut down.
+    pub async fn push(&self, chunk: Vec<u8>) -> Result<(), Error> {
+        Ok(self.stream.push(chunk).await?)
+    }
+
+    /// The recorder stopped (`input_audio_buffer.finalize`): flush the decoder and commit the
+    /// turn. Later audio starts a new recording on the same socket.
+    ///
+    /// # Errors
+    /// The DSP pool or the STT session has shut down.
+    pub async fn finalize(&mut self) -> Result<(), Error> {
+        self.drain().await?;
+        self.live
+            .stt
+            .send(SttInput::Commit)
+            .await
+            .map_err(|_| Error::SessionEnded)
+    }
+
+    /// While paused, decoded audio is discarded (the original's `pause`).
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+    }
+
+    /// The client states who is speaking (push-to-talk); `None` returns to detection.
+    pub fn set_speaker(&self, role: Option<Role>) {
+        *lock(&self.live.speaker_override) = role;
+    }
+
+    /// The socket closed: everything it sent is decoded and forwarded, then the conversation
+    /// is detached (the last socket ends the STT session, which still delivers the final
+    /// transcript).
+    pub async fn close(mut self) {
+        if let Err(e) = self.drain().await {
+            tracing::warn!(conversation_id = %self.live.conversation_id, error = %e, "audio drain failed");
+        }
+        self.pipelines.detach(&self.live).await;
+    }
+
+    async fn drain(&mut self) -> Result<(), Error> {
+        self.stream.finish().await?;
+        self.end_of_input.recv().await.ok_or(Error::PoolClosed)
+    }
+}
+
+/// Moves one socket's decoded PCM into the conversation's STT session, in order. Holding each
+/// [`Output`] until its frames are accepted keeps the chunk's DSP credit taken, which is what
+/// makes a slow STT session push back on the socket.
+async fn forward(
+    mut outputs: mpsc::Receiver<Output>,
+    stt: mpsc::Sender<SttInput>,
+    paused: Arc<AtomicBool>,
+    client: ClientTx,
+    end_of_input: mpsc::Sender<()>,
+) {
+    while let Some(output) = outputs.recv().await {
+        if let Err(e) = &output.result {
+            tracing::info!(code = e.code(), error = %e, "audio chunk rejected");
+            client.send(ServerEvent::error(e.code(), e.to_string()).to_frame());
+        }
+        if !paused.load(Ordering::Relaxed) {
+            for frame in output.frames.iter() {
+                if stt.send(SttInput::Audio(frame.samples.clone())).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if output.end_of_input {
+            let _ = end_of_input.send(()).await;
+        }
+    }
+}
+
+/// Reads a conversation's STT events: captions and status go to clients, transcripts into
+/// the lane. Ends (and retires the conversation) when the session closes.
+async fn read_stt_events(
+    pipelines: Arc<Pipelines>,
+    live: Arc<Live>,
+    mut events: mpsc::Receiver<SttEvent>,
+    lane: mpsc::Sender<transcript::Utterance>,
+) {
+    let id = live.conversation_id.clone();
+    // End-of-speech instants by item, for the transcript latency; bounded by pruning on Final.
+    let mut speech_stopped: HashMap<String, Instant> = HashMap::new();
+    while let Some(event) = events.recv().await {
+        match event {
+            SttEvent::SpeechStarted { .. } | SttEvent::Committed { .. } => {}
+            SttEvent::SpeechStopped { item_id, .. } => {
+                if speech_stopped.len() < 64 {
+                    speech_stopped.insert(item_id, Instant::now());
+                }
+            }
+            SttEvent::Delta { item_id, delta } => {
+                pipelines.publish(
+                    &id,
+                    Audience::Audio,
+                    &ServerEvent::CaptionDelta {
+                        item_id: item_id.clone(),
+                        delta: delta.clone(),
+                    },
+                );
+                pipelines.publish(
+                    &id,
+                    Audience::Audio,
+                    &ServerEvent::TranscriptDelta {
+                        payload: event::TranscriptDelta {
+                            conversation_id: id.clone(),
+                            item_id,
+                            delta,
+                        },
+                    },
+                );
+            }
+            SttEvent::Final {
+                item_id,
+                text,
+                languages,
+                ..
+            } => {
+                let utterance = transcript::Utterance {
+                    speech_stopped: speech_stopped.remove(&item_id),
+                    item_id,
+                    text,
+                    languages,
+                    received: Instant::now(),
+                };
+                if lane.send(utterance).await.is_err() {
+                    break;
+                }
+            }
+            SttEvent::Failed {
+                item_id,
+                code,
+                message,
+            } => {
+                tracing::warn!(conversation_id = %id, ?item_id, %code, %message, "transcription failed");
+                let code = if item_id.is_some() {
+                    "transcription_failed"
+                } else {
+                    "stt_failed"
+                };
+                pipelines.publish(
+                    &id,
+                    Audience::Audio,
+                    &ServerEvent::error(code, format!("Transcription failed: {message}")),
+                );
+            }
+            SttEvent::Status(status) => {
+                let (value, event) = match status {
+                    ConnectionStatus::Connected => (
+                        STATUS_CONNECTED,
+                        ServerEvent::SttConnected {
+                            message: "Ready for audio",
+                        },
+                    ),
+                    ConnectionStatus::Reconnecting { .. } => (
+                        STATUS_CONNECTING,
+                        ServerEvent::error(
+                            "stt_reconnecting",
+                            "OpenAI connection lost. Retrying...",
+                        ),
+                    ),
+                    ConnectionStatus::Disconnected => (
+                        STATUS_DISCONNECTED,
+                        ServerEvent::SttDisconnected {
+                            message: "OpenAI connection closed.",
+                        },
+                    ),
+                };
+                live.status.store(value, Ordering::Relaxed);
+                pipelines.publish(&id, Audience::Audio, &event);
+            }
+            SttEvent::Warning { code, message } => {
+                tracing::warn!(conversation_id = %id, %code, %message, "speech-to-text warning");
+                pipelines.publish(
+                    &id,
+                    Audience::Audio,
+                    &ServerEvent::error("stt_warning", message),
+                );
+            }
+            SttEvent::Closed => break,
+        }
+    }
+    live.closing.store(true, Ordering::Release);
+    live.status.store(STATUS_DISCONNECTED, Ordering::Relaxed);
+    pipelines.retire(&live);
+    tracing::info!(conversation_id = %id, "transcription session ended");
+}

@@ -629,6 +629,17 @@ async fn messages(store: &dyn Store) {
         "translation stored once"
     );
 
+    // Timings are filled in once processing has finished.
+    let timings = json!({"transcript_ms": 412, "tts_first_byte_ms": 950});
+    store.set_message_timings(&t1.id, &timings).await.unwrap();
+    let listed = store.list_messages(&conv, &Page::default()).await.unwrap();
+    let t1_listed = listed.iter().find(|m| m.id == t1.id).unwrap();
+    assert_eq!(t1_listed.timings.as_ref(), Some(&timings));
+    assert_not_found(
+        store.set_message_timings(&new_id(), &timings).await,
+        "timings of an unknown message",
+    );
+
     // The same item id in another conversation is unrelated.
     let conv2 = conversation(store, &org, &user).await;
     let mut elsewhere = original.clone();

@@ -519,6 +519,8 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a message. When `stt_item_id` is set and a row with the same conversation,
     /// item id and sender kind (original vs translation) exists, returns it as `Existing`.
     async fn insert_message(&self, message: NewMessage) -> Result<Inserted<Message>>;
+    /// Replaces a message's per-stage timings (known only after its processing finished).
+    async fn set_message_timings(&self, id: &str, timings: &serde_json::Value) -> Result<()>;
     /// Ordered by (timestamp, id) ascending.
     async fn list_messages(&self, conversation_id: &str, page: &Page) -> Result<Vec<Message>>;
 

@@ -964,6 +964,21 @@ impl Store for PostgresStore {
         rows(&found, message_row)
     }
 
+    async fn set_message_timings(&self, id: &str, timings: &serde_json::Value) -> Result<()> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE messages SET timings = $2 WHERE id = $1",
+                &[&id, &json_text(timings)],
+            )
+            .await?;
+        if n == 0 {
+            return Err(Error::NotFound);
+        }
+        Ok(())
+    }
+
     async fn insert_action(&self, action: NewAction) -> Result<Action> {
         let now = now_millis();
         let action = Action {

@@ -896,6 +896,20 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn set_message_timings(&self, id: &str, timings: &serde_json::Value) -> Result<()> {
+        let (id, timings) = (id.to_owned(), json_text(timings));
+        self.call(move |c| {
+            let n = c
+                .prepare_cached("UPDATE messages SET timings = ?2 WHERE id = ?1")?
+                .execute(params![id, timings])?;
+            if n == 0 {
+                return Err(Error::NotFound);
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn insert_action(&self, action: NewAction) -> Result<Action> {
         let now = now_millis();
         let action = Action {
