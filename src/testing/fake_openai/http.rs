@@ -6,7 +6,9 @@ use warp::{Filter, Rejection, Reply};
 
 /// Placeholder state.
 #[derive(Debug, Default)]
-pub struct State;
+pub struct State {
+    _private: (),
+}
 
 /// Placeholder routes: everything is not found.
 pub fn routes(
