@@ -227,9 +227,11 @@ async fn socket_dropped_mid_utterance_loses_and_duplicates_nothing() {
     assert_eq!(fake.realtime.faults_fired(), ["drop_mid_utterance"]);
     assert_eq!(finals(&events), SCRIPT, "each utterance exactly once");
     assert_eq!(fake.realtime.connection_count(), 2);
-    assert!(events
-        .iter()
-        .any(|e| *e == SttEvent::Status(ConnectionStatus::Reconnecting { attempt: 1 })));
+    assert!(
+        events.contains(&SttEvent::Status(ConnectionStatus::Reconnecting {
+            attempt: 1
+        }))
+    );
     let connected = events
         .iter()
         .filter(|e| **e == SttEvent::Status(ConnectionStatus::Connected))
@@ -322,4 +324,53 @@ async fn bad_key_fails_open() {
         .await
         .expect_err("401");
     assert_eq!(err.code(), "stt_unauthorized");
+}
+
+#[tokio::test]
+async fn session_rotates_at_a_turn_boundary() {
+    let fake = start(realtime::State::new(SCRIPT)).await;
+    let mut cfg = config(&fake, Dialect::Ga);
+    cfg.max_session_age = Duration::from_millis(200);
+    let mut session = RealtimeStt::new(cfg)
+        .open(SttOptions::default())
+        .await
+        .expect("open");
+    let utterance = pcm(&[(0.5, false), (1.0, true), (1.0, false)]);
+    let mut got = Vec::new();
+    let run = async {
+        for part in 0..2 {
+            for frame in utterance.chunks(SR / 25) {
+                session
+                    .audio
+                    .send(SttInput::Audio(frame.to_vec()))
+                    .await
+                    .expect("send audio");
+            }
+            // Wait for this turn's transcript; the session is then idle past its maximum age.
+            while let Some(event) = session.events.recv().await {
+                let done = matches!(event, SttEvent::Final { .. });
+                got.push(event);
+                if done {
+                    break;
+                }
+            }
+            if part == 0 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+        session.audio.send(SttInput::Close).await.expect("close");
+        while let Some(event) = session.events.recv().await {
+            got.push(event);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("session closed");
+    assert_eq!(finals(&got), SCRIPT);
+    assert!(fake.realtime.connection_count() >= 2, "rotated");
+    assert!(
+        !got.iter()
+            .any(|e| matches!(e, SttEvent::Status(ConnectionStatus::Reconnecting { .. }))),
+        "a rotation is not a reconnect"
+    );
 }

@@ -238,7 +238,7 @@ mod tests {
             expect: Vec<(u64, u64)>,
         }
         let mut seed = 7;
-        let mut s = |ms: usize, seed: &mut u32| noise(ms * SR / 1000, 10, seed);
+        let s = |ms: usize, seed: &mut u32| noise(ms * SR / 1000, 10, seed);
         let mut cases = vec![Case {
             name: "silence",
             audio: s(3000, &mut seed),

@@ -254,9 +254,16 @@ impl Session {
     }
 
     /// No turn in progress or in flight: a safe moment to switch provider sessions.
+    ///
+    /// Speech the local VAD heard but no `committed` covers yet counts as in flight: the
+    /// provider may be about to commit and transcribe it on the old socket.
     pub fn at_turn_boundary(&self) -> bool {
         !self.server_speech
             && !self.vad.in_speech()
+            && self
+                .speech_starts
+                .iter()
+                .all(|s| *s < self.uncommitted_from)
             && self.manual_cuts.is_empty()
             && self.pending.is_empty()
     }
@@ -266,7 +273,7 @@ impl Session {
         !self.manual_cuts.is_empty() || self.pending.iter().any(|p| p.done.is_none())
     }
 
-    /// Seconds of audio currently held for replay.
+    /// Samples currently held for replay.
     pub fn buffered_samples(&self) -> usize {
         self.ring.len()
     }

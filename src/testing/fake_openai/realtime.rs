@@ -301,7 +301,8 @@ impl Connection {
                     // events are not processed: the provider "forgot" them, as on a real drop.
                     while let Ok(Some(Ok(_))) =
                         tokio::time::timeout(Duration::from_millis(100), socket.next()).await
-                    {}
+                    {
+                    }
                     return;
                 }
                 Next::Close(code) => {

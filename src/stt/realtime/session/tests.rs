@@ -450,3 +450,24 @@ fn deltas_are_forwarded_until_final() {
     assert_eq!(deltas, 2);
     assert_eq!(final_texts(&out), ["Hello"]);
 }
+
+#[test]
+fn speech_not_yet_committed_is_not_a_turn_boundary() {
+    let mut s = connected(true);
+    let mut out = Vec::new();
+    feed(&mut s, &tone(1000), &mut out);
+    feed(&mut s, &silence(1000), &mut out);
+    // The server reported the end of speech but has not committed it yet.
+    s.on_server(
+        server(
+            json!({"type":"input_audio_buffer.speech_stopped","item_id":"a","audio_end_ms":1000}),
+        ),
+        Instant::now(),
+        &mut out,
+    );
+    assert!(!s.at_turn_boundary());
+    s.on_server(committed("a", None), Instant::now(), &mut out);
+    assert!(!s.at_turn_boundary());
+    s.on_server(completed("a", "one"), Instant::now(), &mut out);
+    assert!(s.at_turn_boundary());
+}
