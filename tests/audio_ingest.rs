@@ -11,16 +11,16 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use tandem::audio::transcoder::{Transcoder, MAX_FRAME};
 use tandem::audio::{sniff, Error, Pcm16Frame};
 
+/// The fixtures are committed; a missing one is a broken checkout, so it fails the test.
 fn fixture_dir(name: &str) -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")
         .join(name);
-    if dir.join("chunk-000.bin").exists() || dir.join("meta.json").exists() {
-        Some(dir)
-    } else {
-        eprintln!("fixture {name} missing; skipped");
-        None
-    }
+    assert!(
+        dir.join("chunk-000.bin").exists() || dir.join("meta.json").exists(),
+        "fixture {name} is missing from fixtures/"
+    );
+    Some(dir)
 }
 
 struct Fixture {
@@ -151,6 +151,23 @@ fn chrome_webm_opus_1000ms() {
 #[test]
 fn chrome_webm_opus_31s() {
     check_fixture("chrome-webm-opus-31s", 60.0, 40.0);
+}
+
+#[test]
+fn chrome_mp4_opus() {
+    // Chrome writes pre-skip 3840 in dOps; the reference applies it too.
+    check_fixture("chrome-mp4-opus", 60.0, 40.0);
+}
+
+#[test]
+fn safari_like_mp4_aac_44100() {
+    // 1024-sample AAC frames at 44.1 kHz are 23.2 ms; the reference resampled with soxr.
+    check_fixture("mp4-aac-44100", 23.3, 40.0);
+}
+
+#[test]
+fn safari_like_mp4_aac_48000() {
+    check_fixture("mp4-aac-48000", 21.4, 40.0);
 }
 
 #[test]

@@ -18,6 +18,7 @@ use symphonia::core::errors::Error as SymError;
 use symphonia::core::formats::Packet as SymPacket;
 use symphonia::default::codecs::AacDecoder as SymAacDecoder;
 
+use super::PacketDecoder;
 use crate::audio::{Error, Result};
 
 /// Samples per channel in one AAC-LC access unit.
@@ -152,13 +153,16 @@ impl AacDecoder {
         })
     }
 
-    /// Output sample rate in Hz (the AAC core rate; no SBR is supported).
-    pub fn sample_rate(&self) -> u32 {
+}
+
+impl PacketDecoder for AacDecoder {
+    /// The AAC core rate (no SBR is supported); the transcoder resamples it.
+    fn output_rate(&self) -> u32 {
         self.config.sample_rate
     }
 
-    /// Output channel count (1 or 2); `decode` interleaves this many channels.
-    pub fn channels(&self) -> u16 {
+    /// 1 or 2; `decode` interleaves this many channels.
+    fn channels(&self) -> u16 {
         self.config.channels
     }
 
@@ -167,7 +171,7 @@ impl AacDecoder {
     /// # Errors
     /// `Malformed` for a corrupt packet: recoverable, the next packet decodes normally (the
     /// failed packet appends nothing). `Unsupported` for a stream feature symphonia lacks.
-    pub fn decode(&mut self, packet: &[u8], out: &mut Vec<f32>) -> Result<()> {
+    fn decode(&mut self, packet: &[u8], out: &mut Vec<f32>) -> Result<()> {
         let start = out.len();
         let inner = &mut self.inner;
         let result = catch_unwind(AssertUnwindSafe(|| decode_into(inner, packet, out)));
@@ -187,7 +191,7 @@ impl AacDecoder {
     }
 
     /// Forgets inter-frame state (overlap-add windows), e.g. after a gap in the stream.
-    pub fn reset(&mut self) {
+    fn reset(&mut self) {
         self.inner.reset();
     }
 }

@@ -54,8 +54,7 @@ pub fn for_track(track: &TrackInfo) -> Result<Box<dyn PacketDecoder>> {
             sample_rate,
             channels,
         ))),
-        // AAC (Safari's fragmented MP4) plugs in here (decode/aac.rs).
-        Codec::Aac { .. } => Err(Error::Unsupported("aac decoder not built in")),
+        Codec::Aac { ref config } => Ok(Box::new(aac::AacDecoder::new(config)?)),
     }
 }
 

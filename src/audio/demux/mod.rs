@@ -48,8 +48,7 @@ pub fn for_format(format: InputFormat) -> Result<Box<dyn Demuxer>> {
     match format {
         InputFormat::WebM => Ok(Box::new(webm::WebmDemuxer::new())),
         InputFormat::Ogg => Ok(Box::new(ogg::OggDemuxer::new())),
-        // Fragmented MP4 plugs in here (demux/mp4.rs).
-        InputFormat::Mp4 => Err(Error::Unsupported("mp4 demuxer not built in")),
+        InputFormat::Mp4 => Ok(Box::new(mp4::Mp4Demuxer::new())),
         InputFormat::Pcm16 { .. } => Err(Error::Unsupported("pcm has no container")),
     }
 }

@@ -1,3 +1,4 @@
+use crate::audio::decode::PacketDecoder as _;
 use std::process::Command;
 
 use rand::rngs::StdRng;
@@ -61,7 +62,7 @@ fn unsupported_configs_are_refused_before_symphonia() {
         Some(Error::Malformed("aac config truncated"))
     );
     let d = AacDecoder::new(&[0x11, 0x90]).unwrap();
-    assert_eq!((d.sample_rate(), d.channels()), (48_000, 2));
+    assert_eq!((d.output_rate(), d.channels()), (48_000, 2));
 }
 
 #[test]
@@ -99,7 +100,7 @@ fn decode_fixture(name: &str) -> (Vec<f32>, usize, u32) {
         panic!("{name}: not AAC: {:?}", track.codec)
     };
     let mut d = AacDecoder::new(config).unwrap();
-    assert_eq!(d.sample_rate(), track.sample_rate);
+    assert_eq!(d.output_rate(), track.sample_rate);
     assert_eq!(d.channels(), 1);
     let mut pcm = Vec::new();
     for p in &out.packets {
