@@ -90,14 +90,16 @@ pub fn action_for(command: &Command, now: Millis) -> Option<PlannedAction> {
 /// `now` plus the follow-up delay; calendar months keep the day of month (clamped to the
 /// month's last day), as a receptionist would book it.
 fn follow_up_date(now: Millis, duration: u32, unit: FollowUpUnit) -> Option<Millis> {
-    let start = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(now) * 1_000_000).ok()?;
+    let start =
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(now) * 1_000_000).ok()?;
     let due = match unit {
         FollowUpUnit::Day => start.checked_add(time::Duration::days(i64::from(duration)))?,
         FollowUpUnit::Week => start.checked_add(time::Duration::weeks(i64::from(duration)))?,
         FollowUpUnit::Month => {
             let months = i64::from(start.month() as u8) - 1 + i64::from(duration);
             let year = i32::try_from(i64::from(start.year()) + months.div_euclid(12)).ok()?;
-            let month = time::Month::try_from(u8::try_from(months.rem_euclid(12) + 1).ok()?).ok()?;
+            let month =
+                time::Month::try_from(u8::try_from(months.rem_euclid(12) + 1).ok()?).ok()?;
             let day = start.day().min(month.length(year));
             start.replace_date(time::Date::from_calendar_date(year, month, day).ok()?)
         }
@@ -201,7 +203,10 @@ mod tests {
             .unwrap();
             assert_eq!(planned.kind, "followup");
             assert_eq!(planned.status, "scheduled");
-            assert_eq!(planned.data["scheduledFor"], expected, "{duration} {unit:?}");
+            assert_eq!(
+                planned.data["scheduledFor"], expected,
+                "{duration} {unit:?}"
+            );
             assert_eq!(planned.data["unit"], unit.as_str());
         }
     }

@@ -101,6 +101,32 @@ pub enum LogFormat {
     Json,
 }
 
+/// Speech-to-text protocol dialect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SttDialect {
+    Ga,
+    Beta,
+    Speaches,
+}
+
+/// Who ends a turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnDetection {
+    Server,
+    Local,
+}
+
+/// Provider-side noise reduction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoiseReduction {
+    FarField,
+    NearField,
+    Off,
+}
+
 /// Every option, as given on the command line, in the environment or in the TOML file.
 /// `None` means "not given here"; [`Options::resolve`] applies the precedence and defaults.
 #[derive(Debug, Clone, Default, Args, Deserialize)]
@@ -162,6 +188,67 @@ pub struct Options {
     #[arg(long, env = "TANDEM_LOG_FORMAT", value_enum, global = true)]
     pub log_format: Option<LogFormat>,
 
+    /// Speech-to-text protocol dialect: `ga` (OpenAI), `beta` (OpenAI beta, `OpenAI-Beta:
+    /// realtime=v1`) or `speaches` (self-hosted speaches). [default: ga]
+    #[arg(long, env = "TANDEM_STT_DIALECT", value_enum, global = true)]
+    pub stt_dialect: Option<SttDialect>,
+
+    /// Transcription model. [default: gpt-4o-transcribe]
+    #[arg(long, env = "TANDEM_STT_MODEL", global = true)]
+    pub stt_model: Option<String>,
+
+    /// Who decides where an utterance ends: `server` (provider VAD) or `local` (Tandem's VAD
+    /// commits; for models and servers without server VAD). [default: server]
+    #[arg(long, env = "TANDEM_TURN_DETECTION", value_enum, global = true)]
+    pub turn_detection: Option<TurnDetection>,
+
+    /// Provider noise reduction: `far_field` (room microphone), `near_field` (headset) or
+    /// `off`. [default: far_field]
+    #[arg(long, env = "TANDEM_NOISE_REDUCTION", value_enum, global = true)]
+    pub noise_reduction: Option<NoiseReduction>,
+
+    /// Context prompt for the transcription model (e.g. "A clinic visit in English and
+    /// Spanish").
+    #[arg(long, env = "TANDEM_STT_PROMPT", global = true)]
+    pub stt_prompt: Option<String>,
+
+    /// Clinic glossary, comma-separated (drug names, procedures): a transcription hint, and
+    /// kept verbatim in translations.
+    #[arg(long, env = "TANDEM_GLOSSARY", value_delimiter = ',', global = true)]
+    pub glossary: Option<Vec<String>>,
+
+    /// Chat model for translation, language fallback and commands. [default: gpt-4o-mini]
+    #[arg(long, env = "TANDEM_CHAT_MODEL", global = true)]
+    pub chat_model: Option<String>,
+
+    /// Speech model. [default: gpt-4o-mini-tts]
+    #[arg(long, env = "TANDEM_TTS_MODEL", global = true)]
+    pub tts_model: Option<String>,
+
+    /// Encoding of `tts_audio`: mp3 (what the original frontend plays), opus, aac, flac, wav
+    /// or pcm. [default: mp3]
+    #[arg(long, env = "TANDEM_TTS_FORMAT", global = true)]
+    pub tts_format: Option<String>,
+
+    /// Audio decoding threads. [default: the number of cores]
+    #[arg(long, env = "TANDEM_DSP_THREADS", global = true)]
+    pub dsp_threads: Option<usize>,
+
+    /// Seconds of not-yet-transcribed audio kept for replay while the speech-to-text
+    /// connection is down; beyond it the oldest is dropped with a warning. [default: 30]
+    #[arg(long, env = "TANDEM_AUDIO_BUFFER_SECS", global = true)]
+    pub audio_buffer_secs: Option<u64>,
+
+    /// Minimum milliseconds between frames on a control socket (the original frontend loses
+    /// frames that arrive closer together); 0 disables. [default: 60]
+    #[arg(long, env = "TANDEM_CONTROL_PACING_MS", global = true)]
+    pub control_pacing_ms: Option<u64>,
+
+    /// Largest audio-socket message in bytes; larger closes the socket with 1009.
+    /// [default: 4194304]
+    #[arg(long, env = "TANDEM_MAX_AUDIO_MESSAGE_BYTES", global = true)]
+    pub max_audio_message_bytes: Option<usize>,
+
     /// HS256 secret; only from the environment or the file (see below).
     #[arg(skip)]
     pub jwt_secret: Option<String>,
@@ -213,6 +300,19 @@ pub struct Config {
     pub openai_base_url: url::Url,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    pub stt_dialect: SttDialect,
+    pub stt_model: String,
+    pub turn_detection: TurnDetection,
+    pub noise_reduction: NoiseReduction,
+    pub stt_prompt: Option<String>,
+    pub glossary: Vec<String>,
+    pub chat_model: String,
+    pub tts_model: String,
+    pub tts_format: crate::ai::AudioFormat,
+    pub dsp_threads: std::num::NonZeroUsize,
+    pub audio_buffer: Duration,
+    pub control_pacing: Duration,
+    pub max_audio_message_bytes: usize,
     /// `None` until [`Config::load_jwt_secret`] runs (it may touch the filesystem).
     pub jwt_secret: Option<Secret>,
     pub openai_api_key: Option<Secret>,
@@ -266,7 +366,71 @@ impl Options {
                 field: "openai_base_url",
                 message: e.to_string(),
             })?;
+        let tts_format = self
+            .tts_format
+            .or(file.tts_format)
+            .unwrap_or_else(|| "mp3".into());
+        let tts_format = crate::ai::AudioFormat::parse(&tts_format).ok_or(Error::Invalid {
+            field: "tts_format",
+            message: format!("{tts_format:?} is not one of mp3, opus, aac, flac, wav, pcm"),
+        })?;
+        let dsp_threads = match self.dsp_threads.or(file.dsp_threads) {
+            Some(n) => std::num::NonZeroUsize::new(n).ok_or(Error::Invalid {
+                field: "dsp_threads",
+                message: "must be positive".into(),
+            })?,
+            None => std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN),
+        };
         Ok(Config {
+            stt_dialect: self
+                .stt_dialect
+                .or(file.stt_dialect)
+                .unwrap_or(SttDialect::Ga),
+            stt_model: self
+                .stt_model
+                .or(file.stt_model)
+                .unwrap_or_else(|| "gpt-4o-transcribe".into()),
+            turn_detection: self
+                .turn_detection
+                .or(file.turn_detection)
+                .unwrap_or(TurnDetection::Server),
+            noise_reduction: self
+                .noise_reduction
+                .or(file.noise_reduction)
+                .unwrap_or(NoiseReduction::FarField),
+            stt_prompt: self.stt_prompt.or(file.stt_prompt),
+            glossary: self
+                .glossary
+                .or(file.glossary)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+                .collect(),
+            chat_model: self
+                .chat_model
+                .or(file.chat_model)
+                .unwrap_or_else(|| "gpt-4o-mini".into()),
+            tts_model: self
+                .tts_model
+                .or(file.tts_model)
+                .unwrap_or_else(|| "gpt-4o-mini-tts".into()),
+            tts_format,
+            dsp_threads,
+            audio_buffer: Duration::from_secs(
+                self.audio_buffer_secs
+                    .or(file.audio_buffer_secs)
+                    .unwrap_or(30),
+            ),
+            control_pacing: Duration::from_millis(
+                self.control_pacing_ms
+                    .or(file.control_pacing_ms)
+                    .unwrap_or(60),
+            ),
+            max_audio_message_bytes: self
+                .max_audio_message_bytes
+                .or(file.max_audio_message_bytes)
+                .unwrap_or(4 * 1024 * 1024),
             listen: self
                 .listen
                 .or(file.listen)
@@ -374,6 +538,91 @@ impl Config {
         write_private(&path, &secret).map_err(io_err)?;
         self.jwt_secret = Some(Secret::new(secret));
         Ok(SecretSource::Generated)
+    }
+}
+
+/// How the configuration becomes each module's own settings.
+impl Config {
+    fn api_key(&self) -> Option<String> {
+        self.openai_api_key.as_ref().map(|k| k.expose().to_owned())
+    }
+
+    /// Settings of the OpenAI-compatible HTTP API client.
+    pub fn openai(&self) -> crate::ai::openai::OpenAiConfig {
+        let mut ai =
+            crate::ai::openai::OpenAiConfig::new(self.openai_base_url.clone(), self.api_key());
+        ai.chat_model = self.chat_model.clone();
+        ai.tts_model = self.tts_model.clone();
+        ai
+    }
+
+    /// Settings of the Realtime speech-to-text client.
+    pub fn realtime(&self) -> crate::stt::realtime::RealtimeConfig {
+        use crate::stt::realtime::{protocol::NoiseReductionType, Dialect, ServerVad};
+        let mut stt = crate::stt::realtime::RealtimeConfig::new(self.openai_base_url.clone());
+        stt.api_key = self.api_key();
+        stt.dialect = match self.stt_dialect {
+            SttDialect::Ga => Dialect::Ga,
+            SttDialect::Beta => Dialect::Beta,
+            SttDialect::Speaches => Dialect::Speaches,
+        };
+        stt.model = self.stt_model.clone();
+        stt.noise_reduction = match self.noise_reduction {
+            NoiseReduction::FarField => Some(NoiseReductionType::FarField),
+            NoiseReduction::NearField => Some(NoiseReductionType::NearField),
+            NoiseReduction::Off => None,
+        };
+        stt.turn_detection = match self.turn_detection {
+            TurnDetection::Server => Some(ServerVad::default()),
+            TurnDetection::Local => None,
+        };
+        stt.ring_buffer = self.audio_buffer;
+        stt
+    }
+
+    /// Settings of the per-utterance pipeline.
+    pub fn pipeline(&self) -> crate::pipeline::PipelineConfig {
+        crate::pipeline::PipelineConfig {
+            tts_format: self.tts_format,
+            glossary: self
+                .glossary
+                .iter()
+                .map(|term| crate::ai::GlossaryEntry {
+                    term: term.clone(),
+                    rendering: None,
+                })
+                .collect(),
+            stt_prompt: self.stt_prompt.clone(),
+        }
+    }
+
+    /// Size of the DSP pool.
+    pub fn dsp_pool(&self) -> crate::audio::pool::PoolConfig {
+        crate::audio::pool::PoolConfig {
+            workers: self.dsp_threads,
+            ..crate::audio::pool::PoolConfig::default()
+        }
+    }
+
+    /// Settings of the HTTP server and sockets.
+    pub fn http(&self) -> crate::http::HttpConfig {
+        crate::http::HttpConfig {
+            cors_origins: self.cors_origins.clone(),
+            max_body_bytes: self.max_body_bytes,
+            registration_open: self.open_registration,
+            drain_timeout: self.shutdown_grace,
+            control_pacing: self.control_pacing,
+            max_audio_message_bytes: self.max_audio_message_bytes,
+        }
+    }
+
+    /// Settings of authentication; `None` until [`Config::load_jwt_secret`] ran.
+    pub fn auth(&self) -> Option<crate::auth::AuthConfig> {
+        let secret = self.jwt_secret.as_ref()?;
+        let mut auth = crate::auth::AuthConfig::new(secret.expose().as_bytes().to_vec());
+        auth.access_ttl = self.access_token_ttl;
+        auth.refresh_ttl = self.refresh_token_ttl;
+        Some(auth)
     }
 }
 

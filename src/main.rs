@@ -2,11 +2,9 @@
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use tandem::auth::AuthConfig;
 use tandem::cli;
 use tandem::config::{Cli, Command, Config, LogFormat, SecretSource, UserCommand};
-use tandem::http::HttpConfig;
-use tandem::server::{self, AppState};
+use tandem::server::{self, AppState, PipelineSetup};
 use tandem::store::{self, UserRole};
 
 #[tokio::main]
@@ -26,8 +24,14 @@ async fn main() -> anyhow::Result<()> {
     let store = store::open(&config.database)
         .await
         .with_context(|| format!("cannot open the database {:?}", config.database))?;
-    let state = AppState::new(store.clone(), auth_config(&config)?, http_config(&config))
-        .context("invalid authentication configuration")?;
+    let auth = config.auth().context("the JWT secret was not loaded")?;
+    let pipeline = PipelineSetup {
+        providers: server::openai_providers(config.openai(), config.realtime())
+            .context("cannot build the provider clients")?,
+        config: config.pipeline(),
+        pool: config.dsp_pool(),
+    };
+    let state = AppState::new(store.clone(), auth, config.http(), pipeline)?;
 
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config, state).await,
@@ -92,6 +96,14 @@ async fn serve(config: Config, state: AppState) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    if config.openai_api_key.is_none()
+        && config.openai_base_url.host_str() == Some("api.openai.com")
+    {
+        tracing::warn!(
+            "TANDEM_OPENAI_API_KEY is not set: transcription, translation and speech will fail \
+             until it is (or point --openai-base-url at a self-hosted server)"
+        );
+    }
     if state.store.count_users().await? == 0 {
         tracing::info!(
             "no accounts yet: register from the frontend, or run `tandem user add <username>`"
@@ -106,26 +118,6 @@ async fn serve(config: Config, state: AppState) -> anyhow::Result<()> {
     );
     server::run(listener, state, tandem::shutdown::signal()).await;
     Ok(())
-}
-
-fn auth_config(config: &Config) -> anyhow::Result<AuthConfig> {
-    let secret = config
-        .jwt_secret
-        .as_ref()
-        .context("the JWT secret was not loaded")?;
-    let mut auth = AuthConfig::new(secret.expose().as_bytes().to_vec());
-    auth.access_ttl = config.access_token_ttl;
-    auth.refresh_ttl = config.refresh_token_ttl;
-    Ok(auth)
-}
-
-fn http_config(config: &Config) -> HttpConfig {
-    HttpConfig {
-        cors_origins: config.cors_origins.clone(),
-        max_body_bytes: config.max_body_bytes,
-        registration_open: config.open_registration,
-        drain_timeout: config.shutdown_grace,
-    }
 }
 
 fn init_tracing(format: LogFormat) {

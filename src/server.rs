@@ -10,7 +10,26 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::ai::openai::{
+    OpenAiClient, OpenAiCommandDetector, OpenAiConfig, OpenAiLanguageDetector, OpenAiTranslator,
+    OpenAiTts,
+};
+use crate::ai::{self, LanguageDetector, LocalLanguageDetector};
+use crate::audio::pool::{DspPool, PoolConfig};
 use crate::auth::{self, AuthConfig, Authenticator};
+use crate::metrics::Gauge;
+use crate::pipeline::hub::Hub;
+use crate::pipeline::{PipelineConfig, Pipelines, Providers};
+use crate::stt::realtime::{RealtimeConfig, RealtimeStt};
+
+/// Why the server could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid authentication configuration: {0}")]
+    Auth(auth::Error),
+    #[error("cannot start the DSP threads: {0}")]
+    DspPool(std::io::Error),
+}
 pub use crate::http::HttpConfig;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -23,6 +42,36 @@ pub struct AppState {
     pub http: Arc<HttpConfig>,
     /// The process's metric registry; other modules register their families on it.
     pub metrics: Arc<Metrics>,
+    /// Live conversations and the hub their events go through.
+    pub pipelines: Arc<Pipelines>,
+    /// `tandem_ws_connections{socket}`: open control and audio sockets.
+    pub ws_connections: Gauge,
+}
+
+/// What the live pipeline is built from: providers (real or fake), its settings, and the
+/// DSP pool's size.
+pub struct PipelineSetup {
+    pub providers: Providers,
+    pub config: PipelineConfig,
+    pub pool: PoolConfig,
+}
+
+/// The production providers: the OpenAI-compatible HTTP API for language fallback,
+/// translation, commands and speech, and the Realtime WebSocket for transcription.
+///
+/// # Errors
+/// The HTTP client cannot be built (a TLS backend failure).
+pub fn openai_providers(ai: OpenAiConfig, stt: RealtimeConfig) -> Result<Providers, ai::Error> {
+    let client = OpenAiClient::new(ai)?;
+    let llm_language: Arc<dyn LanguageDetector> =
+        Arc::new(OpenAiLanguageDetector::new(client.clone()));
+    Ok(Providers {
+        stt: Arc::new(RealtimeStt::new(stt)),
+        language: Arc::new(LocalLanguageDetector::new(Some(llm_language))),
+        translator: Arc::new(OpenAiTranslator::new(client.clone())),
+        commands: Arc::new(OpenAiCommandDetector::new(client.clone())),
+        tts: Arc::new(OpenAiTts::new(client)),
+    })
 }
 
 impl std::fmt::Debug for AppState {
@@ -35,21 +84,39 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// Builds the state around an opened (and migrated) store.
+    /// Builds the state around an opened (and migrated) store, and starts the DSP pool.
     ///
     /// # Errors
-    /// [`auth::Error::Config`] when the auth configuration is invalid (secret shorter than
-    /// [`auth::MIN_SECRET_BYTES`], empty issuer/audience, bad argon2 cost).
+    /// [`StartError::Auth`] when the auth configuration is invalid (secret shorter than
+    /// [`auth::MIN_SECRET_BYTES`], empty issuer/audience, bad argon2 cost);
+    /// [`StartError::DspPool`] when the OS refuses the DSP threads.
     pub fn new(
         store: Arc<dyn Store>,
         auth: AuthConfig,
         http: HttpConfig,
-    ) -> Result<Self, auth::Error> {
+        pipeline: PipelineSetup,
+    ) -> Result<Self, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let pool = DspPool::new(&pipeline.pool).map_err(StartError::DspPool)?;
+        let pipelines = Pipelines::new(
+            store.clone(),
+            Arc::new(Hub::new()),
+            pipeline.providers,
+            pool,
+            pipeline.config,
+            &metrics,
+        );
+        let ws_connections = metrics.gauge(
+            "tandem_ws_connections",
+            "Open WebSocket connections by socket kind (control, audio).",
+        );
         Ok(Self {
             store,
-            auth: Arc::new(Authenticator::new(auth)?),
+            auth: Arc::new(Authenticator::new(auth).map_err(StartError::Auth)?),
             http: Arc::new(http),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
+            pipelines,
+            ws_connections,
         })
     }
 }
@@ -64,6 +131,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let drain_timeout = state.http.drain_timeout;
+    let pipelines = state.pipelines.clone();
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");
     }
@@ -82,12 +150,17 @@ pub async fn run(
         () = &mut server => return,
         _ = signalled_rx => {}
     }
-    if tokio::time::timeout(drain_timeout, server).await.is_err() {
-        tracing::warn!(
-            ?drain_timeout,
-            "drain deadline passed; abandoning open connections"
-        );
-    } else {
-        tracing::info!("server drained");
-    }
+    // Upgraded WebSockets are not connections warp waits for, so the live conversations are
+    // drained alongside the HTTP requests: each STT session commits, delivers its last
+    // transcript, and that utterance is processed before the deadline.
+    let http = async {
+        if tokio::time::timeout(drain_timeout, server).await.is_err() {
+            tracing::warn!(
+                ?drain_timeout,
+                "drain deadline passed; abandoning open connections"
+            );
+        }
+    };
+    tokio::join!(http, pipelines.shutdown(drain_timeout));
+    tracing::info!("server drained");
 }

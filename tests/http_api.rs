@@ -818,7 +818,8 @@ async fn access_log_never_contains_tokens() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 404);
+    // A plain GET on the WebSocket path (no upgrade): rejected, and logged with the token.
+    assert_eq!(res.status(), 400);
     let res = srv
         .http
         .post(srv.api("/auth/refresh"))

@@ -89,7 +89,7 @@ impl ApiError {
 
     /// The message sent to the client: `Display`, except for internal failures, whose cause
     /// stays in the logs.
-    fn public_message(&self) -> String {
+    pub(crate) fn public_message(&self) -> String {
         match self.status() {
             StatusCode::INTERNAL_SERVER_ERROR => "internal server error".to_owned(),
             StatusCode::SERVICE_UNAVAILABLE => "service temporarily unavailable".to_owned(),

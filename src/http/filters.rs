@@ -40,30 +40,6 @@ pub fn with_auth(
     })
 }
 
-/// Like [`with_auth`], but also accepts `?token=<access token>` because browsers cannot set
-/// headers on a WebSocket handshake (the original frontend puts the token there). The header
-/// wins when both are present. For the WebSocket routes only.
-pub fn with_ws_auth(
-    state: AppState,
-) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone {
-    warp::header::headers_cloned().and(raw_query()).and_then(
-        move |headers: HeaderMap, query: String| {
-            let state = state.clone();
-            async move {
-                let from_query = query_param(&query, "token");
-                let token = bearer(&headers)
-                    .map(str::to_owned)
-                    .or(from_query)
-                    .ok_or(ApiError::Auth(auth::Error::InvalidToken))?;
-                state
-                    .auth
-                    .authenticate(&token)
-                    .map_err(|e| warp::reject::custom(ApiError::Auth(e)))
-            }
-        },
-    )
-}
-
 /// The raw query string, empty when there is none (warp's own filter rejects that case).
 pub fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
     warp::query::raw().or(warp::any().map(String::new)).unify()
@@ -76,7 +52,7 @@ pub fn query_param(query: &str, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers
         .get(warp::http::header::AUTHORIZATION)?
         .to_str()
@@ -180,54 +156,6 @@ mod tests {
             Err(ApiError::InvalidField(_))
         ));
         assert!(parse_json::<Body>(br#"{"n":1}"#).is_ok());
-    }
-
-    #[tokio::test]
-    async fn ws_auth_takes_query_token_rest_auth_does_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::sqlite::SqliteStore::open(&dir.path().join("t.db")).unwrap();
-        let state = AppState::new(
-            std::sync::Arc::new(store),
-            crate::auth::AuthConfig::new(vec![3; 32]),
-            super::super::HttpConfig::default(),
-        )
-        .unwrap();
-        let user = crate::store::User {
-            id: "u1".into(),
-            organization_id: "o1".into(),
-            username: "ws".into(),
-            password_hash: String::new(),
-            preferred_language: "en".into(),
-            role: crate::store::UserRole::Clinician,
-            created_at: 0,
-            updated_at: 0,
-        };
-        let token = state.auth.issue_access(&user);
-        let path = format!("/ws?conversationId=c1&token={token}");
-
-        let ws = with_ws_auth(state.clone());
-        let p = warp::test::request().path(&path).filter(&ws).await.unwrap();
-        assert_eq!(p.user_id, "u1");
-        let p = warp::test::request()
-            .path("/ws")
-            .header("authorization", format!("Bearer {token}"))
-            .filter(&ws)
-            .await
-            .unwrap();
-        assert_eq!(p.organization_id, "o1");
-        assert!(warp::test::request()
-            .path("/ws?token=forged")
-            .filter(&ws)
-            .await
-            .is_err());
-        assert!(warp::test::request().path("/ws").filter(&ws).await.is_err());
-
-        let rest = with_auth(state);
-        assert!(warp::test::request()
-            .path(&path)
-            .filter(&rest)
-            .await
-            .is_err());
     }
 
     #[test]

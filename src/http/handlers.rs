@@ -357,7 +357,7 @@ pub async fn update_patient(
 
 // ---------- helpers ----------
 
-async fn conversation(
+pub(super) async fn conversation(
     state: &AppState,
     p: &Principal,
     id: &str,
@@ -376,7 +376,7 @@ fn not_found(what: &'static str) -> impl Fn(store::Error) -> ApiError {
     }
 }
 
-async fn audit(
+pub(super) async fn audit(
     state: &AppState,
     p: &Principal,
     action: &str,

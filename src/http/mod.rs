@@ -16,13 +16,16 @@ use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, Method};
 use warp::path::FullPath;
 use warp::reply::Response;
-use warp::Filter;
+use warp::{Filter, Reply as _};
 
 pub mod cors;
 pub mod error;
 pub mod filters;
 pub mod handlers;
 pub mod models;
+pub mod ws;
+pub mod ws_audio;
+pub mod ws_control;
 
 use crate::server::AppState;
 use filters::{client_ip, json_body, raw_query, with_auth, with_state};
@@ -41,6 +44,12 @@ pub struct HttpConfig {
     /// After the shutdown signal, how long in-flight requests may take before the server
     /// stops waiting for them.
     pub drain_timeout: Duration,
+    /// Minimum spacing between frames on a control socket. The original frontend keeps only
+    /// the latest frame per socket, so two frames a few milliseconds apart can lose the first;
+    /// zero turns pacing off for clients that read every frame.
+    pub control_pacing: Duration,
+    /// Largest audio-socket message; a larger one closes the socket with 1009.
+    pub max_audio_message_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -55,6 +64,8 @@ impl Default for HttpConfig {
             max_body_bytes: 1024 * 1024,
             registration_open: true,
             drain_timeout: Duration::from_secs(10),
+            control_pacing: Duration::from_millis(60),
+            max_audio_message_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -66,6 +77,8 @@ pub fn routes(
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
     let app = ops(state.clone())
         .or(api(state.clone()))
+        .unify()
+        .or(sockets(state.clone()))
         .unify()
         .recover(error::handle_rejection)
         .unify();
@@ -141,6 +154,39 @@ fn ops(state: AppState) -> BoxedFilter<(Response,)> {
         .then(handlers::metrics)
         .map(respond);
     healthz.or(readyz).unify().or(metrics).unify().boxed()
+}
+
+/// The WebSockets: audio on `/transcription`, control on `/ws` and `/` (the original frontend
+/// uses `/ws`; the original backend served every other path). Authentication happens after the
+/// upgrade so refusals carry the original close codes.
+fn sockets(state: AppState) -> BoxedFilter<(Response,)> {
+    let upgrade = || {
+        warp::ws()
+            .and(with_state(state.clone()))
+            .and(warp::header::headers_cloned())
+            .and(raw_query())
+    };
+    let audio = warp::path!("transcription").and(upgrade()).map(
+        |ws: warp::ws::Ws, state: AppState, headers: HeaderMap, query: String| {
+            let limit = state.http.max_audio_message_bytes;
+            ws.max_message_size(limit)
+                .max_frame_size(limit)
+                .on_upgrade(move |socket| ws_audio::serve(socket, state, headers, query))
+                .into_response()
+        },
+    );
+    let control = warp::path!("ws")
+        .or(warp::path::end())
+        .unify()
+        .and(upgrade())
+        .map(
+            |ws: warp::ws::Ws, state: AppState, headers: HeaderMap, query: String| {
+                ws.max_message_size(64 * 1024)
+                    .on_upgrade(move |socket| ws_control::serve(socket, state, headers, query))
+                    .into_response()
+            },
+        );
+    audio.or(control).unify().boxed()
 }
 
 /// The REST API under `/api/v1`.

@@ -55,6 +55,9 @@ pub enum ServerEvent {
     SummaryData { payload: SummaryData },
     #[serde(rename = "medical_history_data")]
     MedicalHistoryData { payload: MedicalHistoryData },
+    /// Echo of `chat_message` (the original's stub; `id` is a millisecond timestamp).
+    #[serde(rename = "message_received")]
+    MessageReceived { id: String, text: String },
     /// Errors carry `message` and `text` (the original used both keys) and a stable `code`.
     #[serde(rename = "error")]
     Error {

@@ -212,30 +212,20 @@ impl Pipelines {
     /// it is not live. `client` receives this socket's own errors (decode failures).
     ///
     /// # Errors
-    /// The STT session could not be opened, or the DSP pool is gone.
+    /// The STT session could not be opened.
     pub async fn attach(
         self: &Arc<Self>,
         conversation: &Conversation,
-        declared: Option<InputFormat>,
         client: ClientTx,
     ) -> Result<AudioInput, Error> {
         let live = self.live_for(conversation).await?;
-        let (stream, outputs) = self.pool.open(&conversation.id, declared).await?;
-        let paused = Arc::new(AtomicBool::new(false));
-        let (ack_tx, ack_rx) = mpsc::channel(1);
-        self.tasks.spawn(forward(
-            outputs,
-            live.stt.clone(),
-            paused.clone(),
-            client,
-            ack_tx,
-        ));
         Ok(AudioInput {
             live,
             pipelines: Arc::clone(self),
-            stream,
-            paused,
-            end_of_input: ack_rx,
+            client,
+            declared: None,
+            stream: None,
+            paused: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -256,7 +246,12 @@ impl Pipelines {
                 conversation.patient_language.clone(),
             ],
             prompt: self.config.stt_prompt.clone(),
-            keywords: self.config.glossary.iter().map(|g| g.term.clone()).collect(),
+            keywords: self
+                .config
+                .glossary
+                .iter()
+                .map(|g| g.term.clone())
+                .collect(),
         };
         let session = self.providers.stt.open(options).await?;
         let live = Arc::new(Live {
@@ -295,10 +290,17 @@ impl Pipelines {
             .to_frame(),
         );
         let (lane_tx, lane_rx) = mpsc::channel(LANE_CAPACITY);
-        self.tasks
-            .spawn(read_stt_events(Arc::clone(self), Arc::clone(&live), session.events, lane_tx));
-        self.tasks
-            .spawn(transcript::run_lane(Arc::clone(self), Arc::clone(&live), lane_rx));
+        self.tasks.spawn(read_stt_events(
+            Arc::clone(self),
+            Arc::clone(&live),
+            session.events,
+            lane_tx,
+        ));
+        self.tasks.spawn(transcript::run_lane(
+            Arc::clone(self),
+            Arc::clone(&live),
+            lane_rx,
+        ));
         Ok(live)
     }
 
@@ -352,7 +354,10 @@ impl Pipelines {
             let _ = live.stt.try_send(SttInput::Close);
         }
         self.tasks.close();
-        if tokio::time::timeout(deadline, self.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(deadline, self.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 live = lives.len(),
                 ?deadline,
@@ -362,7 +367,8 @@ impl Pipelines {
     }
 
     fn publish(&self, conversation_id: &str, audience: Audience, event: &ServerEvent) {
-        self.hub.publish(conversation_id, audience, event.to_frame());
+        self.hub
+            .publish(conversation_id, audience, event.to_frame());
     }
 }
 
@@ -370,9 +376,18 @@ impl Pipelines {
 pub struct AudioInput {
     live: Arc<Live>,
     pipelines: Arc<Pipelines>,
-    stream: AudioStream,
+    /// This socket's queue, for errors that concern only its audio.
+    client: ClientTx,
+    /// The format the client declared (`start`), for input without magic bytes (raw PCM).
+    declared: Option<InputFormat>,
+    /// The decoder stream, opened on the first chunk so a `start` message can precede it.
+    stream: Option<OpenStream>,
     paused: Arc<AtomicBool>,
-    /// One message per completed `finish` on the DSP stream, after its PCM was forwarded.
+}
+
+struct OpenStream {
+    stream: AudioStream,
+    /// One message per completed `finish`, after its PCM was forwarded.
     end_of_input: mpsc::Receiver<()>,
 }
 
@@ -381,8 +396,42 @@ impl AudioInput {
     ///
     /// # Errors
     /// The DSP pool has shut down.
-    pub async fn push(&self, chunk: Vec<u8>) -> Result<(), Error> {
-        Ok(self.stream.push(chunk).await?)
+    pub async fn push(&mut self, chunk: Vec<u8>) -> Result<(), Error> {
+        if self.stream.is_none() {
+            let (stream, outputs) = self
+                .pipelines
+                .pool
+                .open(&self.live.conversation_id, self.declared)
+                .await?;
+            let (ack_tx, end_of_input) = mpsc::channel(1);
+            self.pipelines.tasks.spawn(forward(
+                outputs,
+                self.live.stt.clone(),
+                self.paused.clone(),
+                self.client.clone(),
+                ack_tx,
+            ));
+            self.stream = Some(OpenStream {
+                stream,
+                end_of_input,
+            });
+        }
+        match &self.stream {
+            Some(open) => Ok(open.stream.push(chunk).await?),
+            None => Err(Error::PoolClosed),
+        }
+    }
+
+    /// Declares the format of the next recording (`start`). Audio already sent is decoded to
+    /// its end first, so nothing is lost when a client switches formats mid-socket.
+    ///
+    /// # Errors
+    /// The DSP pool has shut down.
+    pub async fn declare(&mut self, format: InputFormat) -> Result<(), Error> {
+        self.drain().await?;
+        self.stream = None;
+        self.declared = Some(format);
+        Ok(())
     }
 
     /// The recorder stopped (`input_audio_buffer.finalize`): flush the decoder and commit the
@@ -420,8 +469,11 @@ impl AudioInput {
     }
 
     async fn drain(&mut self) -> Result<(), Error> {
-        self.stream.finish().await?;
-        self.end_of_input.recv().await.ok_or(Error::PoolClosed)
+        let Some(open) = &mut self.stream else {
+            return Ok(());
+        };
+        open.stream.finish().await?;
+        open.end_of_input.recv().await.ok_or(Error::PoolClosed)
     }
 }
 
@@ -442,7 +494,11 @@ async fn forward(
         }
         if !paused.load(Ordering::Relaxed) {
             for frame in output.frames.iter() {
-                if stt.send(SttInput::Audio(frame.samples.clone())).await.is_err() {
+                if stt
+                    .send(SttInput::Audio(frame.samples.clone()))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }

@@ -87,7 +87,15 @@ async fn process(pipelines: &Pipelines, live: &Live, u: Utterance) {
     }
 
     let (clinician_lang, patient_lang) = live.languages();
-    let speaker = decide_speaker(pipelines, live, text, &u.languages, &clinician_lang, &patient_lang).await;
+    let speaker = decide_speaker(
+        pipelines,
+        live,
+        text,
+        &u.languages,
+        &clinician_lang,
+        &patient_lang,
+    )
+    .await;
 
     let original = match store_message(
         pipelines,
@@ -212,7 +220,9 @@ async fn follow_patient_language(pipelines: &Pipelines, live: &Live, spoken: &st
         .await
     {
         Ok(_) => lock(&live.languages).1 = spoken.to_owned(),
-        Err(e) => tracing::warn!(conversation_id = %live.conversation_id, error = %e, "cannot update the patient language"),
+        Err(e) => {
+            tracing::warn!(conversation_id = %live.conversation_id, error = %e, "cannot update the patient language")
+        }
     }
 }
 
@@ -278,7 +288,10 @@ async fn interpret(
             pipelines.publish(
                 id,
                 Audience::Audio,
-                &ServerEvent::error(e.code(), format!("Translation failed: {}", provider_message(&e))),
+                &ServerEvent::error(
+                    e.code(),
+                    format!("Translation failed: {}", provider_message(&e)),
+                ),
             );
             // Speak the original rather than nothing, as the original system did.
             original.original_text.clone()
@@ -306,14 +319,22 @@ async fn interpret(
             pipelines.publish(
                 id,
                 Audience::Audio,
-                &ServerEvent::error(e.code(), format!("Speech synthesis failed: {}", provider_message(&e))),
+                &ServerEvent::error(
+                    e.code(),
+                    format!("Speech synthesis failed: {}", provider_message(&e)),
+                ),
             );
         }
     }
     timings
 }
 
-async fn store_translation(pipelines: &Pipelines, original: &Message, translated: &str, target: &str) {
+async fn store_translation(
+    pipelines: &Pipelines,
+    original: &Message,
+    translated: &str,
+    target: &str,
+) {
     let id = &original.conversation_id;
     let row = store_message(
         pipelines,
@@ -352,7 +373,12 @@ async fn store_translation(pipelines: &Pipelines, original: &Message, translated
     }
 }
 
-fn send_tts(pipelines: &Pipelines, conversation_id: &str, message_id: &str, audio: &ai::SpeechAudio) {
+fn send_tts(
+    pipelines: &Pipelines,
+    conversation_id: &str,
+    message_id: &str,
+    audio: &ai::SpeechAudio,
+) {
     pipelines.publish(
         conversation_id,
         Audience::Audio,
@@ -383,7 +409,10 @@ async fn run_command(pipelines: &Pipelines, live: &Live, original: &Message, cli
             pipelines.publish(
                 id,
                 Audience::Audio,
-                &ServerEvent::error(e.code(), format!("Command detection failed: {}", provider_message(&e))),
+                &ServerEvent::error(
+                    e.code(),
+                    format!("Command detection failed: {}", provider_message(&e)),
+                ),
             );
             return;
         }
@@ -404,29 +433,36 @@ async fn run_command(pipelines: &Pipelines, live: &Live, original: &Message, cli
                     "Request received.".to_owned(),
                     json!({}),
                 ),
-                Some(planned) => match commands::execute(pipelines.store.as_ref(), id, &planned).await {
-                    Ok(action) => {
-                        let view = ActionView::from(&action);
-                        let executed = CommandExecuted::success(command.name(), planned.message, &view);
-                        let created = ServerEvent::ActionCreated { payload: view };
-                        pipelines.publish(id, Audience::Control, &created);
-                        pipelines.publish(id, Audience::Audio, &created);
-                        executed
+                Some(planned) => {
+                    match commands::execute(pipelines.store.as_ref(), id, &planned).await {
+                        Ok(action) => {
+                            let view = ActionView::from(&action);
+                            let executed =
+                                CommandExecuted::success(command.name(), planned.message, &view);
+                            let created = ServerEvent::ActionCreated { payload: view };
+                            pipelines.publish(id, Audience::Control, &created);
+                            pipelines.publish(id, Audience::Audio, &created);
+                            executed
+                        }
+                        Err(e) => {
+                            tracing::error!(conversation_id = %id, error = %e, "could not store an action");
+                            CommandExecuted::without_action(
+                                "error",
+                                command.name(),
+                                "The command could not be saved.".to_owned(),
+                                json!({}),
+                            )
+                        }
                     }
-                    Err(e) => {
-                        tracing::error!(conversation_id = %id, error = %e, "could not store an action");
-                        CommandExecuted::without_action(
-                            "error",
-                            command.name(),
-                            "The command could not be saved.".to_owned(),
-                            json!({}),
-                        )
-                    }
-                },
+                }
             }
         }
     };
-    pipelines.publish(id, Audience::Audio, &ServerEvent::CommandExecuted { payload });
+    pipelines.publish(
+        id,
+        Audience::Audio,
+        &ServerEvent::CommandExecuted { payload },
+    );
 }
 
 /// A short, user-facing description of a provider failure (no bodies, no internals).

@@ -635,6 +635,7 @@ async fn messages(store: &dyn Store) {
     let listed = store.list_messages(&conv, &Page::default()).await.unwrap();
     let t1_listed = listed.iter().find(|m| m.id == t1.id).unwrap();
     assert_eq!(t1_listed.timings.as_ref(), Some(&timings));
+    let t1 = t1_listed.clone();
     assert_not_found(
         store.set_message_timings(&new_id(), &timings).await,
         "timings of an unknown message",

@@ -10,10 +10,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tandem::ai::openai::OpenAiConfig;
+use tandem::audio::pool::PoolConfig;
 use tandem::auth::{Argon2Config, AuthConfig};
-use tandem::server::{self, AppState, HttpConfig};
+use tandem::pipeline::PipelineConfig;
+use tandem::server::{self, AppState, HttpConfig, PipelineSetup};
 use tandem::store::sqlite::SqliteStore;
 use tandem::store::{NewUser, Store, UserRole};
+use tandem::stt::realtime::RealtimeConfig;
+use tandem::testing::fake_openai::{http as fake_http, realtime, FakeOpenAi};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -41,6 +46,8 @@ pub struct TestServer {
     /// Keeps the temp directory (and the database) alive as long as the server handle.
     pub dir: Arc<tempfile::TempDir>,
     pub http: reqwest::Client,
+    /// The fake provider the server's pipeline talks to.
+    pub fake: FakeOpenAi,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -66,8 +73,36 @@ pub async fn start_with(http: HttpConfig) -> TestServer {
 
 /// Starts a server on an existing database file (restart tests).
 pub async fn start_on(dir: Arc<tempfile::TempDir>, db_path: &Path, http: HttpConfig) -> TestServer {
+    start_full(dir, db_path, http, realtime::State::new(Vec::<&str>::new())).await
+}
+
+/// Starts a server whose providers are a loopback fake OpenAI answering utterances with
+/// `script`.
+pub async fn start_scripted(script: realtime::State) -> TestServer {
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let path = dir.path().join("tandem.db");
+    start_full(dir, &path, HttpConfig::default(), script).await
+}
+
+pub async fn start_full(
+    dir: Arc<tempfile::TempDir>,
+    db_path: &Path,
+    http: HttpConfig,
+    script: realtime::State,
+) -> TestServer {
+    let fake = FakeOpenAi::start(script, fake_http::State::default()).await;
+    let mut ai = OpenAiConfig::new(fake.base_url(), None);
+    ai.initial_backoff = Duration::from_millis(5);
+    ai.max_backoff = Duration::from_millis(20);
+    let providers =
+        server::openai_providers(ai, RealtimeConfig::new(fake.base_url())).expect("providers");
+    let setup = PipelineSetup {
+        providers,
+        config: PipelineConfig::default(),
+        pool: PoolConfig::default(),
+    };
     let store = Arc::new(SqliteStore::open(db_path).expect("open sqlite"));
-    let state = AppState::new(store.clone(), auth_config(), http).expect("app state");
+    let state = AppState::new(store.clone(), auth_config(), http, setup).expect("app state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -83,6 +118,7 @@ pub async fn start_on(dir: Arc<tempfile::TempDir>, db_path: &Path, http: HttpCon
         db_path: db_path.to_owned(),
         dir,
         http: reqwest::Client::new(),
+        fake,
         shutdown: Some(tx),
         task: Some(task),
     }

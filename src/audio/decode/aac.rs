@@ -152,7 +152,6 @@ impl AacDecoder {
             config: asc,
         })
     }
-
 }
 
 impl PacketDecoder for AacDecoder {

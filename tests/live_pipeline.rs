@@ -1,0 +1,379 @@
+//! End to end, as the original frontend drives Tandem: REST login and conversation, the control
+//! socket, and the audio socket streaming a real Chromium recording at real-time pace, against
+//! the loopback fake OpenAI (Realtime STT with an energy VAD + chat + speech).
+
+// Helpers outside #[test] fns are not covered by allow-unwrap-in-tests; a panic is the report.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{json, Value};
+use tandem::testing::fake_openai::realtime::{ScriptLine, State};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const CLINICIAN: &str =
+    "Take a note: the patient reports chest pain for three days. Schedule a follow-up in two weeks.";
+const PATIENT: &str = "Me duele el pecho desde hace tres días y tomo metformina dos veces al día.";
+
+fn script() -> State {
+    State::new([
+        ScriptLine {
+            text: CLINICIAN.into(),
+            languages: vec!["en".into()],
+        },
+        ScriptLine {
+            text: PATIENT.into(),
+            languages: vec!["es".into()],
+        },
+    ])
+}
+
+fn chunks() -> Vec<Vec<u8>> {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/chrome-webm-opus-1000ms");
+    (0..)
+        .map_while(|i| std::fs::read(dir.join(format!("chunk-{i:03}.bin"))).ok())
+        .collect()
+}
+
+async fn connect(url: String) -> Ws {
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket connect")
+        .0
+}
+
+/// The next JSON text frame, skipping captions; panics after `within`.
+async fn next_event(ws: &mut Ws, within: Duration) -> Value {
+    loop {
+        let frame = tokio::time::timeout(within, ws.next())
+            .await
+            .expect("an event in time")
+            .expect("socket open")
+            .expect("frame");
+        if let Message::Text(text) = frame {
+            return serde_json::from_str(&text).expect("JSON event");
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, event: Value) {
+    ws.send(Message::text(event.to_string()))
+        .await
+        .expect("send");
+}
+
+async fn start_conversation(srv: &support::TestServer) -> (support::Client, String) {
+    let user = srv.new_user("dr_lee").await;
+    let res = user
+        .post("/conversations")
+        .json(&json!({"firstName": "Ana", "lastName": "García", "dob": "1980-04-02", "patientLanguage": "es"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let conversation: Value = res.json().await.unwrap();
+    let id = conversation["id"].as_str().unwrap().to_owned();
+    (user, id)
+}
+
+/// Streams the fixture's chunks as the original frontend does: one base64 `append` per
+/// MediaRecorder chunk, one per second.
+async fn stream_recording(audio: &mut Ws) {
+    for chunk in chunks() {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&chunk);
+        send(
+            audio,
+            json!({"type": "input_audio_buffer.append", "audio": b64}),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visit_is_transcribed_interpreted_and_stored() {
+    let srv = support::start_scripted(script()).await;
+    let (user, conversation_id) = start_conversation(&srv).await;
+    let ws_base = format!("ws://{}", srv.addr);
+
+    let mut control = connect(format!("{ws_base}/ws?token={}", user.access_token)).await;
+    assert_eq!(
+        next_event(&mut control, Duration::from_secs(5)).await["type"],
+        "system"
+    );
+    send(
+        &mut control,
+        json!({"type": "select_conversation", "payload": {"conversationId": conversation_id}}),
+    )
+    .await;
+    let selected = next_event(&mut control, Duration::from_secs(5)).await;
+    assert_eq!(selected["type"], "conversation_selected");
+    assert_eq!(selected["payload"]["isActive"], true);
+    assert_eq!(selected["payload"]["patientLanguage"], "es");
+
+    let mut audio = connect(format!(
+        "{ws_base}/transcription?conversationId={conversation_id}&token={}",
+        user.access_token
+    ))
+    .await;
+    let hello = next_event(&mut audio, Duration::from_secs(5)).await;
+    assert_eq!(hello["type"], "backend_connected");
+
+    stream_recording(&mut audio).await;
+    send(&mut audio, json!({"type": "input_audio_buffer.finalize"})).await;
+
+    // Collect everything until both utterances completed.
+    let mut events = Vec::new();
+    let mut completed = 0;
+    while completed < 2 {
+        let e = next_event(&mut audio, Duration::from_secs(20)).await;
+        if e["type"] == "processing_completed" {
+            completed += 1;
+        }
+        events.push(e);
+    }
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let position = |pred: &dyn Fn(&Value) -> bool| {
+        events
+            .iter()
+            .position(pred)
+            .unwrap_or_else(|| panic!("missing event in {types:?}"))
+    };
+    assert!(
+        types.contains(&"conversation.item.input_audio_transcription.delta"),
+        "live captions: {types:?}"
+    );
+
+    // Utterance 1: the clinician, in English, with a voice command.
+    let original_1 =
+        position(&|e| e["type"] == "new_message" && e["payload"]["originalText"] == CLINICIAN);
+    let m1 = &events[original_1]["payload"];
+    assert_eq!(m1["senderType"], "user");
+    assert_eq!(m1["language"], "en");
+    let translation_1 =
+        position(&|e| e["type"] == "new_message" && e["payload"]["originalMessageId"] == m1["id"]);
+    assert_eq!(
+        events[translation_1]["payload"]["senderType"],
+        "translation"
+    );
+    assert_eq!(
+        events[translation_1]["payload"]["language"], "es",
+        "a translation carries its target"
+    );
+    let tts_1 =
+        position(&|e| e["type"] == "tts_audio" && e["payload"]["originalMessageId"] == m1["id"]);
+    assert_eq!(events[tts_1]["payload"]["format"], "audio/mpeg");
+    let spoken = base64::engine::general_purpose::STANDARD
+        .decode(events[tts_1]["payload"]["audioBase64"].as_str().unwrap())
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&spoken).starts_with("FAKE-MP3:"),
+        "the fake's speech bytes"
+    );
+    let command = position(&|e| e["type"] == "command_executed");
+    let executed = &events[command]["payload"];
+    assert_eq!(executed["status"], "success");
+    assert_eq!(executed["name"], "take_note");
+    assert_eq!(executed["payload"]["type"], "note", "the frontend's shape");
+    assert_eq!(
+        executed["data"]["note"]["id"], executed["payload"]["data"]["id"],
+        "the backend's shape"
+    );
+    let done_1 = position(&|e| e["type"] == "processing_completed");
+    assert!(
+        original_1 < translation_1 && translation_1 < tts_1,
+        "{types:?}"
+    );
+    assert!(command < done_1 && tts_1 < done_1, "{types:?}");
+
+    // Utterance 2: the patient, in Spanish, no command.
+    let original_2 =
+        position(&|e| e["type"] == "new_message" && e["payload"]["originalText"] == PATIENT);
+    let m2 = &events[original_2]["payload"];
+    assert_eq!(m2["senderType"], "patient");
+    assert_eq!(m2["language"], "es");
+    assert!(
+        original_2 > done_1,
+        "utterances keep their order: {types:?}"
+    );
+    let translation_2 =
+        position(&|e| e["type"] == "new_message" && e["payload"]["originalMessageId"] == m2["id"]);
+    assert_eq!(events[translation_2]["payload"]["language"], "en");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "command_executed")
+            .count(),
+        1,
+        "patients give no commands"
+    );
+
+    // The control socket got the action push for the conversation it selected.
+    let pushed = next_event(&mut control, Duration::from_secs(5)).await;
+    assert_eq!(pushed["type"], "action_created");
+    assert_eq!(pushed["payload"]["type"], "note");
+    assert!(!pushed["payload"]["data"]["content"]
+        .as_str()
+        .unwrap()
+        .is_empty());
+
+    // Stored rows, as the REST API and get_messages return them.
+    let page = user
+        .get_json(&format!("/conversations/{conversation_id}/messages"), 200)
+        .await;
+    let messages = page["messages"].as_array().unwrap();
+    let rows: Vec<(&str, &str)> = messages
+        .iter()
+        .map(|m| {
+            (
+                m["senderType"].as_str().unwrap(),
+                m["language"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("user", "en"),
+            ("translation", "es"),
+            ("patient", "es"),
+            ("translation", "en")
+        ]
+    );
+    assert!(
+        messages[0]["timings"]["stored_ms"].is_number(),
+        "timings recorded: {}",
+        messages[0]
+    );
+    assert!(messages[0]["sttItemId"].is_string());
+    let actions = user
+        .get_json(&format!("/conversations/{conversation_id}/actions"), 200)
+        .await;
+    assert_eq!(actions.as_array().unwrap().len(), 1);
+    assert_eq!(actions[0]["type"], "note");
+
+    send(
+        &mut control,
+        json!({"type": "get_messages", "payload": {"conversationId": conversation_id}}),
+    )
+    .await;
+    let list = next_event(&mut control, Duration::from_secs(5)).await;
+    assert_eq!(list["type"], "message_list");
+    assert_eq!(list["payload"]["messages"].as_array().unwrap().len(), 4);
+
+    audio.close(None).await.unwrap();
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_audio_socket_ends_input_and_loses_nothing() {
+    // The original frontend never sends `finalize`: "End Session" just closes /transcription.
+    let srv = support::start_scripted(script()).await;
+    let (user, conversation_id) = start_conversation(&srv).await;
+    let mut audio = connect(format!(
+        "ws://{}/transcription?conversationId={conversation_id}&token={}",
+        srv.addr, user.access_token
+    ))
+    .await;
+    stream_recording(&mut audio).await;
+    audio.close(None).await.unwrap();
+
+    // Results reach the client later through the stored messages.
+    let mut stored = Vec::new();
+    for _ in 0..100 {
+        let page = user
+            .get_json(&format!("/conversations/{conversation_id}/messages"), 200)
+            .await;
+        stored = page["messages"].as_array().unwrap().clone();
+        if stored.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let texts: Vec<&str> = stored
+        .iter()
+        .filter(|m| m["senderType"] != "translation")
+        .map(|m| m["originalText"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, [CLINICIAN, PATIENT], "both utterances, once each");
+    assert_eq!(stored.len(), 4);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn sockets_refuse_bad_tokens_and_foreign_conversations() {
+    let srv = support::start().await;
+    let (user, conversation_id) = start_conversation(&srv).await;
+    let other = srv.user_in_new_org("Other Clinic", "dr_other").await;
+    let ws_base = format!("ws://{}", srv.addr);
+
+    for url in [
+        format!("{ws_base}/ws?token=forged"),
+        format!("{ws_base}/?token=forged"),
+        format!("{ws_base}/transcription?conversationId={conversation_id}&token=forged"),
+        format!("{ws_base}/transcription?conversationId={conversation_id}"),
+    ] {
+        let mut ws = connect(url.clone()).await;
+        let close = loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => break frame,
+                Some(Ok(_)) => continue,
+                other => panic!("{url}: expected a close frame, got {other:?}"),
+            }
+        };
+        assert_eq!(u16::from(close.expect("close frame").code), 4001, "{url}");
+    }
+
+    let mut missing = connect(format!(
+        "{ws_base}/transcription?token={}",
+        user.access_token
+    ))
+    .await;
+    let close = loop {
+        if let Some(Ok(Message::Close(frame))) = missing.next().await {
+            break frame;
+        }
+    };
+    assert_eq!(u16::from(close.unwrap().code), 1008);
+
+    // Another organization's conversation: an error event, then 1008.
+    let mut foreign = connect(format!(
+        "{ws_base}/transcription?conversationId={conversation_id}&token={}",
+        other.access_token
+    ))
+    .await;
+    let error = next_event(&mut foreign, Duration::from_secs(5)).await;
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["code"], "not_found");
+    let mut control = connect(format!("{ws_base}/ws?token={}", other.access_token)).await;
+    next_event(&mut control, Duration::from_secs(5)).await;
+    send(
+        &mut control,
+        json!({"type": "get_messages", "payload": {"conversationId": conversation_id}}),
+    )
+    .await;
+    let refused = next_event(&mut control, Duration::from_secs(5)).await;
+    assert_eq!(refused["type"], "error");
+    assert_eq!(refused["code"], "not_found");
+    assert!(refused["message"].is_string() && refused["text"].is_string());
+    send(&mut control, json!({"type": "no_such_thing"})).await;
+    assert_eq!(
+        next_event(&mut control, Duration::from_secs(5)).await["code"],
+        "unknown_message_type"
+    );
+    control.send(Message::text("{not json")).await.unwrap();
+    assert_eq!(
+        next_event(&mut control, Duration::from_secs(5)).await["code"],
+        "bad_json"
+    );
+    srv.stop().await;
+}
