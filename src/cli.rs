@@ -6,6 +6,8 @@
 
 use std::io::{BufRead as _, IsTerminal as _};
 
+use crate::audio::transcoder::{Stats, Transcoder};
+use crate::audio::{self, sniff, Pcm16Frame, OUTPUT_RATE};
 use crate::auth::{self, Authenticator};
 use crate::store::{self, NewUser, Store, User, UserRole};
 
@@ -27,6 +29,13 @@ pub enum Error {
     UserExists(String),
     #[error("{0}")]
     Input(String),
+    #[error("cannot read {path}: {source}")]
+    ReadChunk {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("declared format {mime:?}: {source}")]
+    Format { mime: String, source: audio::Error },
 }
 
 /// Reads a new password: from a hidden prompt (asked twice) on a terminal, else the first line
@@ -161,4 +170,138 @@ async fn find_user(store: &dyn Store, username: &str) -> Result<User, Error> {
         store::Error::NotFound => Error::NoSuchUser(username.to_owned()),
         other => other.into(),
     })
+}
+
+/// What decoding a set of chunk files produced.
+#[derive(Debug)]
+pub struct DecodeReport {
+    /// PCM16 mono at [`OUTPUT_RATE`].
+    pub samples: Vec<i16>,
+    /// Errors by chunk index (`None` for the end-of-input flush), in order.
+    pub errors: Vec<(Option<usize>, audio::Error)>,
+    pub stats: Stats,
+}
+
+impl DecodeReport {
+    /// Output duration in milliseconds.
+    pub fn duration_ms(&self) -> f64 {
+        self.samples.len() as f64 * 1000.0 / f64::from(OUTPUT_RATE)
+    }
+}
+
+/// Decodes chunk files exactly as the audio socket would receive them, one chunk per file.
+/// Decode errors are collected, not fatal: the point is to see all of them.
+///
+/// # Errors
+/// A file cannot be read, or the declared MIME type is not understood.
+pub fn decode_files(
+    chunks: &[std::path::PathBuf],
+    mime: Option<&str>,
+) -> Result<DecodeReport, Error> {
+    let declared = mime
+        .map(|m| {
+            sniff::parse_mime(m, None).map_err(|source| Error::Format {
+                mime: m.to_owned(),
+                source,
+            })
+        })
+        .transpose()?;
+    let mut transcoder = Transcoder::new(declared);
+    let mut frames: Vec<Pcm16Frame> = Vec::new();
+    let mut errors = Vec::new();
+    for (i, path) in chunks.iter().enumerate() {
+        let bytes = std::fs::read(path).map_err(|source| Error::ReadChunk {
+            path: path.clone(),
+            source,
+        })?;
+        if let Err(e) = transcoder.push(&bytes, &mut frames) {
+            errors.push((Some(i), e));
+        }
+    }
+    if let Err(e) = transcoder.finish(&mut frames) {
+        errors.push((None, e));
+    }
+    Ok(DecodeReport {
+        samples: frames.into_iter().flat_map(|f| f.samples).collect(),
+        errors,
+        stats: transcoder.stats(),
+    })
+}
+
+/// Writes PCM16 mono 24 kHz as a WAV file (44-byte RIFF header).
+///
+/// # Errors
+/// The writer fails, or the audio is longer than a WAV file can describe.
+pub fn write_wav(mut w: impl std::io::Write, samples: &[i16]) -> std::io::Result<()> {
+    let too_long =
+        || std::io::Error::new(std::io::ErrorKind::InvalidInput, "audio too long for WAV");
+    let data_len = u32::try_from(samples.len() * 2).map_err(|_| too_long())?;
+    let riff_len = data_len.checked_add(36).ok_or_else(too_long)?;
+    let mut header = Vec::with_capacity(44);
+    header.extend_from_slice(b"RIFF");
+    header.extend_from_slice(&riff_len.to_le_bytes());
+    header.extend_from_slice(b"WAVEfmt ");
+    header.extend_from_slice(&16u32.to_le_bytes()); // fmt chunk size
+    header.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    header.extend_from_slice(&1u16.to_le_bytes()); // mono
+    header.extend_from_slice(&OUTPUT_RATE.to_le_bytes());
+    header.extend_from_slice(&(OUTPUT_RATE * 2).to_le_bytes()); // byte rate
+    header.extend_from_slice(&2u16.to_le_bytes()); // block align
+    header.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
+    header.extend_from_slice(b"data");
+    header.extend_from_slice(&data_len.to_le_bytes());
+    w.write_all(&header)?;
+    w.write_all(&pcm_bytes(samples))
+}
+
+/// PCM16 little-endian bytes.
+pub fn pcm_bytes(samples: &[i16]) -> Vec<u8> {
+    samples.iter().flat_map(|s| s.to_le_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<std::path::PathBuf> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(name);
+        (0..)
+            .map(|i| dir.join(format!("chunk-{i:03}.bin")))
+            .take_while(|p| p.exists())
+            .collect()
+    }
+
+    #[test]
+    fn decode_reports_duration_of_real_chunks() {
+        let chunks = fixture("chrome-webm-opus-250ms");
+        assert_eq!(chunks.len(), 20);
+        let report = decode_files(&chunks, None).unwrap();
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        // 141 120 samples: the libopus reference decode's length (fixtures/README.md).
+        assert_eq!(report.samples.len(), 141_120);
+        assert!((report.duration_ms() - 5880.0).abs() < 0.1);
+        let mut wav = Vec::new();
+        write_wav(&mut wav, &report.samples).unwrap();
+        assert_eq!(wav.len(), 44 + 2 * 141_120);
+        assert_eq!(&wav[..4], b"RIFF");
+        assert_eq!(
+            u32::from_le_bytes([wav[24], wav[25], wav[26], wav[27]]),
+            24_000
+        );
+    }
+
+    #[test]
+    fn decode_collects_errors_per_chunk() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bad");
+        let report = decode_files(&[dir.join("random-4k.bin")], None).unwrap();
+        assert!(report.samples.is_empty());
+        assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+        assert_eq!(report.errors[0].0, Some(0));
+        assert!(matches!(
+            decode_files(&[dir.join("random-4k.bin")], Some("video/x-nope")),
+            Err(Error::Format { .. })
+        ));
+    }
 }

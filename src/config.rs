@@ -66,6 +66,24 @@ pub enum Command {
         /// The account to mint the token for.
         username: String,
     },
+    /// Decode browser audio files as if they were consecutive socket chunks (a whole
+    /// recording is one chunk) to PCM16 mono 24 kHz, and report duration and errors. Needs no
+    /// database: this is how to debug what a browser sends.
+    Decode {
+        /// Declared MIME type (e.g. `audio/webm;codecs=opus`, `audio/pcm;rate=48000`); needed
+        /// for raw PCM, otherwise the format is detected from the first bytes.
+        #[arg(long)]
+        format: Option<String>,
+        /// Write raw PCM16 little-endian mono 24 kHz here.
+        #[arg(long, conflicts_with = "wav")]
+        out: Option<PathBuf>,
+        /// Write a WAV file here.
+        #[arg(long)]
+        wav: Option<PathBuf>,
+        /// The chunk files, in order.
+        #[arg(required = true)]
+        chunks: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -12,6 +12,15 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut config = cli.options.resolve()?;
     init_tracing(config.log_format);
+    if let Some(Command::Decode {
+        format,
+        out,
+        wav,
+        chunks,
+    }) = &cli.command
+    {
+        return decode(format.as_deref(), out.as_deref(), wav.as_deref(), chunks);
+    }
 
     let secret_source = config.load_jwt_secret()?;
     if secret_source == SecretSource::Generated {
@@ -82,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
             println!("password changed for {username}");
             Ok(())
         }
+        Command::Decode { .. } => Ok(()), // handled above, before opening the database
         Command::Token { username } => {
             println!(
                 "{}",
@@ -118,6 +128,51 @@ async fn serve(config: Config, state: AppState) -> anyhow::Result<()> {
     );
     server::run(listener, state, tandem::shutdown::signal()).await;
     Ok(())
+}
+
+fn decode(
+    format: Option<&str>,
+    out: Option<&std::path::Path>,
+    wav: Option<&std::path::Path>,
+    chunks: &[std::path::PathBuf],
+) -> anyhow::Result<()> {
+    let report = cli::decode_files(chunks, format)?;
+    for (chunk, error) in &report.errors {
+        match chunk {
+            Some(i) => eprintln!(
+                "chunk {i} ({}): {} [{}]",
+                chunks[*i].display(),
+                error,
+                error.code()
+            ),
+            None => eprintln!("end of input: {} [{}]", error, error.code()),
+        }
+    }
+    println!(
+        "decoded {} chunks: {:.3} s of PCM16 mono 24 kHz ({} samples), {} packets, {} skipped, {} recording(s), {} error(s)",
+        chunks.len(),
+        report.duration_ms() / 1000.0,
+        report.samples.len(),
+        report.stats.packets,
+        report.stats.packets_skipped,
+        report.stats.recordings,
+        report.errors.len()
+    );
+    if let Some(path) = out {
+        std::fs::write(path, cli::pcm_bytes(&report.samples))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = wav {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        cli::write_wav(std::io::BufWriter::new(file), &report.samples)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if report.errors.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{} decode error(s)", report.errors.len())
+    }
 }
 
 fn init_tracing(format: LogFormat) {
