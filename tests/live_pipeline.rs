@@ -288,17 +288,7 @@ async fn closing_the_audio_socket_ends_input_and_loses_nothing() {
     audio.close(None).await.unwrap();
 
     // Results reach the client later through the stored messages.
-    let mut stored = Vec::new();
-    for _ in 0..100 {
-        let page = user
-            .get_json(&format!("/conversations/{conversation_id}/messages"), 200)
-            .await;
-        stored = page["messages"].as_array().unwrap().clone();
-        if stored.len() >= 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let stored = stored_messages(&user, &conversation_id, 4).await;
     let texts: Vec<&str> = stored
         .iter()
         .filter(|m| m["senderType"] != "translation")
@@ -306,6 +296,182 @@ async fn closing_the_audio_socket_ends_input_and_loses_nothing() {
         .collect();
     assert_eq!(texts, [CLINICIAN, PATIENT], "both utterances, once each");
     assert_eq!(stored.len(), 4);
+    srv.stop().await;
+}
+
+/// Polls the stored messages until `count` rows exist (or gives up after ~20 s).
+async fn stored_messages(
+    user: &support::Client,
+    conversation_id: &str,
+    count: usize,
+) -> Vec<Value> {
+    let mut stored = Vec::new();
+    for _ in 0..100 {
+        let page = user
+            .get_json(&format!("/conversations/{conversation_id}/messages"), 200)
+            .await;
+        stored = page["messages"].as_array().unwrap().clone();
+        if stored.len() >= count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stored
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_socket_drop_mid_utterance_loses_and_duplicates_nothing() {
+    let srv = support::start_scripted(script().drop_mid_utterance_once()).await;
+    let (user, conversation_id) = start_conversation(&srv).await;
+    let mut audio = connect(format!(
+        "ws://{}/transcription?conversationId={conversation_id}&token={}",
+        srv.addr, user.access_token
+    ))
+    .await;
+    stream_recording(&mut audio).await;
+    send(&mut audio, json!({"type": "input_audio_buffer.finalize"})).await;
+    let mut saw_reconnect = false;
+    let mut completed = 0;
+    while completed < 2 {
+        let e = next_event(&mut audio, Duration::from_secs(30)).await;
+        saw_reconnect |= e["code"] == "stt_reconnecting";
+        completed += usize::from(e["type"] == "processing_completed");
+    }
+    assert!(
+        srv.fake
+            .realtime
+            .faults_fired()
+            .contains(&"drop_mid_utterance"),
+        "the fault fired: {:?}",
+        srv.fake.realtime.faults_fired()
+    );
+    assert!(
+        srv.fake.realtime.connection_count() >= 2,
+        "Tandem reconnected"
+    );
+    assert!(saw_reconnect, "the client was told about the reconnect");
+    let stored = stored_messages(&user, &conversation_id, 4).await;
+    let originals: Vec<&str> = stored
+        .iter()
+        .filter(|m| m["senderType"] != "translation")
+        .map(|m| m["originalText"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        originals,
+        [CLINICIAN, PATIENT],
+        "each utterance exactly once"
+    );
+    assert_eq!(stored.len(), 4);
+    audio.close(None).await.unwrap();
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_audio_gets_error_events_and_leaves_other_conversations_alone() {
+    let srv = support::start_scripted(script()).await;
+    let (user, bad_id) = start_conversation(&srv).await;
+    let good = user
+        .create_conversation("Luis", "Pérez", "1975-01-09")
+        .await;
+    let good_id = good["id"].as_str().unwrap().to_owned();
+    let audio_url = |id: &str| {
+        format!(
+            "ws://{}/transcription?conversationId={id}&token={}",
+            srv.addr, user.access_token
+        )
+    };
+    let mut bad = connect(audio_url(&bad_id)).await;
+    let mut good = connect(audio_url(&good_id)).await;
+    assert_eq!(
+        next_event(&mut bad, Duration::from_secs(5)).await["type"],
+        "backend_connected"
+    );
+    assert_eq!(
+        next_event(&mut good, Duration::from_secs(5)).await["type"],
+        "backend_connected"
+    );
+
+    for (message, code) in [
+        (
+            Message::text(r#"{"type":"input_audio_buffer.append","audio":"%%%not base64"}"#),
+            "invalid_base64",
+        ),
+        (Message::text("{not json"), "bad_json"),
+        (Message::text(r#"{"type":"dance"}"#), "unknown_message_type"),
+        (
+            Message::text(r#"{"type":"start","mimeType":"audio/webm;codecs=vorbis"}"#),
+            "audio_unsupported",
+        ),
+        (
+            Message::text(r#"{"type":"speaker","role":"nurse"}"#),
+            "invalid_field",
+        ),
+        (Message::binary(vec![0x5a_u8; 4096]), "audio_unsupported"),
+    ] {
+        bad.send(message).await.unwrap();
+        let e = loop {
+            let e = next_event(&mut bad, Duration::from_secs(5)).await;
+            if e["type"] == "error" {
+                break e;
+            }
+        };
+        assert_eq!(e["code"], code, "{e}");
+        assert!(e["message"].is_string() && e["text"].is_string());
+    }
+
+    // The other conversation decodes and transcribes normally meanwhile.
+    stream_recording(&mut good).await;
+    send(&mut good, json!({"type": "input_audio_buffer.finalize"})).await;
+    let mut completed = 0;
+    while completed < 2 {
+        let e = next_event(&mut good, Duration::from_secs(20)).await;
+        assert_ne!(e["type"], "error", "{e}");
+        completed += usize::from(e["type"] == "processing_completed");
+    }
+
+    // An over-limit frame closes the socket with 1009.
+    let huge = "A".repeat(5 * 1024 * 1024);
+    let _ = bad.send(Message::text(huge)).await;
+    let close = loop {
+        match bad.next().await {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.unwrap().code), 1009);
+    good.close(None).await.unwrap();
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stated_speaker_overrides_language_detection() {
+    let srv = support::start_scripted(script()).await;
+    let (user, conversation_id) = start_conversation(&srv).await;
+    let mut audio = connect(format!(
+        "ws://{}/transcription?conversationId={conversation_id}&token={}",
+        srv.addr, user.access_token
+    ))
+    .await;
+    // Push-to-talk: everything on this socket is the patient's, whatever the language.
+    send(&mut audio, json!({"type": "speaker", "role": "patient"})).await;
+    stream_recording(&mut audio).await;
+    audio.close(None).await.unwrap();
+    let stored = stored_messages(&user, &conversation_id, 4).await;
+    let english = stored
+        .iter()
+        .find(|m| m["originalText"] == CLINICIAN)
+        .expect("the English utterance");
+    assert_eq!(english["senderType"], "patient");
+    assert_eq!(english["speakerSource"], "client");
+    let actions = user
+        .get_json(&format!("/conversations/{conversation_id}/actions"), 200)
+        .await;
+    assert_eq!(
+        actions.as_array().unwrap().len(),
+        0,
+        "patients give no commands"
+    );
     srv.stop().await;
 }
 
