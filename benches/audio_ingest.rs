@@ -17,7 +17,9 @@ use tandem::audio::demux::Demuxer;
 use tandem::audio::transcoder::Transcoder;
 
 fn chunks(name: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
     (0..)
         .map_while(|i| std::fs::read(dir.join(format!("chunk-{i:03}.bin"))).ok())
         .collect()

@@ -8,9 +8,8 @@
 //! ```
 //!
 //! Each utterance the fake's energy VAD hears in the streamed audio is answered with the next
-//! line given on the command line (then with empty transcripts, which Tandem skips); translation,
-//! commands and
-//! speech answer deterministically (`[es] …`, keyword tool calls, `FAKE-MP3:` bytes).
+//! line given on the command line (then with empty transcripts, which Tandem skips);
+//! translation, commands and speech answer deterministically (`[es] …`, keyword tool calls, `FAKE-MP3:` bytes).
 
 use tandem::testing::fake_openai::{http, realtime, FakeOpenAi};
 
