@@ -2,18 +2,20 @@
 //! original's close code 4001 instead of a bare HTTP error the browser cannot read) and the
 //! writer task that drains a client's hub queue onto the socket.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::SplitSink;
-use futures_util::SinkExt as _;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use warp::http::HeaderMap;
 use warp::ws::{Message, WebSocket};
 
 use super::filters::{bearer, query_param};
 use crate::auth::{Authenticator, Principal};
 use crate::pipeline::event::ServerEvent;
-use crate::pipeline::hub::{ClientRx, MAX_DROPPED};
+use crate::pipeline::hub::{ClientId, ClientRx, ClientTx, Hub, MAX_DROPPED};
 
 /// Close codes of the original protocol, plus the RFC 6455 ones we use.
 pub mod close {
@@ -46,17 +48,67 @@ pub fn authenticate(auth: &Authenticator, headers: &HeaderMap, query: &str) -> O
     }
 }
 
-/// Asks the writer to send a close frame and stop.
-pub type CloseTx = oneshot::Sender<(u16, &'static str)>;
+/// A close code and its reason.
+pub type CloseRequest = (u16, &'static str);
+
+/// The outgoing half of a socket: its hub queue and the task writing that queue to the socket.
+pub struct Outgoing {
+    /// The socket's queue: for direct replies and for subscribing it to events.
+    pub client: ClientTx,
+    id: ClientId,
+    hub: Arc<Hub>,
+    close: oneshot::Sender<CloseRequest>,
+    writer: JoinHandle<()>,
+}
+
+/// Splits an upgraded socket into its incoming stream and a hub-fed [`Outgoing`] half.
+pub fn split(
+    socket: WebSocket,
+    hub: &Arc<Hub>,
+    pacing: Duration,
+) -> (SplitStream<WebSocket>, Outgoing) {
+    let (sink, stream) = socket.split();
+    let (id, client, client_rx) = hub.client();
+    let (close, close_rx) = oneshot::channel();
+    let writer = tokio::spawn(write_frames(sink, client_rx, pacing, close_rx));
+    let outgoing = Outgoing {
+        client,
+        id,
+        hub: Arc::clone(hub),
+        close,
+        writer,
+    };
+    (stream, outgoing)
+}
+
+impl Outgoing {
+    /// Queues an event for this socket only.
+    pub fn send(&self, event: &ServerEvent) {
+        self.client.send(event.to_frame());
+    }
+
+    /// Leaves the hub, flushes what is queued, sends the close frame if one is given, and
+    /// waits for the writer to finish.
+    pub async fn finish(self, close: Option<CloseRequest>) {
+        self.hub.unsubscribe_all(self.id);
+        if let Some(request) = close {
+            let _ = self.close.send(request);
+        } else {
+            drop(self.close);
+        }
+        drop(self.client);
+        let _ = self.writer.await;
+    }
+}
 
 /// Drains a client's queue onto the socket until the queue closes or a close is requested.
 /// `pacing` spaces frames out for the original frontend, which keeps only the latest frame per
 /// socket and loses one that arrives a few milliseconds after another.
-pub async fn write_frames(
+async fn write_frames(
     mut sink: SplitSink<WebSocket, Message>,
     mut client: ClientRx,
     pacing: Duration,
-    mut close: oneshot::Receiver<(u16, &'static str)>,
+    mut close: oneshot::Receiver<CloseRequest>,
 ) {
     let mut reported = 0u32;
     loop {

@@ -9,6 +9,8 @@
 //! the socket is the end of input (the original frontend never sends `finalize`): everything
 //! received is still decoded, transcribed and processed.
 
+use std::time::Duration;
+
 use base64::Engine as _;
 use futures_util::StreamExt as _;
 use serde::Deserialize;
@@ -20,7 +22,6 @@ use super::ws::{self, close};
 use crate::audio::sniff;
 use crate::auth::Principal;
 use crate::pipeline::event::ServerEvent;
-use crate::pipeline::hub::ClientTx;
 use crate::pipeline::speaker::Role;
 use crate::pipeline::AudioInput;
 use crate::server::AppState;
@@ -39,51 +40,38 @@ struct ClientMessage {
 
 /// Serves one audio socket until it closes.
 pub async fn serve(socket: WebSocket, state: AppState, headers: HeaderMap, query: String) {
-    let (sink, mut stream) = socket.split();
     let hub = state.pipelines.hub().clone();
-    let (id, client, client_rx) = hub.client();
-    let (close_tx, close_rx) = tokio::sync::oneshot::channel();
-    let writer = tokio::spawn(ws::write_frames(
-        sink,
-        client_rx,
-        std::time::Duration::ZERO,
-        close_rx,
-    ));
+    let (mut stream, out) = ws::split(socket, &hub, Duration::ZERO);
     let (principal, conversation) = match admit(&state, &headers, &query).await {
         Ok(admitted) => admitted,
         Err(refusal) => {
-            refuse(&client, close_tx, refusal);
-            let _ = writer.await;
+            if let Some(event) = &refusal.event {
+                out.send(event);
+            }
+            out.finish(Some((refusal.code, refusal.reason))).await;
             return;
         }
     };
     let conversation_id = conversation.id.clone();
-    hub.subscribe_audio(&conversation_id, &principal.user_id, &client);
-    client.send(
-        ServerEvent::BackendConnected {
-            message: "Connected to backend service.",
-            status: state.pipelines.stt_status(&conversation_id),
-        }
-        .to_frame(),
-    );
-    let mut input = match state.pipelines.attach(&conversation, client.clone()).await {
+    hub.subscribe_audio(&conversation_id, &principal.user_id, &out.client);
+    out.send(&ServerEvent::BackendConnected {
+        message: "Connected to backend service.",
+        status: state.pipelines.stt_status(&conversation_id),
+    });
+    let mut input = match state
+        .pipelines
+        .attach(&conversation, out.client.clone())
+        .await
+    {
         Ok(input) => input,
         Err(e) => {
             tracing::warn!(%conversation_id, code = e.code(), error = %e, "cannot start transcription");
-            refuse(
-                &client,
-                close_tx,
-                Refusal {
-                    code: close::SERVER_ERROR,
-                    reason: "Transcription unavailable",
-                    event: Some(ServerEvent::error(
-                        e.code(),
-                        format!("Transcription is unavailable: {e}"),
-                    )),
-                },
-            );
-            hub.unsubscribe_all(id);
-            let _ = writer.await;
+            out.send(&ServerEvent::error(
+                e.code(),
+                format!("Transcription is unavailable: {e}"),
+            ));
+            out.finish(Some((close::SERVER_ERROR, "Transcription unavailable")))
+                .await;
             return;
         }
     };
@@ -99,13 +87,10 @@ pub async fn serve(socket: WebSocket, state: AppState, headers: HeaderMap, query
                 let too_big = e.to_string().to_ascii_lowercase().contains("too long")
                     || e.to_string().to_ascii_lowercase().contains("capacity");
                 if too_big {
-                    client.send(
-                        ServerEvent::error(
-                            "frame_too_large",
-                            "An audio frame exceeded the size limit.",
-                        )
-                        .to_frame(),
-                    );
+                    out.send(&ServerEvent::error(
+                        "frame_too_large",
+                        "An audio frame exceeded the size limit.",
+                    ));
                     closing = Some((close::TOO_BIG, "Frame too large"));
                 } else {
                     tracing::debug!(error = %e, "audio socket read failed");
@@ -125,7 +110,7 @@ pub async fn serve(socket: WebSocket, state: AppState, headers: HeaderMap, query
         };
         if let Err(problem) = outcome {
             let fatal = matches!(problem.code, "shutting_down" | "session_ended");
-            client.send(ServerEvent::error(problem.code, problem.message).to_frame());
+            out.send(&ServerEvent::error(problem.code, problem.message));
             if fatal {
                 closing = Some((close::GOING_AWAY, "Transcription ended"));
                 break;
@@ -134,13 +119,8 @@ pub async fn serve(socket: WebSocket, state: AppState, headers: HeaderMap, query
     }
     input.close().await;
     tracing::info!(%conversation_id, "audio socket closed");
-    hub.unsubscribe_all(id);
     state.ws_connections.add(&[("socket", "audio")], -1);
-    if let Some(request) = closing {
-        let _ = close_tx.send(request);
-    }
-    drop(client);
-    let _ = writer.await;
+    out.finish(closing).await;
 }
 
 /// Why a socket is closed before it starts.
@@ -149,13 +129,6 @@ struct Refusal {
     reason: &'static str,
     /// An `error` event sent before the close, for clients that only read messages.
     event: Option<ServerEvent>,
-}
-
-fn refuse(client: &ClientTx, close_tx: ws::CloseTx, refusal: Refusal) {
-    if let Some(event) = refusal.event {
-        client.send(event.to_frame());
-    }
-    let _ = close_tx.send((refusal.code, refusal.reason));
 }
 
 /// Authenticates the socket and loads its conversation, which must be the caller's

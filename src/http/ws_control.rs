@@ -32,32 +32,21 @@ struct Request {
 
 /// Serves one control socket until it closes.
 pub async fn serve(socket: WebSocket, state: AppState, headers: HeaderMap, query: String) {
-    let (sink, mut stream) = socket.split();
     let hub = state.pipelines.hub().clone();
-    let (id, client, client_rx) = hub.client();
-    let (close_tx, close_rx) = tokio::sync::oneshot::channel();
-    let writer = tokio::spawn(ws::write_frames(
-        sink,
-        client_rx,
-        state.http.control_pacing,
-        close_rx,
-    ));
+    let (mut stream, out) = ws::split(socket, &hub, state.http.control_pacing);
     let Some(principal) = ws::authenticate(&state.auth, &headers, &query) else {
-        let _ = close_tx.send((close::UNAUTHORIZED, "Invalid or missing token"));
-        let _ = writer.await;
+        out.finish(Some((close::UNAUTHORIZED, "Invalid or missing token")))
+            .await;
         return;
     };
     state.ws_connections.add(&[("socket", "control")], 1);
-    hub.register_control(&principal.user_id, &client);
-    client.send(
-        ServerEvent::System {
-            text: format!(
-                "Welcome! You are connected to Tandem as {}.",
-                principal.username
-            ),
-        }
-        .to_frame(),
-    );
+    hub.register_control(&principal.user_id, &out.client);
+    out.send(&ServerEvent::System {
+        text: format!(
+            "Welcome! You are connected to Tandem as {}.",
+            principal.username
+        ),
+    });
     while let Some(message) = stream.next().await {
         let message = match message {
             Ok(m) => m,
@@ -76,13 +65,10 @@ pub async fn serve(socket: WebSocket, state: AppState, headers: HeaderMap, query
             Ok(request) => handle(&state, &principal, request).await,
             Err(_) => ServerEvent::error("bad_json", "Messages must be JSON objects with a type."),
         };
-        client.send(reply.to_frame());
+        out.send(&reply);
     }
-    hub.unsubscribe_all(id);
     state.ws_connections.add(&[("socket", "control")], -1);
-    drop(client);
-    drop(close_tx);
-    let _ = writer.await;
+    out.finish(None).await;
 }
 
 async fn handle(state: &AppState, p: &Principal, request: Request) -> ServerEvent {

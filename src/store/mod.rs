@@ -11,6 +11,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+mod columns;
 pub mod contract;
 #[cfg(feature = "postgres")]
 pub mod postgres;

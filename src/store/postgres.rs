@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls, Row};
 
+use super::columns::*;
 use super::{
     new_id, now_millis, Action, AppliedMigration, AuditEntry, Conversation, ConversationStatus,
     ConversationWithPatient, Document, DocumentKind, Error, Inserted, Message, Millis, NewAction,
@@ -32,28 +33,6 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/postgres/0001_
 /// Used when the URL sets no `connect_timeout`, so an unreachable server fails fast as
 /// `Unavailable` instead of hanging a request.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-const ORG_COLS: &str = "id, name, created_at";
-const USER_COLS: &str =
-    "id, organization_id, username, password_hash, preferred_language, role, created_at, updated_at";
-const TOKEN_COLS: &str = "token_hash, user_id, family_id, expires_at, used_at, created_at";
-const PATIENT_COLS: &str = "id, organization_id, first_name, last_name, date_of_birth, \
-     preferred_language, created_at, updated_at";
-const P_PATIENT_COLS: &str = "p.id, p.organization_id, p.first_name, p.last_name, \
-     p.date_of_birth, p.preferred_language, p.created_at, p.updated_at";
-const CONV_COLS: &str = "id, organization_id, user_id, patient_id, clinician_language, \
-     patient_language, status, start_time, end_time, created_at, updated_at";
-const C_CONV_COLS: &str = "c.id, c.organization_id, c.user_id, c.patient_id, \
-     c.clinician_language, c.patient_language, c.status, c.start_time, c.end_time, c.created_at, \
-     c.updated_at";
-/// Number of columns in [`C_CONV_COLS`]; the patient columns follow in joined selects.
-const CONV_NCOLS: usize = 11;
-const MSG_COLS: &str = "id, conversation_id, timestamp, sender_type, original_text, \
-     translated_text, language, is_final, original_message_id, stt_item_id, speaker_source, \
-     speaker_confidence, timings";
-const ACTION_COLS: &str = "id, conversation_id, kind, status, data, created_at, updated_at";
-const DOC_COLS: &str = "id, conversation_id, content, created_at, updated_at";
-const AUDIT_COLS: &str = "id, organization_id, user_id, action, entity_type, entity_id, at";
 
 /// PostgreSQL-backed [`Store`].
 pub struct PostgresStore {
