@@ -475,6 +475,51 @@ async fn a_stated_speaker_overrides_language_detection() {
     srv.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_asking_to_repeat_hears_the_cached_audio_again() {
+    let srv = support::start_scripted(State::new([
+        ScriptLine {
+            text: CLINICIAN.into(),
+            languages: vec!["en".into()],
+        },
+        ScriptLine {
+            text: "¿Puede repetir, por favor?".into(),
+            languages: vec!["es".into()],
+        },
+    ]))
+    .await;
+    let (user, conversation_id) = start_conversation(&srv).await;
+    let mut audio = connect(format!(
+        "ws://{}/transcription?conversationId={conversation_id}&token={}",
+        srv.addr, user.access_token
+    ))
+    .await;
+    stream_recording(&mut audio).await;
+    send(&mut audio, json!({"type": "input_audio_buffer.finalize"})).await;
+    let mut tts = Vec::new();
+    let mut completed = 0;
+    while completed < 2 {
+        let e = next_event(&mut audio, Duration::from_secs(20)).await;
+        if e["type"] == "tts_audio" {
+            tts.push(e["payload"].clone());
+        }
+        completed += usize::from(e["type"] == "processing_completed");
+    }
+    assert_eq!(tts.len(), 2, "spoken once, replayed once");
+    assert_eq!(
+        tts[0], tts[1],
+        "the replay is the same audio for the same message"
+    );
+    let speech_calls = srv
+        .fake
+        .http
+        .requests_to(tandem::testing::fake_openai::http::SPEECH_PATH)
+        .len();
+    assert_eq!(speech_calls, 1, "the replay generated nothing new");
+    audio.close(None).await.unwrap();
+    srv.stop().await;
+}
+
 #[tokio::test]
 async fn sockets_refuse_bad_tokens_and_foreign_conversations() {
     let srv = support::start().await;
