@@ -487,18 +487,16 @@ async fn forward(
     client: ClientTx,
     end_of_input: mpsc::Sender<()>,
 ) {
-    while let Some(output) = outputs.recv().await {
+    while let Some(mut output) = outputs.recv().await {
         if let Err(e) = &output.result {
             tracing::info!(code = e.code(), error = %e, "audio chunk rejected");
             client.send(ServerEvent::error(e.code(), e.to_string()).to_frame());
         }
+        // The frames move on; `output` (and its credit) lives until they are accepted.
+        let frames = std::mem::take(&mut output.frames);
         if !paused.load(Ordering::Relaxed) {
-            for frame in output.frames.iter() {
-                if stt
-                    .send(SttInput::Audio(frame.samples.clone()))
-                    .await
-                    .is_err()
-                {
+            for frame in frames {
+                if stt.send(SttInput::Audio(frame.samples)).await.is_err() {
                     return;
                 }
             }
@@ -571,6 +569,9 @@ async fn read_stt_events(
                 code,
                 message,
             } => {
+                if let Some(item) = &item_id {
+                    speech_stopped.remove(item);
+                }
                 tracing::warn!(conversation_id = %id, ?item_id, %code, %message, "transcription failed");
                 let code = if item_id.is_some() {
                     "transcription_failed"
