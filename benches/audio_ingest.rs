@@ -1,12 +1,19 @@
 //! Audio ingest cost on a real 31 s Chrome WebM/Opus recording (`fixtures/chrome-webm-opus-31s`):
 //! the bare Opus decoder, the whole Transcoder (demux + decode + framing), the same with base64
-//! decoding of each chunk as the WebSocket path does, and one 250 ms chunk's latency.
+//! decoding of each chunk as the WebSocket path does, and one 250 ms chunk's latency. When
+//! `ffmpeg` is installed, the original approach in the same run: one ffmpeg process fed the
+//! same 31 chunks (start included, as every conversation paid it).
 //!
-//! Cost per audio second = reported time / 31.2 (the recording's length).
+//! Per format (`format/*`): the first chunk, a mid-recording chunk and the whole recording, each
+//! fed in the format's own chunks (see `common::formats`).
+//!
+//! Cost per audio second = reported time / audio length (31.2 s here; per format in
+//! `docs/performance.md`, which `benches/ingest_load.rs` also prints directly).
 // Bench setup: a panic is the report.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
 
 use base64::Engine;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
@@ -16,14 +23,9 @@ use tandem::audio::demux::webm::WebmDemuxer;
 use tandem::audio::demux::Demuxer;
 use tandem::audio::transcoder::Transcoder;
 
-fn chunks(name: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name);
-    (0..)
-        .map_while(|i| std::fs::read(dir.join(format!("chunk-{i:03}.bin"))).ok())
-        .collect()
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::chunks;
 
 fn packets(chunks: &[Vec<u8>]) -> Vec<Vec<u8>> {
     let mut d = WebmDemuxer::new();
@@ -92,6 +94,14 @@ fn bench(c: &mut Criterion) {
             black_box(frames.len())
         })
     });
+    if ffmpeg_available() {
+        g.sample_size(10);
+        g.bench_function("ffmpeg_process_whole", |b| {
+            b.iter(|| black_box(ffmpeg_whole(&long)))
+        });
+    } else {
+        eprintln!("note: ffmpeg not installed; skipping 31s_recording/ffmpeg_process_whole");
+    }
     g.finish();
 
     let mut g = c.benchmark_group("chunk_latency");
@@ -127,5 +137,97 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// First chunk, a mid-recording chunk and the whole recording for every input format.
+fn per_format(c: &mut Criterion) {
+    for f in common::formats() {
+        let mut g = c.benchmark_group(format!("format/{}", f.name));
+        g.sample_size(30);
+        g.bench_function("first_chunk", |b| {
+            b.iter_batched(
+                Vec::new,
+                |mut frames| {
+                    let mut t = Transcoder::new(f.declared);
+                    t.push(&f.chunks[0], &mut frames).unwrap();
+                    (t, frames)
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        g.bench_function("later_chunk", |b| {
+            b.iter_batched(
+                || {
+                    let mut t = Transcoder::new(f.declared);
+                    let mut frames = Vec::new();
+                    for c in &f.chunks[..f.later] {
+                        t.push(c, &mut frames).unwrap();
+                    }
+                    frames.clear();
+                    (t, frames)
+                },
+                |(mut t, mut frames)| {
+                    t.push(&f.chunks[f.later], &mut frames).unwrap();
+                    (t, frames)
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        g.bench_function("whole", |b| {
+            let mut frames = Vec::new();
+            b.iter(|| {
+                let mut t = Transcoder::new(f.declared);
+                frames.clear();
+                for c in &f.chunks {
+                    t.push(c, &mut frames).unwrap();
+                }
+                t.finish(&mut frames).unwrap();
+                black_box(frames.len())
+            })
+        });
+        g.finish();
+    }
+}
+
+fn ffmpeg_available() -> bool {
+    Command::new("ffmpeg")
+        .arg("-version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The original approach for one conversation: start ffmpeg, write the chunks from one thread,
+/// read all PCM from this one. Returns the PCM byte count.
+fn ffmpeg_whole(chunks: &[Vec<u8>]) -> usize {
+    let mut child = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-i", "pipe:0"])
+        .args(["-f", "s16le", "-ar", "24000", "-ac", "1", "pipe:1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ffmpeg");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let owned: Vec<Vec<u8>> = chunks.to_vec();
+    let writer = std::thread::spawn(move || {
+        for c in &owned {
+            stdin.write_all(c).expect("write to ffmpeg");
+        }
+    });
+    let mut pcm = Vec::with_capacity(1 << 21);
+    child
+        .stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_end(&mut pcm)
+        .expect("read ffmpeg output");
+    writer.join().expect("writer thread");
+    assert!(
+        child.wait().expect("wait ffmpeg").success(),
+        "ffmpeg failed"
+    );
+    pcm.len()
+}
+
+criterion_group!(benches, bench, per_format);
 criterion_main!(benches);
