@@ -588,3 +588,58 @@ async fn sockets_refuse_bad_tokens_and_foreign_conversations() {
     );
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tts_streaming_sends_the_audio_in_indexed_chunks() {
+    let srv = support::start_scripted(script()).await;
+    srv.fake.http.set_speech_chunk_size(Some(16));
+    let (user, conversation_id) = start_conversation(&srv).await;
+    let mut audio = connect(format!(
+        "ws://{}/transcription?conversationId={conversation_id}&token={}&ttsStreaming=true",
+        srv.addr, user.access_token
+    ))
+    .await;
+    stream_recording(&mut audio).await;
+    send(&mut audio, json!({"type": "input_audio_buffer.finalize"})).await;
+    let mut events = Vec::new();
+    let mut completed = 0;
+    while completed < 2 {
+        let e = next_event(&mut audio, Duration::from_secs(20)).await;
+        completed += usize::from(e["type"] == "processing_completed");
+        events.push(e);
+    }
+    let translations: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "new_message" && e["payload"]["senderType"] == "translation")
+        .map(|e| &e["payload"])
+        .collect();
+    assert_eq!(translations.len(), 2);
+    for translation in translations {
+        let message_id = &translation["originalMessageId"];
+        let frames: Vec<&Value> = events
+            .iter()
+            .filter(|e| {
+                e["type"] == "tts_audio" && &e["payload"]["originalMessageId"] == message_id
+            })
+            .map(|e| &e["payload"])
+            .collect();
+        assert!(frames.len() > 2, "several chunks: {frames:?}");
+        let mut spoken = Vec::new();
+        for (i, frame) in frames.iter().enumerate() {
+            assert_eq!(frame["chunk"]["index"], json!(i), "in order");
+            assert_eq!(frame["chunk"]["last"], json!(i + 1 == frames.len()));
+            assert_eq!(frame["format"], "audio/mpeg");
+            spoken.extend(
+                base64::engine::general_purpose::STANDARD
+                    .decode(frame["audioBase64"].as_str().unwrap())
+                    .unwrap(),
+            );
+        }
+        assert_eq!(
+            String::from_utf8(spoken).unwrap(),
+            format!("FAKE-MP3:{}", translation["originalText"].as_str().unwrap())
+        );
+    }
+    audio.close(None).await.unwrap();
+    srv.stop().await;
+}
