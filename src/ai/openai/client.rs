@@ -5,7 +5,9 @@
 //! a provider's `Retry-After` is honoured only up to [`OpenAiConfig::max_retry_wait`]; beyond that
 //! the error surfaces at once, because a live interpretation gains nothing from a reply that
 //! comes a minute late. Request and response bodies carry PHI and are never logged; the key is
-//! redacted from `Debug`.
+//! redacted from `Debug`. Streamed answers (`post_stream`) go through the
+//! same retry loop, which for them ends at the first body byte: after that the caller has
+//! already used part of the answer, so a broken body is reported, not retried.
 //!
 //! [`ai::Error`]: crate::ai::Error
 
@@ -216,7 +218,7 @@ impl OpenAiClient {
         .await
     }
 
-    /// The one retry loop: runs `attempt` until it succeeds, fails fatally, or the retries
+    /// The one retry loop: runs `attempt_once` until it succeeds, fails fatally, or the retries
     /// (bounded, with backoff or the provider's short `Retry-After`) are spent.
     async fn with_retries<T, F, Fut>(&self, path: &str, mut attempt_once: F) -> Result<T>
     where
