@@ -409,3 +409,108 @@ async fn summary_and_history_shapes() {
         assert_eq!(r.body["store"], json!(false));
     }
 }
+
+/// Drains a speech stream: the `Ok` chunks in order, then the error that ended it, if any.
+async fn drain(mut stream: tandem::ai::SpeechStream) -> (Vec<bytes::Bytes>, Option<Error>) {
+    let mut chunks = Vec::new();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(chunk) => chunks.push(chunk),
+            Err(e) => return (chunks, Some(e)),
+        }
+    }
+    (chunks, None)
+}
+
+#[tokio::test]
+async fn tts_streams_the_fakes_chunks_in_order_after_retrying_a_500() {
+    let fake = fake().await;
+    fake.http.set_speech_chunk_size(Some(4));
+    fake.http.fail_next(SPEECH_PATH, 1, Fault::ServerError);
+    let tts = OpenAiTts::new(client(&fake));
+    let stream = tts
+        .synthesize_stream(
+            "Hola, ¿cómo está?",
+            "es",
+            Speaker::Clinician,
+            AudioFormat::Mp3,
+        )
+        .await
+        .unwrap();
+    let (chunks, error) = drain(stream).await;
+    assert!(error.is_none(), "{error:?}");
+    assert!(chunks.len() > 3, "streamed in several chunks: {chunks:?}");
+    let whole: Vec<u8> = chunks.concat();
+    assert_eq!(whole, "FAKE-MP3:Hola, ¿cómo está?".as_bytes());
+    assert_eq!(
+        fake.http.requests_to(SPEECH_PATH).len(),
+        2,
+        "the 500 was retried before the first byte"
+    );
+}
+
+#[tokio::test]
+async fn tts_streams_long_text_piece_after_piece() {
+    let fake = fake().await;
+    fake.http.set_speech_chunk_size(Some(1024));
+    let tts = OpenAiTts::new(client(&fake));
+    let text = "This is one sentence of the answer. ".repeat(200);
+    let stream = tts
+        .synthesize_stream(&text, "en", Speaker::Clinician, AudioFormat::Mp3)
+        .await
+        .unwrap();
+    let (chunks, error) = drain(stream).await;
+    assert!(error.is_none(), "{error:?}");
+    let sent = fake.http.requests_to(SPEECH_PATH);
+    assert_eq!(sent.len(), 2);
+    let expected: String = sent
+        .iter()
+        .map(|r| format!("FAKE-MP3:{}", r.body["input"].as_str().unwrap()))
+        .collect();
+    assert_eq!(chunks.concat(), expected.as_bytes());
+
+    // Empty text: an empty stream, no call.
+    let (chunks, error) = drain(
+        tts.synthesize_stream("  ", "en", Speaker::Clinician, AudioFormat::Mp3)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(chunks.is_empty() && error.is_none());
+    assert_eq!(fake.http.requests_to(SPEECH_PATH).len(), 2);
+}
+
+#[tokio::test]
+async fn a_speech_stream_cut_mid_body_ends_with_an_error_item_and_no_retry() {
+    let fake = fake().await;
+    fake.http.set_speech_chunk_size(Some(4));
+    fake.http.fail_next(SPEECH_PATH, 1, Fault::CutStream);
+    let stream = OpenAiTts::new(client(&fake))
+        .synthesize_stream("Hello there", "en", Speaker::Clinician, AudioFormat::Mp3)
+        .await
+        .unwrap();
+    let (chunks, error) = drain(stream).await;
+    assert_eq!(chunks.concat(), b"FAKE");
+    let error = error.expect("the cut is reported");
+    assert!(
+        matches!(error, Error::Transport(_) | Error::Timeout),
+        "{error:?}"
+    );
+    assert_eq!(
+        fake.http.requests_to(SPEECH_PATH).len(),
+        1,
+        "no retry once streaming"
+    );
+}
+
+#[tokio::test]
+async fn a_speech_stream_error_before_the_first_byte_is_returned() {
+    let fake = fake().await;
+    fake.http.fail_next(SPEECH_PATH, 10, Fault::ServerError);
+    let err = OpenAiTts::new(client(&fake))
+        .synthesize_stream("Hello", "en", Speaker::Clinician, AudioFormat::Mp3)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Status { status: 500, .. }), "{err:?}");
+    assert_eq!(fake.http.requests_to(SPEECH_PATH).len(), 3);
+}

@@ -588,3 +588,120 @@ async fn sockets_refuse_bad_tokens_and_foreign_conversations() {
     );
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tts_streaming_sends_the_audio_in_indexed_chunks() {
+    let srv = support::start_scripted(script()).await;
+    srv.fake.http.set_speech_chunk_size(Some(16));
+    let (user, conversation_id) = start_conversation(&srv).await;
+    let mut audio = connect(format!(
+        "ws://{}/transcription?conversationId={conversation_id}&token={}&ttsStreaming=true",
+        srv.addr, user.access_token
+    ))
+    .await;
+    stream_recording(&mut audio).await;
+    send(&mut audio, json!({"type": "input_audio_buffer.finalize"})).await;
+    let mut events = Vec::new();
+    let mut completed = 0;
+    while completed < 2 {
+        let e = next_event(&mut audio, Duration::from_secs(20)).await;
+        completed += usize::from(e["type"] == "processing_completed");
+        events.push(e);
+    }
+    let translations: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "new_message" && e["payload"]["senderType"] == "translation")
+        .map(|e| &e["payload"])
+        .collect();
+    assert_eq!(translations.len(), 2);
+    for translation in translations {
+        let message_id = &translation["originalMessageId"];
+        let frames: Vec<&Value> = events
+            .iter()
+            .filter(|e| {
+                e["type"] == "tts_audio" && &e["payload"]["originalMessageId"] == message_id
+            })
+            .map(|e| &e["payload"])
+            .collect();
+        assert!(frames.len() > 2, "several chunks: {frames:?}");
+        let mut spoken = Vec::new();
+        for (i, frame) in frames.iter().enumerate() {
+            assert_eq!(frame["chunk"]["index"], json!(i), "in order");
+            assert_eq!(frame["chunk"]["last"], json!(i + 1 == frames.len()));
+            assert_eq!(frame["format"], "audio/mpeg");
+            spoken.extend(
+                base64::engine::general_purpose::STANDARD
+                    .decode(frame["audioBase64"].as_str().unwrap())
+                    .unwrap(),
+            );
+        }
+        assert_eq!(
+            String::from_utf8(spoken).unwrap(),
+            format!("FAKE-MP3:{}", translation["originalText"].as_str().unwrap())
+        );
+    }
+    audio.close(None).await.unwrap();
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tts_stream_cut_mid_way_sends_an_error_and_no_last_frame() {
+    use tandem::testing::fake_openai::http::{Fault, SPEECH_PATH};
+    let srv = support::start_scripted(script()).await;
+    srv.fake.http.set_speech_chunk_size(Some(16));
+    // The clinician's speech (the first synthesis) breaks off after its first chunk.
+    srv.fake.http.fail_next(SPEECH_PATH, 1, Fault::CutStream);
+    let (user, conversation_id) = start_conversation(&srv).await;
+    let mut audio = connect(format!(
+        "ws://{}/transcription?conversationId={conversation_id}&token={}",
+        srv.addr, user.access_token
+    ))
+    .await;
+    // Asked for with `start` this time, without changing the input format.
+    send(&mut audio, json!({"type": "start", "ttsStreaming": true})).await;
+    stream_recording(&mut audio).await;
+    send(&mut audio, json!({"type": "input_audio_buffer.finalize"})).await;
+    let mut events = Vec::new();
+    let mut completed = 0;
+    while completed < 2 {
+        let e = next_event(&mut audio, Duration::from_secs(20)).await;
+        completed += usize::from(e["type"] == "processing_completed");
+        events.push(e);
+    }
+    let id_of = |text: &str| {
+        events
+            .iter()
+            .find(|e| e["type"] == "new_message" && e["payload"]["originalText"] == text)
+            .map(|e| e["payload"]["id"].clone())
+            .expect("the original message")
+    };
+    let frames_of = |id: &Value| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|e| e["type"] == "tts_audio" && &e["payload"]["originalMessageId"] == id)
+            .map(|e| e["payload"].clone())
+            .collect()
+    };
+    let cut = frames_of(&id_of(CLINICIAN));
+    assert_eq!(cut.len(), 1, "only the chunk before the cut: {cut:?}");
+    assert_eq!(cut[0]["chunk"], json!({"index": 0, "last": false}));
+    let error = events
+        .iter()
+        .find(|e| e["type"] == "error")
+        .expect("the cut is reported");
+    assert_eq!(error["code"], "provider_unreachable", "{error}");
+    assert!(error["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Speech synthesis failed"));
+    let whole = frames_of(&id_of(PATIENT));
+    assert!(whole.len() > 2);
+    assert_eq!(whole.last().unwrap()["chunk"]["last"], true);
+    assert_eq!(
+        srv.fake.http.requests_to(SPEECH_PATH).len(),
+        2,
+        "no retry once audio was sent"
+    );
+    audio.close(None).await.unwrap();
+    srv.stop().await;
+}

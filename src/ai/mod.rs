@@ -342,6 +342,44 @@ impl fmt::Debug for SpeechAudio {
     }
 }
 
+/// How many chunks a [`SpeechStream`] buffers ahead of its reader.
+pub const SPEECH_STREAM_CAPACITY: usize = 8;
+
+/// Synthesized speech as it is produced: encoded chunks in order, to be concatenated. An
+/// `Err` item ends the stream (nothing follows it); the end of the stream after only `Ok`
+/// items means the audio is complete.
+#[derive(Debug)]
+pub struct SpeechStream {
+    rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes>>,
+}
+
+impl SpeechStream {
+    /// A bounded channel (capacity [`SPEECH_STREAM_CAPACITY`]): the producer sends chunks into
+    /// the sender and stops when a send fails (the reader went away).
+    pub fn channel() -> (
+        tokio::sync::mpsc::Sender<Result<bytes::Bytes>>,
+        SpeechStream,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(SPEECH_STREAM_CAPACITY);
+        (tx, SpeechStream { rx })
+    }
+
+    /// A stream of one chunk (none for empty audio).
+    pub fn whole(bytes: bytes::Bytes) -> SpeechStream {
+        let (tx, stream) = SpeechStream::channel();
+        if !bytes.is_empty() {
+            // Capacity is at least one and the receiver is alive: this cannot fail.
+            let _ = tx.try_send(Ok(bytes));
+        }
+        stream
+    }
+
+    /// The next chunk, `None` at the end.
+    pub async fn next(&mut self) -> Option<Result<bytes::Bytes>> {
+        self.rx.recv().await
+    }
+}
+
 /// Turns translated text into speech.
 #[async_trait]
 pub trait TextToSpeech: Send + Sync {
@@ -356,6 +394,24 @@ pub trait TextToSpeech: Send + Sync {
         speaker: Speaker,
         format: AudioFormat,
     ) -> Result<SpeechAudio>;
+
+    /// As [`TextToSpeech::synthesize`], but hands out the audio in chunks as they are
+    /// produced. The default synthesizes whole and yields it as one chunk; implementations
+    /// that can stream override it.
+    ///
+    /// # Errors
+    /// A provider [`Error`] before any audio was produced; later failures arrive as an `Err`
+    /// item of the stream.
+    async fn synthesize_stream(
+        &self,
+        text: &str,
+        language: &str,
+        speaker: Speaker,
+        format: AudioFormat,
+    ) -> Result<SpeechStream> {
+        let audio = self.synthesize(text, language, speaker, format).await?;
+        Ok(SpeechStream::whole(audio.bytes))
+    }
 }
 
 /// Who a transcript line is from, as the summary prompt labels it.
@@ -420,4 +476,52 @@ pub trait MedicalHistoryGenerator: Send + Sync {
     /// A provider [`Error`]; [`Error::Malformed`] on an empty answer.
     async fn generate(&self, first_name: &str, last_name: &str, age: Option<u32>)
         -> Result<String>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Implements only `synthesize`, so `synthesize_stream` is the default.
+    struct Whole;
+
+    #[async_trait]
+    impl TextToSpeech for Whole {
+        async fn synthesize(
+            &self,
+            text: &str,
+            _language: &str,
+            _speaker: Speaker,
+            format: AudioFormat,
+        ) -> Result<SpeechAudio> {
+            if text == "fail" {
+                return Err(Error::Timeout);
+            }
+            Ok(SpeechAudio {
+                bytes: bytes::Bytes::from(format!("AUDIO:{text}")),
+                format,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_default_stream_is_the_whole_audio_as_one_chunk() {
+        let mut stream = Whole
+            .synthesize_stream("hola", "es", Speaker::Clinician, AudioFormat::Mp3)
+            .await
+            .unwrap();
+        assert_eq!(&stream.next().await.unwrap().unwrap()[..], b"AUDIO:hola");
+        assert!(stream.next().await.is_none());
+
+        let err = Whole
+            .synthesize_stream("fail", "es", Speaker::Clinician, AudioFormat::Mp3)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Timeout));
+
+        assert!(SpeechStream::whole(bytes::Bytes::new())
+            .next()
+            .await
+            .is_none());
+    }
 }

@@ -3,7 +3,8 @@
 //!
 //! Accepts the original frontend's messages (`input_audio_buffer.append|finalize|pause|
 //! resume`), plain base64 text frames, binary frames, an optional `start` declaring the MIME
-//! type, and `speaker` for push-to-talk. Design decision: the reader awaits each chunk's
+//! type (and, with `ttsStreaming: true`, asking for chunked `tts_audio`, as does
+//! `?ttsStreaming=true` on the URL), and `speaker` for push-to-talk. Design decision: the reader awaits each chunk's
 //! admission into the pipeline before reading the next frame, so a full pipeline stops the
 //! reads and TCP pushes back on the browser; memory never grows with a fast sender. Closing
 //! the socket is the end of input (the original frontend never sends `finalize`): everything
@@ -36,6 +37,7 @@ struct ClientMessage {
     mime_type: Option<String>,
     sample_rate: Option<u32>,
     role: Option<String>,
+    tts_streaming: Option<bool>,
 }
 
 /// Serves one audio socket until it closes.
@@ -75,6 +77,9 @@ pub async fn serve(socket: WebSocket, state: AppState, headers: HeaderMap, query
             return;
         }
     };
+    if let Some(on) = query_param(&query, "ttsStreaming").and_then(|v| parse_flag(&v)) {
+        input.set_tts_streaming(on);
+    }
     state.ws_connections.add(&[("socket", "audio")], 1);
     tracing::info!(%conversation_id, user_id = %principal.user_id, "audio socket attached");
 
@@ -213,6 +218,15 @@ fn decode_base64(text: &str) -> Result<Vec<u8>, Problem> {
         .map_err(|_| Problem::new("invalid_base64", "Audio must be base64-encoded."))
 }
 
+/// A boolean query value (`true|false|1|0`).
+fn parse_flag(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
+    }
+}
+
 async fn handle_text(input: &mut AudioInput, text: &str) -> Result<(), Problem> {
     if !text.trim_start().starts_with('{') {
         return push(input, decode_base64(text)?).await;
@@ -239,6 +253,13 @@ async fn handle_text(input: &mut AudioInput, text: &str) -> Result<(), Problem> 
             Ok(())
         }
         "start" => {
+            if let Some(on) = message.tts_streaming {
+                input.set_tts_streaming(on);
+                if message.mime_type.is_none() {
+                    // Only the TTS preference: the input format stays as it was.
+                    return Ok(());
+                }
+            }
             let mime = message.mime_type.unwrap_or_default();
             let format = sniff::parse_mime(&mime, message.sample_rate)
                 .map_err(|e| Problem::new(e.code(), format!("{e}: {mime:?}")))?;

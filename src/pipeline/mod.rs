@@ -145,6 +145,9 @@ pub(crate) struct Live {
     speaker_override: Mutex<Option<Role>>,
     /// The clinician's last spoken translation, replayed when the patient asks to repeat.
     last_clinician_audio: Mutex<Option<(String, SpeechAudio)>>,
+    /// A client asked for streamed TTS (`ttsStreaming`): `tts_audio` goes out in chunks.
+    /// Conversation-wide, like the events; off until an audio socket turns it on.
+    tts_streaming: AtomicBool,
 }
 
 impl Live {
@@ -267,6 +270,7 @@ impl Pipelines {
             )),
             speaker_override: Mutex::new(None),
             last_clinician_audio: Mutex::new(None),
+            tts_streaming: AtomicBool::new(false),
         });
         // Another socket may have started the conversation while we dialed; both sessions
         // work, but the conversation must have one. Keep the first, close ours.
@@ -456,6 +460,12 @@ impl AudioInput {
     /// The client states who is speaking (push-to-talk); `None` returns to detection.
     pub fn set_speaker(&self, role: Option<Role>) {
         *lock(&self.live.speaker_override) = role;
+    }
+
+    /// The client asked for (or, with `false`, stopped asking for) chunked `tts_audio`; applies
+    /// to the whole conversation's later utterances.
+    pub fn set_tts_streaming(&self, on: bool) {
+        self.live.tts_streaming.store(on, Ordering::Relaxed);
     }
 
     /// The socket closed: everything it sent is decoded and forwarded, then the conversation

@@ -7,6 +7,7 @@
 //! event and never undoes the stored row. Utterances of one conversation are processed one
 //! after another, so their events keep the order they were spoken in.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -255,10 +256,24 @@ async fn interpret(
 ) -> Timings {
     let mut timings = Timings::default();
     let id = &live.conversation_id;
+    let streaming = live.tts_streaming.load(Ordering::Relaxed);
     if speaker.role == Role::Patient && asks_to_repeat(&original.original_text) {
         let cached = lock(&live.last_clinician_audio).clone();
         if let Some((message_id, audio)) = cached {
-            send_tts(pipelines, id, &message_id, &audio);
+            if streaming {
+                // A streaming client gets every tts_audio chunked: the replay is one frame.
+                send_tts_chunk(
+                    pipelines,
+                    id,
+                    &message_id,
+                    audio.format,
+                    &audio.bytes,
+                    0,
+                    true,
+                );
+            } else {
+                send_tts(pipelines, id, &message_id, &audio);
+            }
             timings.mark(pipelines, "tts_first_byte", since);
             return timings;
         }
@@ -301,32 +316,131 @@ async fn interpret(
         Role::Clinician => ai::Speaker::Clinician,
         Role::Patient => ai::Speaker::Patient,
     };
-    match pipelines
-        .providers
-        .tts
-        .synthesize(&spoken_text, target, voice, pipelines.config.tts_format)
+    let audio = if streaming {
+        speak_streamed(
+            pipelines,
+            original,
+            &spoken_text,
+            target,
+            voice,
+            since,
+            &mut timings,
+        )
         .await
-    {
-        Ok(audio) => {
-            timings.mark(pipelines, "tts_first_byte", since);
-            send_tts(pipelines, id, &original.id, &audio);
-            if speaker.role == Role::Clinician {
-                *lock(&live.last_clinician_audio) = Some((original.id.clone(), audio));
+    } else {
+        match pipelines
+            .providers
+            .tts
+            .synthesize(&spoken_text, target, voice, pipelines.config.tts_format)
+            .await
+        {
+            Ok(audio) => {
+                timings.mark(pipelines, "tts_first_byte", since);
+                send_tts(pipelines, id, &original.id, &audio);
+                Some(audio)
+            }
+            Err(e) => {
+                tts_failed(pipelines, id, &e);
+                None
             }
         }
-        Err(e) => {
-            tracing::warn!(conversation_id = %id, code = e.code(), "speech synthesis failed");
-            pipelines.publish(
-                id,
-                Audience::Audio,
-                &ServerEvent::error(
-                    e.code(),
-                    format!("Speech synthesis failed: {}", provider_message(&e)),
-                ),
-            );
+    };
+    if let Some(audio) = audio {
+        if speaker.role == Role::Clinician {
+            *lock(&live.last_clinician_audio) = Some((original.id.clone(), audio));
         }
     }
     timings
+}
+
+fn tts_failed(pipelines: &Pipelines, conversation_id: &str, e: &ai::Error) {
+    tracing::warn!(%conversation_id, code = e.code(), "speech synthesis failed");
+    pipelines.publish(
+        conversation_id,
+        Audience::Audio,
+        &ServerEvent::error(
+            e.code(),
+            format!("Speech synthesis failed: {}", provider_message(e)),
+        ),
+    );
+}
+
+/// Streamed TTS: one `tts_audio` per chunk as it arrives (indexes from 0, `last: false`),
+/// then an empty frame with `last: true` once the provider finished. Returns the whole audio
+/// for the repeat-that cache, or `None` after an error (sent as an `error` event; no further
+/// frames for this message).
+async fn speak_streamed(
+    pipelines: &Pipelines,
+    original: &Message,
+    text: &str,
+    target: &str,
+    voice: ai::Speaker,
+    since: Instant,
+    timings: &mut Timings,
+) -> Option<ai::SpeechAudio> {
+    let id = &original.conversation_id;
+    let format = pipelines.config.tts_format;
+    let mut stream = match pipelines
+        .providers
+        .tts
+        .synthesize_stream(text, target, voice, format)
+        .await
+    {
+        Ok(stream) => stream,
+        Err(e) => {
+            tts_failed(pipelines, id, &e);
+            return None;
+        }
+    };
+    let mut whole = Vec::new();
+    let mut index: u32 = 0;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(bytes) => {
+                if index == 0 {
+                    timings.mark(pipelines, "tts_first_byte", since);
+                }
+                send_tts_chunk(pipelines, id, &original.id, format, &bytes, index, false);
+                whole.extend_from_slice(&bytes);
+                index += 1;
+            }
+            Err(e) => {
+                tts_failed(pipelines, id, &e);
+                return None;
+            }
+        }
+    }
+    if index == 0 {
+        timings.mark(pipelines, "tts_first_byte", since);
+    }
+    send_tts_chunk(pipelines, id, &original.id, format, &[], index, true);
+    Some(ai::SpeechAudio {
+        bytes: whole.into(),
+        format,
+    })
+}
+
+fn send_tts_chunk(
+    pipelines: &Pipelines,
+    conversation_id: &str,
+    message_id: &str,
+    format: ai::AudioFormat,
+    bytes: &[u8],
+    index: u32,
+    last: bool,
+) {
+    pipelines.publish(
+        conversation_id,
+        Audience::Audio,
+        &ServerEvent::TtsAudio {
+            payload: event::TtsAudio {
+                audio_base64: base64::engine::general_purpose::STANDARD.encode(bytes),
+                format: format.mime().to_owned(),
+                original_message_id: message_id.to_owned(),
+                chunk: Some(event::TtsChunk { index, last }),
+            },
+        },
+    );
 }
 
 async fn store_translation(

@@ -5,7 +5,9 @@
 //! a provider's `Retry-After` is honoured only up to [`OpenAiConfig::max_retry_wait`]; beyond that
 //! the error surfaces at once, because a live interpretation gains nothing from a reply that
 //! comes a minute late. Request and response bodies carry PHI and are never logged; the key is
-//! redacted from `Debug`.
+//! redacted from `Debug`. Streamed answers (`post_stream`) go through the
+//! same retry loop, which for them ends at the first body byte: after that the caller has
+//! already used part of the answer, so a broken body is reported, not retried.
 //!
 //! [`ai::Error`]: crate::ai::Error
 
@@ -176,17 +178,62 @@ impl OpenAiClient {
         timeout: Duration,
     ) -> Result<RawResponse> {
         let url = self.url(path);
-        let payload =
-            serde_json::to_vec(body).map_err(|e| Error::Malformed(format!("request: {e}")))?;
+        let payload = encode(body)?;
+        let (url, payload) = (url.as_str(), payload.as_slice());
+        self.with_retries(path, move || async move {
+            let response = self.send(url, payload, timeout).await?;
+            let content_type = content_type(&response);
+            let body = response.bytes().await.map_err(transport_error)?;
+            Ok(RawResponse { body, content_type })
+        })
+        .await
+    }
+
+    /// POSTs `body` as JSON and returns once the answer's first body bytes arrived, for
+    /// reading the rest as it comes. Retries (as [`OpenAiClient::post_raw`]) happen only up to
+    /// the first body byte; `timeout` covers the whole attempt, including the streamed body.
+    ///
+    /// # Errors
+    /// As [`OpenAiClient::post_raw`].
+    pub(crate) async fn post_stream<B: Serialize + Sync>(
+        &self,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<StreamingResponse> {
+        let url = self.url(path);
+        let payload = encode(body)?;
+        let (url, payload) = (url.as_str(), payload.as_slice());
+        self.with_retries(path, move || async move {
+            let mut response = self.send(url, payload, timeout).await?;
+            let content_type = content_type(&response);
+            let first = response.chunk().await.map_err(transport_error)?;
+            let more = first.is_some();
+            Ok(StreamingResponse {
+                first,
+                response: more.then_some(response),
+                content_type,
+            })
+        })
+        .await
+    }
+
+    /// The one retry loop: runs `attempt_once` until it succeeds, fails fatally, or the retries
+    /// (bounded, with backoff or the provider's short `Retry-After`) are spent.
+    async fn with_retries<T, F, Fut>(&self, path: &str, mut attempt_once: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, Attempt>>,
+    {
         let mut attempt: u32 = 0;
         loop {
             let started = Instant::now();
-            let outcome = self.attempt(&url, &payload, timeout).await;
+            let outcome = attempt_once().await;
             let latency_ms = started.elapsed().as_millis() as u64;
             let (error, wait) = match outcome {
-                Ok(raw) => {
+                Ok(value) => {
                     tracing::debug!(path, attempt, latency_ms, "provider call ok");
-                    return Ok(raw);
+                    return Ok(value);
                 }
                 Err(Attempt::Fatal(error)) => {
                     tracing::warn!(
@@ -249,12 +296,14 @@ impl OpenAiClient {
         )
     }
 
-    async fn attempt(
+    /// One request up to its status line: a success hands back the response with its body
+    /// unread; anything else is read and classified.
+    async fn send(
         &self,
         url: &str,
         payload: &[u8],
         timeout: Duration,
-    ) -> std::result::Result<RawResponse, Attempt> {
+    ) -> std::result::Result<reqwest::Response, Attempt> {
         let mut request = self
             .http
             .post(url)
@@ -266,14 +315,61 @@ impl OpenAiClient {
         }
         let response = request.send().await.map_err(transport_error)?;
         let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
         let retry_after = parse_retry_after(response.headers());
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
         let body = response.bytes().await.map_err(transport_error)?;
-        classify(status, retry_after, body, content_type)
+        Err(classify_failure(status, retry_after, &body))
+    }
+}
+
+fn encode<B: Serialize>(body: &B) -> Result<Vec<u8>> {
+    serde_json::to_vec(body).map_err(|e| Error::Malformed(format!("request: {e}")))
+}
+
+fn content_type(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// A successful answer whose body is read as it arrives.
+pub(crate) struct StreamingResponse {
+    /// The first body chunk, read before the call counted as started (`None`: empty body).
+    first: Option<bytes::Bytes>,
+    /// The rest of the body; `None` once it ended.
+    response: Option<reqwest::Response>,
+    pub content_type: Option<String>,
+}
+
+impl StreamingResponse {
+    /// The next body chunk in order; `Ok(None)` at the end.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] or [`Error::Transport`] when the body breaks off.
+    pub(crate) async fn chunk(&mut self) -> Result<Option<bytes::Bytes>> {
+        if let Some(first) = self.first.take() {
+            return Ok(Some(first));
+        }
+        let Some(response) = &mut self.response else {
+            return Ok(None);
+        };
+        match response.chunk().await {
+            Ok(Some(chunk)) => Ok(Some(chunk)),
+            Ok(None) => {
+                self.response = None;
+                Ok(None)
+            }
+            Err(e) => {
+                self.response = None;
+                Err(match transport_error(e) {
+                    Attempt::Retryable { error, .. } | Attempt::Fatal(error) => error,
+                })
+            }
+        }
     }
 }
 
@@ -307,30 +403,22 @@ fn transport_error(e: reqwest::Error) -> Attempt {
     }
 }
 
-/// Pure status → outcome mapping.
-fn classify(
-    status: StatusCode,
-    retry_after: Option<Duration>,
-    body: bytes::Bytes,
-    content_type: Option<String>,
-) -> std::result::Result<RawResponse, Attempt> {
-    if status.is_success() {
-        return Ok(RawResponse { body, content_type });
-    }
+/// Pure: a failed status → retry decision.
+fn classify_failure(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> Attempt {
     if status == StatusCode::TOO_MANY_REQUESTS {
-        return Err(Attempt::Retryable {
+        return Attempt::Retryable {
             error: Error::RateLimited { retry_after },
             retry_after,
-        });
+        };
     }
     let error = Error::Status {
         status: status.as_u16(),
-        body: excerpt(&body),
+        body: excerpt(body),
     };
     if status.is_server_error() {
-        Err(Attempt::Retryable { error, retry_after })
+        Attempt::Retryable { error, retry_after }
     } else {
-        Err(Attempt::Fatal(error))
+        Attempt::Fatal(error)
     }
 }
 
@@ -399,22 +487,21 @@ mod tests {
 
     #[test]
     fn statuses_classify() {
-        let b = bytes::Bytes::from_static(b"{}");
-        assert!(classify(StatusCode::OK, None, b.clone(), None).is_ok());
+        let b = b"{}";
         assert!(matches!(
-            classify(StatusCode::TOO_MANY_REQUESTS, None, b.clone(), None),
-            Err(Attempt::Retryable {
+            classify_failure(StatusCode::TOO_MANY_REQUESTS, None, b),
+            Attempt::Retryable {
                 error: Error::RateLimited { .. },
                 ..
-            })
+            }
         ));
         assert!(matches!(
-            classify(StatusCode::BAD_GATEWAY, None, b.clone(), None),
-            Err(Attempt::Retryable { .. })
+            classify_failure(StatusCode::BAD_GATEWAY, None, b),
+            Attempt::Retryable { .. }
         ));
         assert!(matches!(
-            classify(StatusCode::UNAUTHORIZED, None, b, None),
-            Err(Attempt::Fatal(Error::Status { status: 401, .. }))
+            classify_failure(StatusCode::UNAUTHORIZED, None, b),
+            Attempt::Fatal(Error::Status { status: 401, .. })
         ));
     }
 

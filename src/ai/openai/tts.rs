@@ -5,12 +5,20 @@
 //! encoded pieces can be concatenated (mp3, aac, pcm); for the others (wav, opus, flac, which
 //! carry a header) only the first piece is voiced and a warning logged — the full text is still
 //! shown as the translation.
+//!
+//! Streaming ([`TextToSpeech::synthesize_stream`]) reads each piece's body as it arrives and
+//! forwards its chunks in order; the pieces are requested one after another. Retries happen
+//! only before a piece's first body byte; a body that breaks off later ends the stream with an
+//! error item, since the listener already heard the start of the audio.
 
 use async_trait::async_trait;
 
+use super::client::StreamingResponse;
 use super::wire::{SpeechRequest, MAX_SPEECH_INPUT_CHARS};
 use super::{OpenAiClient, AUDIO_SPEECH};
-use crate::ai::{language_name, AudioFormat, Error, Result, Speaker, SpeechAudio, TextToSpeech};
+use crate::ai::{
+    language_name, AudioFormat, Error, Result, Speaker, SpeechAudio, SpeechStream, TextToSpeech,
+};
 
 /// [`TextToSpeech`] backed by the speech endpoint.
 #[derive(Debug, Clone)]
@@ -66,16 +74,16 @@ fn instructions(model: &str, language: &str) -> Option<String> {
     ))
 }
 
-#[async_trait]
-impl TextToSpeech for OpenAiTts {
-    /// Empty text gives empty audio without a call.
-    async fn synthesize(
+impl OpenAiTts {
+    /// The requests that voice `text`: one per piece under the provider's input limit (only
+    /// the first for formats that do not concatenate).
+    fn requests(
         &self,
         text: &str,
         language: &str,
         speaker: Speaker,
         format: AudioFormat,
-    ) -> Result<SpeechAudio> {
+    ) -> Vec<SpeechRequest> {
         let config = self.client.config();
         let mut pieces = split_text(text, MAX_SPEECH_INPUT_CHARS);
         if pieces.len() > 1 && !format.concatenates() {
@@ -90,34 +98,116 @@ impl TextToSpeech for OpenAiTts {
             Speaker::Clinician => &config.voices.clinician,
             Speaker::Patient => &config.voices.patient,
         };
-        let mut audio = Vec::new();
-        for piece in pieces {
-            let request = SpeechRequest {
+        pieces
+            .into_iter()
+            .map(|piece| SpeechRequest {
                 model: config.tts_model.clone(),
                 input: piece.to_owned(),
                 voice: voice.clone(),
                 response_format: format.as_str(),
                 instructions: instructions(&config.tts_model, language),
-            };
+            })
+            .collect()
+    }
+
+    /// Starts one piece's streamed answer (retrying up to its first body byte).
+    async fn open_piece(&self, request: &SpeechRequest) -> Result<StreamingResponse> {
+        let response = self
+            .client
+            .post_stream(AUDIO_SPEECH, request, self.client.config().tts_timeout)
+            .await?;
+        check_audio(response.content_type.as_deref())?;
+        Ok(response)
+    }
+}
+
+/// A text or JSON answer is an error body in disguise, not audio.
+fn check_audio(content_type: Option<&str>) -> Result<()> {
+    if content_type.is_some_and(|t| t.starts_with("application/json") || t.starts_with("text/")) {
+        return Err(Error::Malformed(
+            "speech endpoint answered with text, not audio".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl TextToSpeech for OpenAiTts {
+    /// Empty text gives empty audio without a call.
+    async fn synthesize(
+        &self,
+        text: &str,
+        language: &str,
+        speaker: Speaker,
+        format: AudioFormat,
+    ) -> Result<SpeechAudio> {
+        let config = self.client.config();
+        let mut audio = Vec::new();
+        for request in self.requests(text, language, speaker, format) {
             let raw = self
                 .client
                 .post_raw(AUDIO_SPEECH, &request, config.tts_timeout)
                 .await?;
-            if raw
-                .content_type
-                .as_deref()
-                .is_some_and(|t| t.starts_with("application/json") || t.starts_with("text/"))
-            {
-                return Err(Error::Malformed(
-                    "speech endpoint answered with text, not audio".to_owned(),
-                ));
-            }
+            check_audio(raw.content_type.as_deref())?;
             audio.extend_from_slice(&raw.body);
         }
         Ok(SpeechAudio {
             bytes: audio.into(),
             format,
         })
+    }
+
+    /// Returns once the first piece's audio started arriving (errors up to then are returned
+    /// here); a task forwards the rest. Empty text gives an empty stream without a call.
+    async fn synthesize_stream(
+        &self,
+        text: &str,
+        language: &str,
+        speaker: Speaker,
+        format: AudioFormat,
+    ) -> Result<SpeechStream> {
+        let mut requests = self.requests(text, language, speaker, format).into_iter();
+        let (tx, stream) = SpeechStream::channel();
+        let Some(first) = requests.next() else {
+            return Ok(stream);
+        };
+        let mut current = self.open_piece(&first).await?;
+        let tts = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match current.chunk().await {
+                    Ok(Some(chunk)) => {
+                        if chunk.is_empty() {
+                            continue;
+                        }
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            return; // The reader went away.
+                        }
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+                // This piece is complete; start the next, if any.
+                let Some(request) = requests.next() else {
+                    return;
+                };
+                if tx.is_closed() {
+                    return;
+                }
+                match tts.open_piece(&request).await {
+                    Ok(next) => current = next,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(stream)
     }
 }
 

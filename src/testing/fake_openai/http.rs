@@ -6,7 +6,8 @@
 //! a lipid panel", "summary", "medical history"); a translation prompt gets `"[<to>] <text>"`;
 //! detection, summary and history prompts get fixed shapes; speech gets `FAKE-<FMT>:<text>`.
 //! A FIFO chat script overrides the rules when a test needs an exact answer. Fault injection
-//! (429 with `Retry-After: 0`, 500, a malformed body, per-path delays) and a request log sit in
+//! (429 with `Retry-After: 0`, 500, a malformed body, a speech body cut mid-stream, per-path
+//! delays), streamed speech bodies ([`State::set_speech_chunk_size`]) and a request log sit in
 //! [`State`]. Prompts are recognised by the marker phrases the real implementations put in them.
 
 use std::collections::{HashMap, VecDeque};
@@ -35,6 +36,9 @@ pub enum Fault {
     ServerError,
     /// 200 with a truncated JSON body.
     Malformed,
+    /// Speech only: 200 whose body breaks off (a connection error) after its first chunk.
+    /// Without a speech chunk size the body is split in two.
+    CutStream,
 }
 
 /// A chat answer to give instead of the keyword rules.
@@ -64,6 +68,8 @@ struct Inner {
     faults: HashMap<String, VecDeque<Fault>>,
     delays: HashMap<String, Duration>,
     chat_script: VecDeque<ScriptedReply>,
+    /// When set, speech bodies are streamed in chunks of this many bytes.
+    speech_chunk_size: Option<usize>,
 }
 
 /// Script, fault switches and request log of the HTTP endpoints; shared with the server task.
@@ -90,6 +96,12 @@ impl State {
     /// Every later request to `path` waits `delay` before answering (zero removes it).
     pub fn set_delay(&self, path: &str, delay: Duration) {
         self.lock().delays.insert(path.to_owned(), delay);
+    }
+
+    /// Speech answers are streamed in chunks of `size` bytes (a few milliseconds apart, so the
+    /// client sees them separately); `None` (the default) sends each body whole.
+    pub fn set_speech_chunk_size(&self, size: Option<usize>) {
+        self.lock().speech_chunk_size = size.filter(|n| *n > 0);
     }
 
     /// Queues a chat answer; queued answers are used in order before the keyword rules.
@@ -138,7 +150,7 @@ async fn handle(
     body: bytes::Bytes,
 ) -> Result<warp::reply::Response, Infallible> {
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
-    let (delay, fault, scripted) = {
+    let (delay, fault, scripted, chunk_size) = {
         let mut inner = state.lock();
         inner.requests.push(RecordedRequest {
             path: path.to_owned(),
@@ -152,12 +164,13 @@ async fn handle(
         } else {
             None
         };
-        (delay, fault, scripted)
+        (delay, fault, scripted, inner.speech_chunk_size)
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    if let Some(fault) = fault {
+    let cut = fault == Some(Fault::CutStream);
+    if let Some(fault) = fault.filter(|f| *f != Fault::CutStream) {
         return Ok(fault_reply(fault));
     }
     let Some(body) = parsed else {
@@ -175,7 +188,7 @@ async fn handle(
             };
             warp::reply::json(&answer).into_response()
         }
-        _ => speech_reply(&body),
+        _ => speech_reply(&body, chunk_size, cut),
     })
 }
 
@@ -196,7 +209,8 @@ fn fault_reply(fault: Fault) -> warp::reply::Response {
             "0",
         )
         .into_response(),
-        Fault::ServerError => error_reply(
+        // CutStream is answered by `speech_reply`; it never gets here.
+        Fault::ServerError | Fault::CutStream => error_reply(
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
             "The server had an error while processing your request (fake).",
@@ -210,15 +224,40 @@ fn fault_reply(fault: Fault) -> warp::reply::Response {
     }
 }
 
-fn speech_reply(body: &Value) -> warp::reply::Response {
+fn speech_reply(body: &Value, chunk_size: Option<usize>, cut: bool) -> warp::reply::Response {
     let format = body["response_format"]
         .as_str()
         .and_then(AudioFormat::parse)
         .unwrap_or_default();
     let input = body["input"].as_str().unwrap_or_default();
     let bytes = format!("FAKE-{}:{input}", format.as_str().to_ascii_uppercase()).into_bytes();
-    warp::reply::with_header(bytes, "content-type", format.mime()).into_response()
+    let size = match chunk_size {
+        Some(size) => size,
+        None if cut => bytes.len().div_ceil(2).max(1),
+        None => {
+            return warp::reply::with_header(bytes, "content-type", format.mime()).into_response()
+        }
+    };
+    let mut chunks: Vec<Result<bytes::Bytes, std::io::Error>> = bytes
+        .chunks(size)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    if cut {
+        chunks.truncate(1);
+        chunks.push(Err(std::io::Error::other("fake: speech stream cut")));
+    }
+    let stream = futures_util::stream::unfold(chunks.into_iter(), |mut rest| async move {
+        let chunk = rest.next()?;
+        // Apart in time, so each chunk leaves as its own body frame.
+        tokio::time::sleep(SPEECH_CHUNK_GAP).await;
+        Some((chunk, rest))
+    });
+    warp::reply::with_header(warp::reply::stream(stream), "content-type", format.mime())
+        .into_response()
 }
+
+/// Time between streamed speech chunks.
+const SPEECH_CHUNK_GAP: Duration = Duration::from_millis(5);
 
 fn completion(body: &Value, message: Value, finish_reason: &str) -> Value {
     json!({
