@@ -794,17 +794,28 @@ impl std::io::Write for LogBuffer {
     }
 }
 
+/// The process-wide log capture. A thread-local subscriber (`set_default`) is not enough:
+/// tests on other threads can cache a callsite as disabled before this test's subscriber
+/// exists, and then its events are never seen. Other tests' lines land here too, which the
+/// assertions tolerate (they look for this test's own tokens).
+fn captured_logs() -> &'static LogBuffer {
+    static LOGS: std::sync::OnceLock<LogBuffer> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = LogBuffer::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+        logs
+    })
+}
+
 #[tokio::test]
 async fn access_log_never_contains_tokens() {
-    let logs = LogBuffer::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    // Current-thread runtime: the server's tasks log through this thread's subscriber.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = captured_logs();
 
     let srv = start().await;
     let user = srv.new_user("logged").await;
