@@ -99,6 +99,33 @@ async fn stream_recording(audio: &mut Ws) {
     }
 }
 
+/// Opens the conversation's audio socket as the original frontend does (`extra` is appended
+/// to the query, e.g. `&ttsStreaming=true`).
+async fn open_audio(
+    srv: &support::TestServer,
+    user: &support::Client,
+    id: &str,
+    extra: &str,
+) -> Ws {
+    connect(format!(
+        "ws://{}/transcription?conversationId={id}&token={}{extra}",
+        srv.addr, user.access_token
+    ))
+    .await
+}
+
+/// Every event until `utterances` `processing_completed` events arrived (each within `within`).
+async fn until_completed(ws: &mut Ws, utterances: usize, within: Duration) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut completed = 0;
+    while completed < utterances {
+        let e = next_event(ws, within).await;
+        completed += usize::from(e["type"] == "processing_completed");
+        events.push(e);
+    }
+    events
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_visit_is_transcribed_interpreted_and_stored() {
     let srv = support::start_scripted(script()).await;
@@ -120,11 +147,7 @@ async fn a_visit_is_transcribed_interpreted_and_stored() {
     assert_eq!(selected["payload"]["isActive"], true);
     assert_eq!(selected["payload"]["patientLanguage"], "es");
 
-    let mut audio = connect(format!(
-        "{ws_base}/transcription?conversationId={conversation_id}&token={}",
-        user.access_token
-    ))
-    .await;
+    let mut audio = open_audio(&srv, &user, &conversation_id, "").await;
     let hello = next_event(&mut audio, Duration::from_secs(5)).await;
     assert_eq!(hello["type"], "backend_connected");
 
@@ -132,15 +155,7 @@ async fn a_visit_is_transcribed_interpreted_and_stored() {
     send(&mut audio, json!({"type": "input_audio_buffer.finalize"})).await;
 
     // Collect everything until both utterances completed.
-    let mut events = Vec::new();
-    let mut completed = 0;
-    while completed < 2 {
-        let e = next_event(&mut audio, Duration::from_secs(20)).await;
-        if e["type"] == "processing_completed" {
-            completed += 1;
-        }
-        events.push(e);
-    }
+    let events = until_completed(&mut audio, 2, Duration::from_secs(20)).await;
     let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     let position = |pred: &dyn Fn(&Value) -> bool| {
         events
@@ -279,11 +294,7 @@ async fn closing_the_audio_socket_ends_input_and_loses_nothing() {
     // The original frontend never sends `finalize`: "End Session" just closes /transcription.
     let srv = support::start_scripted(script()).await;
     let (user, conversation_id) = start_conversation(&srv).await;
-    let mut audio = connect(format!(
-        "ws://{}/transcription?conversationId={conversation_id}&token={}",
-        srv.addr, user.access_token
-    ))
-    .await;
+    let mut audio = open_audio(&srv, &user, &conversation_id, "").await;
     stream_recording(&mut audio).await;
     audio.close(None).await.unwrap();
 
@@ -323,20 +334,11 @@ async fn stored_messages(
 async fn a_provider_socket_drop_mid_utterance_loses_and_duplicates_nothing() {
     let srv = support::start_scripted(script().drop_mid_utterance_once()).await;
     let (user, conversation_id) = start_conversation(&srv).await;
-    let mut audio = connect(format!(
-        "ws://{}/transcription?conversationId={conversation_id}&token={}",
-        srv.addr, user.access_token
-    ))
-    .await;
+    let mut audio = open_audio(&srv, &user, &conversation_id, "").await;
     stream_recording(&mut audio).await;
     send(&mut audio, json!({"type": "input_audio_buffer.finalize"})).await;
-    let mut saw_reconnect = false;
-    let mut completed = 0;
-    while completed < 2 {
-        let e = next_event(&mut audio, Duration::from_secs(30)).await;
-        saw_reconnect |= e["code"] == "stt_reconnecting";
-        completed += usize::from(e["type"] == "processing_completed");
-    }
+    let events = until_completed(&mut audio, 2, Duration::from_secs(30)).await;
+    let saw_reconnect = events.iter().any(|e| e["code"] == "stt_reconnecting");
     assert!(
         srv.fake
             .realtime
@@ -374,14 +376,8 @@ async fn bad_audio_gets_error_events_and_leaves_other_conversations_alone() {
         .create_conversation("Luis", "Pérez", "1975-01-09")
         .await;
     let good_id = good["id"].as_str().unwrap().to_owned();
-    let audio_url = |id: &str| {
-        format!(
-            "ws://{}/transcription?conversationId={id}&token={}",
-            srv.addr, user.access_token
-        )
-    };
-    let mut bad = connect(audio_url(&bad_id)).await;
-    let mut good = connect(audio_url(&good_id)).await;
+    let mut bad = open_audio(&srv, &user, &bad_id, "").await;
+    let mut good = open_audio(&srv, &user, &good_id, "").await;
     assert_eq!(
         next_event(&mut bad, Duration::from_secs(5)).await["type"],
         "backend_connected"
@@ -422,11 +418,8 @@ async fn bad_audio_gets_error_events_and_leaves_other_conversations_alone() {
     // The other conversation decodes and transcribes normally meanwhile.
     stream_recording(&mut good).await;
     send(&mut good, json!({"type": "input_audio_buffer.finalize"})).await;
-    let mut completed = 0;
-    while completed < 2 {
-        let e = next_event(&mut good, Duration::from_secs(20)).await;
+    for e in until_completed(&mut good, 2, Duration::from_secs(20)).await {
         assert_ne!(e["type"], "error", "{e}");
-        completed += usize::from(e["type"] == "processing_completed");
     }
 
     // An over-limit frame closes the socket with 1009.
@@ -448,11 +441,7 @@ async fn bad_audio_gets_error_events_and_leaves_other_conversations_alone() {
 async fn a_stated_speaker_overrides_language_detection() {
     let srv = support::start_scripted(script()).await;
     let (user, conversation_id) = start_conversation(&srv).await;
-    let mut audio = connect(format!(
-        "ws://{}/transcription?conversationId={conversation_id}&token={}",
-        srv.addr, user.access_token
-    ))
-    .await;
+    let mut audio = open_audio(&srv, &user, &conversation_id, "").await;
     // Push-to-talk: everything on this socket is the patient's, whatever the language.
     send(&mut audio, json!({"type": "speaker", "role": "patient"})).await;
     stream_recording(&mut audio).await;
@@ -489,22 +478,15 @@ async fn a_patient_asking_to_repeat_hears_the_cached_audio_again() {
     ]))
     .await;
     let (user, conversation_id) = start_conversation(&srv).await;
-    let mut audio = connect(format!(
-        "ws://{}/transcription?conversationId={conversation_id}&token={}",
-        srv.addr, user.access_token
-    ))
-    .await;
+    let mut audio = open_audio(&srv, &user, &conversation_id, "").await;
     stream_recording(&mut audio).await;
     send(&mut audio, json!({"type": "input_audio_buffer.finalize"})).await;
-    let mut tts = Vec::new();
-    let mut completed = 0;
-    while completed < 2 {
-        let e = next_event(&mut audio, Duration::from_secs(20)).await;
-        if e["type"] == "tts_audio" {
-            tts.push(e["payload"].clone());
-        }
-        completed += usize::from(e["type"] == "processing_completed");
-    }
+    let tts: Vec<Value> = until_completed(&mut audio, 2, Duration::from_secs(20))
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "tts_audio")
+        .map(|e| e["payload"].clone())
+        .collect();
     assert_eq!(tts.len(), 2, "spoken once, replayed once");
     assert_eq!(
         tts[0], tts[1],
@@ -594,20 +576,10 @@ async fn tts_streaming_sends_the_audio_in_indexed_chunks() {
     let srv = support::start_scripted(script()).await;
     srv.fake.http.set_speech_chunk_size(Some(16));
     let (user, conversation_id) = start_conversation(&srv).await;
-    let mut audio = connect(format!(
-        "ws://{}/transcription?conversationId={conversation_id}&token={}&ttsStreaming=true",
-        srv.addr, user.access_token
-    ))
-    .await;
+    let mut audio = open_audio(&srv, &user, &conversation_id, "&ttsStreaming=true").await;
     stream_recording(&mut audio).await;
     send(&mut audio, json!({"type": "input_audio_buffer.finalize"})).await;
-    let mut events = Vec::new();
-    let mut completed = 0;
-    while completed < 2 {
-        let e = next_event(&mut audio, Duration::from_secs(20)).await;
-        completed += usize::from(e["type"] == "processing_completed");
-        events.push(e);
-    }
+    let events = until_completed(&mut audio, 2, Duration::from_secs(20)).await;
     let translations: Vec<&Value> = events
         .iter()
         .filter(|e| e["type"] == "new_message" && e["payload"]["senderType"] == "translation")
@@ -652,22 +624,12 @@ async fn a_tts_stream_cut_mid_way_sends_an_error_and_no_last_frame() {
     // The clinician's speech (the first synthesis) breaks off after its first chunk.
     srv.fake.http.fail_next(SPEECH_PATH, 1, Fault::CutStream);
     let (user, conversation_id) = start_conversation(&srv).await;
-    let mut audio = connect(format!(
-        "ws://{}/transcription?conversationId={conversation_id}&token={}",
-        srv.addr, user.access_token
-    ))
-    .await;
+    let mut audio = open_audio(&srv, &user, &conversation_id, "").await;
     // Asked for with `start` this time, without changing the input format.
     send(&mut audio, json!({"type": "start", "ttsStreaming": true})).await;
     stream_recording(&mut audio).await;
     send(&mut audio, json!({"type": "input_audio_buffer.finalize"})).await;
-    let mut events = Vec::new();
-    let mut completed = 0;
-    while completed < 2 {
-        let e = next_event(&mut audio, Duration::from_secs(20)).await;
-        completed += usize::from(e["type"] == "processing_completed");
-        events.push(e);
-    }
+    let events = until_completed(&mut audio, 2, Duration::from_secs(20)).await;
     let id_of = |text: &str| {
         events
             .iter()
