@@ -285,6 +285,25 @@ async fn a_visit_is_transcribed_interpreted_and_stored() {
     assert_eq!(list["type"], "message_list");
     assert_eq!(list["payload"]["messages"].as_array().unwrap().len(), 4);
 
+    // Stage latencies are exported for Prometheus.
+    let metrics = srv
+        .http
+        .get(srv.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for stage in ["stored", "translated", "tts_first_byte", "sent"] {
+        assert!(
+            metrics.contains(&format!(
+                "tandem_pipeline_stage_seconds_count{{stage=\"{stage}\"}} 2"
+            )),
+            "{stage} observed for both utterances:\n{metrics}"
+        );
+    }
+
     audio.close(None).await.unwrap();
     srv.stop().await;
 }
