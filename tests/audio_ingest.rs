@@ -342,3 +342,30 @@ fn huge_declared_element_is_a_limit_error() {
     assert_eq!(e, Error::Limit("webm element size"));
     assert_eq!(e.code(), "audio_limit");
 }
+
+/// Feeds a saved libFuzzer input exactly as `fuzz/fuzz_targets/transcoder.rs` does.
+fn replay_fuzz_input(name: &str) -> tandem::audio::transcoder::Stats {
+    let dir = fixture_dir("bad").unwrap();
+    let data = std::fs::read(dir.join(name)).unwrap();
+    let (&step, rest) = data.split_first().unwrap();
+    let mut t = Transcoder::new(None);
+    let mut frames = Vec::new();
+    for chunk in rest.chunks(usize::from(step).max(1)) {
+        let _ = t.push(chunk, &mut frames);
+    }
+    let _ = t.finish(&mut frames);
+    t.stats()
+}
+
+/// libFuzzer finds (transcoder target, stable toolchain, `-s none`), kept as regressions:
+/// - WebM/PCM whose mutated float samples are huge but finite: the resampler's FFT overflowed
+///   to NaN and rubato panicked (`synchro.rs` unwraps the inverse FFT);
+/// - fragmented MP4/AAC with a corrupt packet on which symphonia's AAC decoder panics
+///   (`ics/mod.rs`); the AAC wrapper contains it as one malformed packet.
+#[test]
+fn fuzz_regressions_do_not_panic() {
+    let pcm = replay_fuzz_input("fuzz-crash-transcoder-rubato.bin");
+    assert!(pcm.packets > 0, "the PCM blocks were decoded, not rejected");
+    let aac = replay_fuzz_input("fuzz-crash-transcoder-aac.bin");
+    assert!(aac.packets + aac.packets_skipped > 0, "{aac:?}");
+}

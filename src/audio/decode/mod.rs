@@ -102,9 +102,11 @@ impl PacketDecoder for PcmDecoder {
         match self.kind {
             PcmKind::F32 => out.extend(packet.chunks_exact(4).map(|b| {
                 let s = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                // NaN/inf from a hostile client must not reach the resampler.
+                // NaN, inf and huge values from a hostile client must not reach the resampler
+                // (its FFT overflows to NaN and rubato panics). Full scale is ±1; anything
+                // beyond would clip in the PCM16 output anyway.
                 if s.is_finite() {
-                    s
+                    s.clamp(-1.0, 1.0)
                 } else {
                     0.0
                 }
