@@ -507,6 +507,16 @@ async fn forward(
         if !paused.load(Ordering::Relaxed) {
             for frame in frames {
                 if stt.send(SttInput::Audio(frame.samples)).await.is_err() {
+                    // The session gave up (its failure was already published): say that this
+                    // socket's audio is no longer transcribed instead of dropping it silently.
+                    client.send(
+                        ServerEvent::error(
+                            Error::SessionEnded.code(),
+                            "Transcription has stopped; audio is no longer being transcribed. \
+                             Reconnect the microphone to start a new session.",
+                        )
+                        .to_frame(),
+                    );
                     return;
                 }
             }
