@@ -426,6 +426,78 @@ pub struct NewAuditEntry {
     pub entity_id: String,
 }
 
+/// New rows get their id and timestamps here, once for both backends.
+impl NewUser {
+    pub(crate) fn into_row(self) -> User {
+        let now = now_millis();
+        User {
+            id: new_id(),
+            organization_id: self.organization_id,
+            username: self.username,
+            password_hash: self.password_hash,
+            preferred_language: self.preferred_language,
+            role: self.role,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
+impl NewConversation {
+    /// A conversation starts active, now.
+    pub(crate) fn into_row(self) -> Conversation {
+        let now = now_millis();
+        Conversation {
+            id: new_id(),
+            organization_id: self.organization_id,
+            user_id: self.user_id,
+            patient_id: self.patient_id,
+            clinician_language: self.clinician_language,
+            patient_language: self.patient_language,
+            status: ConversationStatus::Active,
+            start_time: now,
+            end_time: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
+impl NewMessage {
+    pub(crate) fn into_row(self) -> Message {
+        Message {
+            id: new_id(),
+            conversation_id: self.conversation_id,
+            timestamp: now_millis(),
+            sender_type: self.sender_type,
+            original_text: self.original_text,
+            translated_text: self.translated_text,
+            language: self.language,
+            is_final: self.is_final,
+            original_message_id: self.original_message_id,
+            stt_item_id: self.stt_item_id,
+            speaker_source: self.speaker_source,
+            speaker_confidence: self.speaker_confidence,
+            timings: self.timings,
+        }
+    }
+}
+
+impl NewAction {
+    pub(crate) fn into_row(self) -> Action {
+        let now = now_millis();
+        Action {
+            id: new_id(),
+            conversation_id: self.conversation_id,
+            kind: self.kind,
+            status: self.status,
+            data: self.data,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 /// The persistence seam. Both backends implement it with identical observable behaviour,
 /// which [`contract::run`] checks.
 ///

@@ -410,17 +410,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_user(&self, user: NewUser) -> Result<User> {
-        let now = now_millis();
-        let user = User {
-            id: new_id(),
-            organization_id: user.organization_id,
-            username: user.username,
-            password_hash: user.password_hash,
-            preferred_language: user.preferred_language,
-            role: user.role,
-            created_at: now,
-            updated_at: now,
-        };
+        let user = user.into_row();
         self.call(move |c| {
             let sql =
                 format!("INSERT INTO users ({USER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
@@ -659,20 +649,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_conversation(&self, conversation: NewConversation) -> Result<Conversation> {
-        let now = now_millis();
-        let conv = Conversation {
-            id: new_id(),
-            organization_id: conversation.organization_id,
-            user_id: conversation.user_id,
-            patient_id: conversation.patient_id,
-            clinician_language: conversation.clinician_language,
-            patient_language: conversation.patient_language,
-            status: ConversationStatus::Active,
-            start_time: now,
-            end_time: None,
-            created_at: now,
-            updated_at: now,
-        };
+        let conv = conversation.into_row();
         self.call(move |c| {
             // The user and the patient must both belong to the conversation's organization.
             let n = c
@@ -791,21 +768,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_message(&self, message: NewMessage) -> Result<Inserted<Message>> {
-        let msg = Message {
-            id: new_id(),
-            conversation_id: message.conversation_id,
-            timestamp: now_millis(),
-            sender_type: message.sender_type,
-            original_text: message.original_text,
-            translated_text: message.translated_text,
-            language: message.language,
-            is_final: message.is_final,
-            original_message_id: message.original_message_id,
-            stt_item_id: message.stt_item_id,
-            speaker_source: message.speaker_source,
-            speaker_confidence: message.speaker_confidence,
-            timings: message.timings,
-        };
+        let msg = message.into_row();
         self.call(move |c| {
             // DO NOTHING fires only on the (conversation, item, kind) index: the id is fresh.
             let sql = format!(
@@ -889,16 +852,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_action(&self, action: NewAction) -> Result<Action> {
-        let now = now_millis();
-        let action = Action {
-            id: new_id(),
-            conversation_id: action.conversation_id,
-            kind: action.kind,
-            status: action.status,
-            data: action.data,
-            created_at: now,
-            updated_at: now,
-        };
+        let action = action.into_row();
         self.call(move |c| {
             let sql =
                 format!("INSERT INTO actions ({ACTION_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
