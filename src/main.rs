@@ -30,9 +30,12 @@ async fn main() -> anyhow::Result<()> {
              TANDEM_JWT_SECRET in production and keep it out of backups of the database"
         );
     }
-    let store = store::open(&config.database)
-        .await
-        .with_context(|| format!("cannot open the database {:?}", config.database))?;
+    let store = store::open(&config.database).await.with_context(|| {
+        format!(
+            "cannot open the database {:?}",
+            store::display_database(&config.database)
+        )
+    })?;
     let auth = config.auth().context("the JWT secret was not loaded")?;
     let pipeline = PipelineSetup {
         providers: server::openai_providers(config.openai(), config.realtime())
@@ -120,7 +123,7 @@ async fn serve(config: Config, state: AppState) -> anyhow::Result<()> {
         );
     }
     tracing::info!(
-        database = %config.database,
+        database = %store::display_database(&config.database),
         openai_base_url = %config.openai_base_url,
         "Tandem {} serving on http://{}",
         env!("CARGO_PKG_VERSION"),

@@ -38,6 +38,23 @@ pub fn is_postgres_url(database: &str) -> bool {
     database.starts_with("postgres://") || database.starts_with("postgresql://")
 }
 
+/// The database setting as it may be logged: a Postgres URL's password is replaced.
+pub fn display_database(database: &str) -> String {
+    if !is_postgres_url(database) {
+        return database.to_owned();
+    }
+    match url::Url::parse(database) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                // Only fails for URLs that cannot have credentials, which this one has.
+                let _ = url.set_password(Some("REDACTED"));
+            }
+            url.to_string()
+        }
+        Err(_) => "<unparsable postgres URL>".to_owned(),
+    }
+}
+
 /// Opens the store a database setting names: a `postgres://` URL (with the `postgres` feature)
 /// or a SQLite file path. Migrations are applied on open.
 ///
@@ -620,4 +637,20 @@ pub trait Store: Send + Sync + 'static {
     async fn record_audit(&self, entry: NewAuditEntry) -> Result<()>;
     /// Newest first, at most `limit` rows.
     async fn list_audit(&self, organization_id: &str, limit: u32) -> Result<Vec<AuditEntry>>;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn database_passwords_are_never_displayed() {
+        assert_eq!(
+            super::display_database("postgres://tandem:s3cret@db:5432/tandem"),
+            "postgres://tandem:REDACTED@db:5432/tandem"
+        );
+        assert_eq!(super::display_database("./tandem.db"), "./tandem.db");
+        assert_eq!(
+            super::display_database("postgres://db/tandem"),
+            "postgres://db/tandem"
+        );
+    }
 }
