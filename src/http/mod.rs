@@ -1,5 +1,5 @@
 //! The HTTP surface: the REST API under `/api/v1`, the ops endpoints (`/healthz`, `/readyz`,
-//! `/metrics`), CORS, the access log and HTTP metrics.
+//! `/metrics`), the web console (`/app`), CORS, the access log and HTTP metrics.
 //!
 //! [`routes`] only assembles filters; the work is in [`handlers`], the reusable filters in
 //! [`filters`], the wire shapes in [`models`] and the error model in [`error`].
@@ -18,6 +18,7 @@ use warp::path::FullPath;
 use warp::reply::Response;
 use warp::{Filter, Reply as _};
 
+pub mod console;
 pub mod cors;
 pub mod error;
 pub mod filters;
@@ -79,6 +80,8 @@ pub fn routes(
         .or(api(state.clone()))
         .unify()
         .or(sockets(state.clone()))
+        .unify()
+        .or(console::route())
         .unify()
         .recover(error::handle_rejection)
         .unify();
@@ -360,6 +363,7 @@ fn route_label(path: &str) -> String {
         "metrics",
         "ws",
         "transcription",
+        "app",
     ];
     let mut out = String::with_capacity(path.len());
     for seg in path.split('/').filter(|s| !s.is_empty()) {
