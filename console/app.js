@@ -29,7 +29,7 @@ function h(tag, attrs = {}, ...children) {
     else if (key === 'class') el.className = value;
     else el.setAttribute(key, value === true ? '' : value);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     el.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -290,7 +290,10 @@ async function homeScreen() {
 
 // ---------- the transcript ----------
 
-/** Utterance rows keyed by original message id; translations join their original's row. */
+/**
+ * Utterance rows keyed by original message id; translations join their original's row.
+ * Without `onReplay` (after the visit, when no audio is kept) rows have no replay button.
+ */
 class Transcript {
   constructor(conversation, { onReplay }) {
     this.conversation = conversation;
@@ -310,7 +313,7 @@ class Transcript {
       const original = h('p', { class: 'text original' });
       const translationLang = h('span', { class: 'lang' });
       const translation = h('p', { class: 'text translation' }, '…');
-      const replay = h('button', { type: 'button', class: 'quiet replay', disabled: true,
+      const replay = this.onReplay && h('button', { type: 'button', class: 'quiet replay', disabled: true,
         onclick: () => this.onReplay(id) }, 'Replay');
       const el = h('li', { class: 'utterance', 'data-message-id': id },
         h('div', { class: 'meta' }, speaker, time, replay),
@@ -356,10 +359,17 @@ class Transcript {
 
   audioReady(id) {
     const row = this.rows.get(id);
-    if (row) {
+    if (row?.replay) {
       row.replay.disabled = false;
+      row.replay.textContent = 'Replay';
       row.replay.setAttribute('aria-label', `Replay the spoken translation of: ${row.original.textContent}`);
     }
+  }
+
+  /** The clip arrived but this device could not decode or play it. */
+  playFailed(id) {
+    const row = this.rows.get(id);
+    if (row?.replay) row.replay.textContent = 'Replay (audio could not play)';
   }
 }
 
@@ -547,7 +557,7 @@ class Speaker {
     this.playing = new Audio(this.clips.get(id));
     this.playing.onended = () => this.next();
     this.playing.play().catch(() => {
-      this.onError('A spoken translation could not be played on this device.');
+      this.onError(id);
       this.next();
     });
   }
@@ -609,7 +619,7 @@ async function conversationScreen(id) {
 
   const actions = new ActionBoard();
   const transcript = new Transcript(conversation, { onReplay: (mid) => speaker.play(mid) });
-  const speaker = new Speaker((mid) => transcript.audioReady(mid), showNotice);
+  const speaker = new Speaker((mid) => transcript.audioReady(mid), (mid) => transcript.playFailed(mid));
   const captions = h('p', { class: 'captions', id: 'captions', 'aria-live': 'polite', 'aria-label': 'Live captions' });
   const partial = new Map();
   const liveStatus = h('p', { class: 'live-status', id: 'live-status', role: 'status' }, 'Not recording.');
@@ -783,7 +793,7 @@ async function summaryScreen(id) {
   const summaryStatus = h('p', { class: 'live-status', id: 'summary-status', role: 'status', 'aria-live': 'polite' }, 'Loading the summary…');
   const retry = h('button', { type: 'button', id: 'summary-retry', hidden: true }, 'Summarize again');
   const actions = new ActionBoard();
-  const transcript = new Transcript(conversation, { onReplay: () => {} });
+  const transcript = new Transcript(conversation, { onReplay: null });
   let waiting;
   let poll;
 
