@@ -183,7 +183,12 @@ mod tests {
 
     #[test]
     fn screens_get_the_app_shell() {
-        for path in ["", "login", "conversations/0193f1c2-5a7e/summary", "patients/"] {
+        for path in [
+            "",
+            "login",
+            "conversations/0193f1c2-5a7e/summary",
+            "patients/",
+        ] {
             let res = serve(path, Some("127.0.0.1:8080"), None);
             assert_eq!(res.status(), 200, "{path}");
             assert_eq!(header(&res, "content-type"), "text/html; charset=utf-8");
