@@ -605,16 +605,31 @@ function exportLinks(id) {
     h('span', { class: 'muted' }, 'Export: '), link('json', 'JSON', 'json'), link('markdown', 'Markdown', 'md'), status);
 }
 
-async function conversationScreen(id) {
-  let conversation;
+/** The conversation, or null after showing why it could not be read. */
+async function loadConversation(id) {
   try {
-    conversation = await api('GET', `/conversations/${encodeURIComponent(id)}`);
+    return await api('GET', `/conversations/${encodeURIComponent(id)}`);
   } catch (e) {
-    if (e instanceof ApiError && e.status === 401) return navigate('/app/login');
-    render('Visit', h('h1', {}, 'Visit not found'), h('p', {}, errorText(e)),
-      h('a', { href: '/app/', 'data-link': true }, 'Back to patients and visits'));
-    return;
+    if (e instanceof ApiError && e.status === 401) navigate('/app/login');
+    else {
+      render('Visit', h('h1', {}, 'Visit not found'), h('p', {}, errorText(e)),
+        h('a', { href: '/app/', 'data-link': true }, 'Back to patients and visits'));
+    }
+    return null;
   }
+}
+
+/** Control-socket frames that concern the action board; true when `ev` was one of them. */
+function applyActionEvent(actions, ev) {
+  if (ev.type === 'action_list') ev.payload.actions.slice().reverse().forEach((a) => actions.upsert(a));
+  else if (ev.type === 'action_created' || ev.type === 'action_updated') actions.upsert(ev.payload);
+  else return false;
+  return true;
+}
+
+async function conversationScreen(id) {
+  const conversation = await loadConversation(id);
+  if (!conversation) return;
   if (conversation.status !== 'active') return navigate(`/app/conversations/${encodeURIComponent(id)}/summary`, true);
 
   const actions = new ActionBoard();
@@ -761,10 +776,7 @@ async function conversationScreen(id) {
         actions.el)));
   if (unsupported) record.disabled = true;
 
-  const control = controlSocket(id, (ev) => {
-    if (ev.type === 'action_list') ev.payload.actions.slice().reverse().forEach((a) => actions.upsert(a));
-    else if (ev.type === 'action_created' || ev.type === 'action_updated') actions.upsert(ev.payload);
-  });
+  const control = controlSocket(id, (ev) => applyActionEvent(actions, ev));
   teardown = () => {
     control.close();
     recorder?.stop();
@@ -781,14 +793,8 @@ async function conversationScreen(id) {
 // ---------- after the visit ----------
 
 async function summaryScreen(id) {
-  let conversation;
-  try {
-    conversation = await api('GET', `/conversations/${encodeURIComponent(id)}`);
-  } catch (e) {
-    if (e instanceof ApiError && e.status === 401) return navigate('/app/login');
-    render('Visit', h('h1', {}, 'Visit not found'), h('p', {}, errorText(e)));
-    return;
-  }
+  const conversation = await loadConversation(id);
+  if (!conversation) return;
   const summaryText = h('div', { class: 'summary-text', id: 'summary-text' });
   const summaryStatus = h('p', { class: 'live-status', id: 'summary-status', role: 'status', 'aria-live': 'polite' }, 'Loading the summary…');
   const retry = h('button', { type: 'button', id: 'summary-retry', hidden: true }, 'Summarize again');
@@ -845,9 +851,8 @@ async function summaryScreen(id) {
         h('h2', { id: 'actions-title' }, 'Actions'), actions.el)));
 
   const control = controlSocket(id, (ev) => {
-    if (ev.type === 'action_list') ev.payload.actions.slice().reverse().forEach((a) => actions.upsert(a));
-    else if (ev.type === 'action_created' || ev.type === 'action_updated') actions.upsert(ev.payload);
-    else if (ev.type === 'summary_ready') showSummary(ev.payload?.content ?? ev.payload?.summary);
+    if (applyActionEvent(actions, ev)) return;
+    if (ev.type === 'summary_ready') showSummary(ev.payload?.content ?? ev.payload?.summary);
     else if (ev.type === 'summary_data') showSummary(ev.payload?.summary);
   });
   teardown = () => {

@@ -25,14 +25,11 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
-use tandem::testing::fake_openai::realtime::{ScriptLine, State};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-const CLINICIAN: &str =
-    "Take a note: the patient reports chest pain for three days. Schedule a follow-up in two weeks.";
-const PATIENT: &str = "Me duele el pecho desde hace tres días y tomo metformina dos veces al día.";
+use support::{CLINICIAN, PATIENT};
 
 // ---------- how the files are served (no browser needed) ----------
 
@@ -402,17 +399,7 @@ async fn a_clinician_records_a_visit_in_chromium() {
         );
         return;
     };
-    let srv = support::start_scripted(State::new([
-        ScriptLine {
-            text: CLINICIAN.into(),
-            languages: vec!["en".into()],
-        },
-        ScriptLine {
-            text: PATIENT.into(),
-            languages: vec!["es".into()],
-        },
-    ]))
-    .await;
+    let srv = support::start_scripted(support::speech_script()).await;
     let shots = screenshot_dir();
     let wav = speech_wav(srv.dir.path());
     let mut b = Browser::launch(&chromium, &wav).await;

@@ -19,22 +19,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-const CLINICIAN: &str =
-    "Take a note: the patient reports chest pain for three days. Schedule a follow-up in two weeks.";
-const PATIENT: &str = "Me duele el pecho desde hace tres días y tomo metformina dos veces al día.";
-
-fn script() -> State {
-    State::new([
-        ScriptLine {
-            text: CLINICIAN.into(),
-            languages: vec!["en".into()],
-        },
-        ScriptLine {
-            text: PATIENT.into(),
-            languages: vec!["es".into()],
-        },
-    ])
-}
+use support::{speech_script as script, CLINICIAN, PATIENT};
 
 fn chunks() -> Vec<Vec<u8>> {
     let dir =

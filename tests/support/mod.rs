@@ -22,6 +22,27 @@ use tandem::testing::fake_openai::{http as fake_http, realtime, FakeOpenAi};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// What the speech in `fixtures/chrome-webm-opus-1000ms` says: the clinician in English, then
+/// the patient in Spanish.
+pub const CLINICIAN: &str =
+    "Take a note: the patient reports chest pain for three days. Schedule a follow-up in two weeks.";
+pub const PATIENT: &str =
+    "Me duele el pecho desde hace tres días y tomo metformina dos veces al día.";
+
+/// The fake provider's answers to that recording's two utterances, with their languages.
+pub fn speech_script() -> realtime::State {
+    realtime::State::new([
+        realtime::ScriptLine {
+            text: CLINICIAN.into(),
+            languages: vec!["en".into()],
+        },
+        realtime::ScriptLine {
+            text: PATIENT.into(),
+            languages: vec!["es".into()],
+        },
+    ])
+}
+
 /// The HS256 secret every test server uses, so tests can mint their own tokens.
 pub const SECRET: &[u8] = b"tandem-integration-test-secret-0123456789";
 pub const PASSWORD: &str = "correct horse battery";
