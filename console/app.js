@@ -747,6 +747,7 @@ async function conversationScreen(id) {
     h('span', {}, 'End this visit now? Recording stops and the summary is prepared.'),
     h('button', { type: 'button', id: 'end-confirm', class: 'danger', onclick: (e) => busy(e.currentTarget, async () => {
       if (recorder) await stopRecording();
+      liveStatus.textContent = 'Ending the visit…';
       await api('POST', `/conversations/${encodeURIComponent(id)}/end`);
       navigate(`/app/conversations/${encodeURIComponent(id)}/summary`);
     }) }, 'Yes, end visit'),
@@ -803,7 +804,9 @@ async function summaryScreen(id) {
   let waiting;
   let poll;
 
-  function showSummary(content) {
+  /** Shows a summary given as text or as a Document; false when there is none yet. */
+  function showSummary(summary) {
+    const content = typeof summary === 'string' ? summary : summary?.content;
     if (typeof content !== 'string' || !content.trim()) return false;
     clearTimeout(waiting);
     clearInterval(poll);
@@ -819,7 +822,7 @@ async function summaryScreen(id) {
   }
   async function fetchSummary() {
     const doc = await api('GET', `/conversations/${encodeURIComponent(id)}/summary`);
-    return showSummary(doc?.content);
+    return showSummary(doc);
   }
   function awaitSummary() {
     summaryStatus.textContent = 'Preparing the summary…';
@@ -829,7 +832,7 @@ async function summaryScreen(id) {
   retry.addEventListener('click', () => busy(retry, async () => {
     try {
       const doc = await api('POST', `/conversations/${encodeURIComponent(id)}/summary`);
-      if (!showSummary(doc?.content)) awaitSummary();
+      if (!showSummary(doc)) awaitSummary();
     } catch (e) {
       summaryStatus.textContent = e instanceof ApiError && e.routeMissing
         ? 'This server cannot generate summaries yet.'
@@ -852,7 +855,7 @@ async function summaryScreen(id) {
 
   const control = controlSocket(id, (ev) => {
     if (applyActionEvent(actions, ev)) return;
-    if (ev.type === 'summary_ready') showSummary(ev.payload?.content ?? ev.payload?.summary);
+    if (ev.type === 'summary_ready') showSummary(ev.payload?.summary ?? ev.payload);
     else if (ev.type === 'summary_data') showSummary(ev.payload?.summary);
   });
   teardown = () => {

@@ -289,6 +289,24 @@ impl Browser {
         }
     }
 
+    /// Presses and releases a key (`Tab`, `Enter`) on whatever has the focus.
+    async fn press(&mut self, key: &str) {
+        let (code, text) = match key {
+            "Tab" => (9, ""),
+            "Enter" => (13, "\r"),
+            other => panic!("no key code for {other}"),
+        };
+        let down = json!({"type": "keyDown", "key": key, "code": key,
+                          "windowsVirtualKeyCode": code, "text": text});
+        self.call("Input.dispatchKeyEvent", down).await;
+        let up = json!({"type": "keyUp", "key": key, "code": key, "windowsVirtualKeyCode": code});
+        self.call("Input.dispatchKeyEvent", up).await;
+    }
+
+    async fn focused_id(&mut self) -> Value {
+        self.eval("document.activeElement?.id").await
+    }
+
     /// Focuses a field and types into it as a keyboard would.
     async fn type_into(&mut self, selector: &str, text: &str) {
         let sel = serde_json::to_string(selector).unwrap();
@@ -678,5 +696,30 @@ async fn a_clinician_records_a_visit_in_chromium() {
     let visit = b.text_of("#visit-results li").await;
     assert!(visit.contains("Ended"), "{visit}");
     b.screenshot(&shots, "patients").await;
+
+    // Log out, and back in with the keyboard alone: the heading has the focus, Tab walks the
+    // labelled fields in order, Enter submits.
+    b.click("#logout").await;
+    b.wait_for(
+        "the login form",
+        "document.querySelector('#username')",
+        wait,
+    )
+    .await;
+    assert_eq!(b.focused_id().await, "login-title");
+    b.press("Tab").await;
+    assert_eq!(b.focused_id().await, "username");
+    b.call("Input.insertText", json!({"text": "dr_lee"})).await;
+    b.press("Tab").await;
+    assert_eq!(b.focused_id().await, "password");
+    b.call("Input.insertText", json!({"text": support::PASSWORD}))
+        .await;
+    b.press("Enter").await;
+    b.wait_for(
+        "the patients screen after a keyboard login",
+        "document.querySelector('h1')?.innerText === 'Patients and visits'",
+        wait,
+    )
+    .await;
     eprintln!("screenshots in {}", shots.display());
 }

@@ -34,42 +34,27 @@ struct Asset {
 
 const INDEX: &str = "index.html";
 
+/// An [`Asset`] from `console/<path>`.
+macro_rules! asset {
+    ($path:literal, $content_type:expr) => {
+        Asset {
+            path: $path,
+            content_type: $content_type,
+            body: include_bytes!(concat!("../../console/", $path)),
+        }
+    };
+}
+
+const JS: &str = "text/javascript; charset=utf-8";
+
 static ASSETS: &[Asset] = &[
-    Asset {
-        path: INDEX,
-        content_type: "text/html; charset=utf-8",
-        body: include_bytes!("../../console/index.html"),
-    },
-    Asset {
-        path: "console.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_bytes!("../../console/console.css"),
-    },
-    Asset {
-        path: "app.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../../console/app.js"),
-    },
-    Asset {
-        path: "api.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../../console/api.js"),
-    },
-    Asset {
-        path: "recorder.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../../console/recorder.js"),
-    },
-    Asset {
-        path: "pcm-worklet.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../../console/pcm-worklet.js"),
-    },
-    Asset {
-        path: "favicon.svg",
-        content_type: "image/svg+xml",
-        body: include_bytes!("../../console/favicon.svg"),
-    },
+    asset!("index.html", "text/html; charset=utf-8"),
+    asset!("console.css", "text/css; charset=utf-8"),
+    asset!("app.js", JS),
+    asset!("api.js", JS),
+    asset!("recorder.js", JS),
+    asset!("pcm-worklet.js", JS),
+    asset!("favicon.svg", "image/svg+xml"),
 ];
 
 /// Strong ETags of [`ASSETS`], same order; hashed once on first use.
