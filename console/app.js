@@ -649,6 +649,8 @@ async function conversationScreen(id) {
   let audio = null;
   let audioReady = null;
   let recorder = null;
+  /** The screen is going away (or the visit ended): a closing audio socket is expected. */
+  let leaving = false;
 
   function onAudioEvent(ev) {
     switch (ev.type) {
@@ -678,6 +680,11 @@ async function conversationScreen(id) {
       case 'action_updated':
         actions.upsert(ev.payload);
         break;
+      case 'conversation_ended':
+        leaving = true;
+        record.disabled = true;
+        liveStatus.textContent = 'The visit has ended.';
+        break;
       case 'command_executed':
         if (ev.payload.status !== 'success') showNotice(ev.payload.message);
         break;
@@ -706,6 +713,7 @@ async function conversationScreen(id) {
         audio = null;
         audioReady = null;
         if (recorder) stopRecording();
+        if (leaving) return;
         if (e.code === 1008 || e.code === 1011 || e.code === 1009 || e.code === 1001) {
           showNotice(`Audio connection closed: ${e.reason || e.code}`);
         }
@@ -748,6 +756,7 @@ async function conversationScreen(id) {
     h('button', { type: 'button', id: 'end-confirm', class: 'danger', onclick: (e) => busy(e.currentTarget, async () => {
       if (recorder) await stopRecording();
       liveStatus.textContent = 'Ending the visit…';
+      leaving = true;
       await api('POST', `/conversations/${encodeURIComponent(id)}/end`);
       navigate(`/app/conversations/${encodeURIComponent(id)}/summary`);
     }) }, 'Yes, end visit'),
@@ -779,6 +788,7 @@ async function conversationScreen(id) {
 
   const control = controlSocket(id, (ev) => applyActionEvent(actions, ev));
   teardown = () => {
+    leaving = true;
     control.close();
     recorder?.stop();
     audio?.close(1000);
@@ -810,7 +820,11 @@ async function summaryScreen(id) {
     if (typeof content !== 'string' || !content.trim()) return false;
     clearTimeout(waiting);
     clearInterval(poll);
-    summaryText.replaceChildren(...content.split(/\n{2,}/).map((para) => h('p', {}, para)));
+    const paragraphs = (text) => text.split(/\n{2,}/).map((para) => h('p', {}, para));
+    const takeHome = typeof summary === 'object' && summary?.takeHome?.trim();
+    summaryText.replaceChildren(...paragraphs(content),
+      takeHome ? [h('h3', {}, `For the patient (${languageName(conversation.patientLanguage)})`),
+        h('div', { lang: conversation.patientLanguage }, paragraphs(takeHome))] : []);
     summaryStatus.textContent = 'Summary ready.';
     retry.hidden = true;
     return true;
