@@ -693,8 +693,14 @@ async fn a_clinician_records_a_visit_in_chromium() {
         wait,
     )
     .await;
-    let visit = b.text_of("#visit-results li").await;
-    assert!(visit.contains("Ended"), "{visit}");
+    let visit = b.text_of("#visit-results li").await.to_lowercase();
+    let status = owner
+        .get_json(&format!("/conversations/{conversation_id}"), 200)
+        .await["status"]
+        .as_str()
+        .unwrap()
+        .replace('_', " ");
+    assert!(visit.contains(&status), "{visit:?} shows {status:?}");
     b.screenshot(&shots, "patients").await;
 
     // Log out, and back in with the keyboard alone: the heading has the focus, Tab walks the
