@@ -585,7 +585,7 @@ function visitHeader(c, extra) {
 
 function exportLinks(id) {
   const status = h('p', { class: 'form-status', role: 'status' });
-  const link = (format, label, ext) => h('button', { type: 'button', class: 'quiet', onclick: (e) => busy(e.currentTarget, async () => {
+  const link = (format, label, ext) => h('button', { type: 'button', class: 'quiet', id: `export-${format}`, onclick: (e) => busy(e.currentTarget, async () => {
     status.textContent = '';
     try {
       const res = await download(`/conversations/${encodeURIComponent(id)}/export?format=${format}`);
@@ -822,9 +822,11 @@ async function summaryScreen(id) {
     clearInterval(poll);
     const paragraphs = (text) => text.split(/\n{2,}/).map((para) => h('p', {}, para));
     const takeHome = typeof summary === 'object' && summary?.takeHome?.trim();
-    summaryText.replaceChildren(...paragraphs(content),
-      takeHome ? [h('h3', {}, `For the patient (${languageName(conversation.patientLanguage)})`),
-        h('div', { lang: conversation.patientLanguage }, paragraphs(takeHome))] : []);
+    summaryText.replaceChildren(...paragraphs(content));
+    if (takeHome) {
+      summaryText.append(h('h3', {}, `For the patient (${languageName(conversation.patientLanguage)})`),
+        h('div', { lang: conversation.patientLanguage }, paragraphs(takeHome)));
+    }
     summaryStatus.textContent = 'Summary ready.';
     retry.hidden = true;
     return true;
