@@ -713,10 +713,10 @@ async function conversationScreen(id) {
         audio = null;
         audioReady = null;
         if (recorder) stopRecording();
-        if (leaving) return;
-        if (e.code === 1008 || e.code === 1011 || e.code === 1009 || e.code === 1001) {
-          showNotice(`Audio connection closed: ${e.reason || e.code}`);
-        }
+        if (leaving || e.code === 1000) return;
+        showNotice(`Audio connection closed: ${e.reason || `code ${e.code}`}. Press Record to reconnect.`);
+        // Too slow (1013): events were dropped, so the stored transcript is read again.
+        if (e.code === 1013) loadMessages(id, transcript).catch(() => {});
       };
     });
     return audioReady;
