@@ -84,7 +84,16 @@ pub async fn serve(socket: WebSocket, state: AppState, headers: HeaderMap, query
     tracing::info!(%conversation_id, user_id = %principal.user_id, "audio socket attached");
 
     let mut closing = None;
-    while let Some(message) = stream.next().await {
+    loop {
+        let message = tokio::select! {
+            message = stream.next() => message,
+            // The visit ended: stop reading; closing below drains what was received.
+            () = input.ended() => {
+                closing = Some((close::NORMAL, "Conversation ended"));
+                break;
+            }
+        };
+        let Some(message) = message else { break };
         let message = match message {
             Ok(m) => m,
             Err(e) => {
