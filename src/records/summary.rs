@@ -152,10 +152,13 @@ impl Records {
         };
         let clinical_request = request(SummaryKind::Clinical, &conversation.clinician_language);
         let take_home_request = request(SummaryKind::TakeHome, &conversation.patient_language);
-        let (clinical, take_home) = tokio::try_join!(
+        // Both calls run to the end even if one fails, so each request is made exactly once
+        // per attempt (no call cancelled half-way, which retries would otherwise repeat).
+        let (clinical, take_home) = tokio::join!(
             self.summarizer.summarize(&clinical_request),
             self.summarizer.summarize(&take_home_request),
-        )?;
+        );
+        let (clinical, take_home) = (clinical?, take_home?);
         let known: HashSet<&str> = messages.iter().map(|m| m.id.as_str()).collect();
         let cited = validate_references(&clinical, &known);
         if !cited.unresolved.is_empty() {
