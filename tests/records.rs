@@ -15,8 +15,8 @@ use base64::Engine as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
 use tandem::ai::SYNTHETIC_HISTORY_HEADER;
-use tandem::store::Store;
-use tandem::testing::fake_openai::http::{Fault, CHAT_PATH};
+use tandem::store::{NewMessage, SenderType, Store};
+use tandem::testing::fake_openai::http::{Fault, ScriptedReply, CHAT_PATH};
 use tandem::testing::fake_openai::realtime::{ScriptLine, State};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -161,10 +161,12 @@ async fn ending_a_visit_drains_the_audio_then_summarizes_with_real_citations() {
     let mut ctl = control(&srv, &user).await;
     let id = create(&user, "Ana", "García").await;
 
+    until_type(&mut ctl, "medical_history_data", Duration::from_secs(10)).await;
     let mut audio = open_audio(&srv, &user, &id).await;
+    // Slow model answers keep the last utterance in flight when the visit ends: it must be
+    // processed (its translation stored) before the summary is written.
+    srv.fake.http.set_delay(CHAT_PATH, Duration::from_secs(3));
     stream_recording(&mut audio).await;
-    // End at once, with the last utterance still in the audio pipeline: it must be processed
-    // before the summary is written.
     let res = user
         .post(&format!("/conversations/{id}/end"))
         .send()
@@ -321,6 +323,31 @@ async fn a_failed_summary_ends_in_error_and_a_retry_succeeds() {
         .await
         .is_null());
 
+    // The retry's answers cite one real message and one id that is not in the conversation.
+    let said = srv
+        .store
+        .insert_message(NewMessage {
+            conversation_id: id.clone(),
+            sender_type: SenderType::Patient,
+            original_text: "Tengo fiebre.".into(),
+            translated_text: None,
+            language: "es".into(),
+            is_final: true,
+            original_message_id: None,
+            stt_item_id: None,
+            speaker_source: None,
+            speaker_confidence: None,
+            timings: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = format!("Fever [msg:{}]. Cough [msg:invented-id].", said.id);
+    for _ in 0..2 {
+        srv.fake
+            .http
+            .script_chat(ScriptedReply::Text(answer.clone()));
+    }
     let res = user
         .post(&format!("/conversations/{id}/summary"))
         .send()
@@ -329,7 +356,14 @@ async fn a_failed_summary_ends_in_error_and_a_retry_succeeds() {
     assert_eq!(res.status(), 200);
     let summary: Value = res.json().await.unwrap();
     assert_eq!(summary["interim"], false);
-    assert!(summary["content"].is_string());
+    assert_eq!(
+        summary["content"],
+        format!("Fever [msg:{}]. Cough.", said.id),
+        "the unknown citation is cut"
+    );
+    assert_eq!(summary["references"], json!([said.id]));
+    assert_eq!(summary["unresolvedReferences"], json!(["invented-id"]));
+    assert_eq!(summary["takeHome"], "Fever. Cough.");
     let ready = until_type(&mut ctl, "summary_ready", Duration::from_secs(5)).await;
     assert_eq!(ready["payload"]["status"], "summarized");
     let got = user.get_json(&format!("/conversations/{id}"), 200).await;
