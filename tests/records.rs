@@ -11,7 +11,6 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use base64::Engine as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
 use tandem::ai::SYNTHETIC_HISTORY_HEADER;
@@ -33,14 +32,6 @@ fn script(lines: [(&str, &str); 2]) -> State {
         text: text.into(),
         languages: vec![language.into()],
     }))
-}
-
-fn chunks() -> Vec<Vec<u8>> {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/chrome-webm-opus-1000ms");
-    (0..)
-        .map_while(|i| std::fs::read(dir.join(format!("chunk-{i:03}.bin"))).ok())
-        .collect()
 }
 
 async fn connect(url: String) -> Ws {
@@ -103,17 +94,25 @@ async fn open_audio(srv: &support::TestServer, user: &support::Client, id: &str)
     ws
 }
 
-/// Streams the Chromium fixture as the original frontend does: one `append` per second.
-async fn stream_recording(audio: &mut Ws) {
-    for chunk in chunks() {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&chunk);
-        send(
-            audio,
-            json!({"type": "input_audio_buffer.append", "audio": b64}),
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-    }
+/// A scripted server, a user with a control socket, and a new conversation whose background
+/// medical history was already pushed (so later chat requests are the test's own).
+async fn visit(
+    lines: [(&str, &str); 2],
+    username: &str,
+) -> (support::TestServer, support::Client, Ws, String) {
+    let srv = support::start_scripted(script(lines)).await;
+    let user = srv.new_user(username).await;
+    let mut ctl = control(&srv, &user).await;
+    let id = create(&user, "Ana", "García").await;
+    until_type(&mut ctl, "medical_history_data", Duration::from_secs(10)).await;
+    (srv, user, ctl, id)
+}
+
+/// `POST path` (no body), expecting `status`; the JSON body.
+async fn post(user: &support::Client, path: &str, status: u16) -> Value {
+    let res = user.post(path).send().await.unwrap();
+    assert_eq!(res.status(), status, "POST {path}");
+    res.json().await.unwrap()
 }
 
 async fn create(user: &support::Client, first: &str, last: &str) -> String {
@@ -156,24 +155,13 @@ fn summary_prompts(srv: &support::TestServer) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ending_a_visit_drains_the_audio_then_summarizes_with_real_citations() {
-    let srv = support::start_scripted(script([(CLINICIAN, "en"), (PATIENT, "es")])).await;
-    let user = srv.new_user("dr_end").await;
-    let mut ctl = control(&srv, &user).await;
-    let id = create(&user, "Ana", "García").await;
-
-    until_type(&mut ctl, "medical_history_data", Duration::from_secs(10)).await;
+    let (srv, user, mut ctl, id) = visit([(CLINICIAN, "en"), (PATIENT, "es")], "dr_end").await;
     let mut audio = open_audio(&srv, &user, &id).await;
     // Slow model answers keep the last utterance in flight when the visit ends: it must be
     // processed (its translation stored) before the summary is written.
     srv.fake.http.set_delay(CHAT_PATH, Duration::from_secs(3));
-    stream_recording(&mut audio).await;
-    let res = user
-        .post(&format!("/conversations/{id}/end"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let ended: Value = res.json().await.unwrap();
+    support::stream_recording(&mut audio).await;
+    let ended = post(&user, &format!("/conversations/{id}/end"), 200).await;
     assert_eq!(ended["status"], "ended", "answered before the summary");
 
     // The audio socket is told, then closed normally.
@@ -260,14 +248,7 @@ async fn ending_a_visit_drains_the_audio_then_summarizes_with_real_citations() {
     assert!(asked["payload"]["summary"].is_string());
 
     // Ending again changes nothing and writes no new summary.
-    let again: Value = user
-        .post(&format!("/conversations/{id}/end"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again = post(&user, &format!("/conversations/{id}/end"), 200).await;
     assert_eq!(again["status"], "summarized");
     assert_eq!(again["endTime"], ended["endTime"]);
     assert_eq!(summary_prompts(&srv).len(), 2);
@@ -304,13 +285,7 @@ async fn a_failed_summary_ends_in_error_and_a_retry_succeeds() {
 
     // A malformed answer is not retried by the client: one per summary call.
     srv.fake.http.fail_next(CHAT_PATH, 2, Fault::Malformed);
-    let res = user
-        .post(&format!("/conversations/{id}/end?wait=true"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let ended: Value = res.json().await.unwrap();
+    let ended = post(&user, &format!("/conversations/{id}/end?wait=true"), 200).await;
     assert_eq!(ended["status"], "ended_error");
     let failed = until_type(&mut ctl, "error", Duration::from_secs(5)).await;
     assert_eq!(failed["code"], "summary_failed");
@@ -348,13 +323,7 @@ async fn a_failed_summary_ends_in_error_and_a_retry_succeeds() {
             .http
             .script_chat(ScriptedReply::Text(answer.clone()));
     }
-    let res = user
-        .post(&format!("/conversations/{id}/summary"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let summary: Value = res.json().await.unwrap();
+    let summary = post(&user, &format!("/conversations/{id}/summary"), 200).await;
     assert_eq!(summary["interim"], false);
     assert_eq!(
         summary["content"],
@@ -448,18 +417,17 @@ async fn the_medical_history_is_generated_once_per_patient_and_pushed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn voice_requests_give_an_interim_summary_and_the_medical_history() {
-    let srv = support::start_scripted(script([
-        ("Please give me a summary of the visit so far.", "en"),
-        ("Show me the medical history of this patient.", "en"),
-    ]))
+    let (srv, user, mut ctl, id) = visit(
+        [
+            ("Please give me a summary of the visit so far.", "en"),
+            ("Show me the medical history of this patient.", "en"),
+        ],
+        "dr_voice",
+    )
     .await;
-    let user = srv.new_user("dr_voice").await;
-    let mut ctl = control(&srv, &user).await;
-    let id = create(&user, "Rosa", "Díaz").await;
-    until_type(&mut ctl, "medical_history_data", Duration::from_secs(10)).await;
 
     let mut audio = open_audio(&srv, &user, &id).await;
-    stream_recording(&mut audio).await;
+    support::stream_recording(&mut audio).await;
     send(&mut audio, json!({"type": "input_audio_buffer.finalize"})).await;
 
     let summary_ack = until_type(&mut audio, "command_executed", Duration::from_secs(20)).await;
@@ -510,14 +478,7 @@ async fn voice_requests_give_an_interim_summary_and_the_medical_history() {
 
     // The final summary replaces the interim one.
     audio.close(None).await.unwrap();
-    let ended: Value = user
-        .post(&format!("/conversations/{id}/end?wait=true"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ended = post(&user, &format!("/conversations/{id}/end?wait=true"), 200).await;
     assert_eq!(ended["status"], "summarized");
     let stored = user
         .get_json(&format!("/conversations/{id}/summary"), 200)
@@ -528,21 +489,10 @@ async fn voice_requests_give_an_interim_summary_and_the_medical_history() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exports_carry_the_transcript_in_order_in_both_languages() {
-    let srv = support::start_scripted(script([(CLINICIAN, "en"), (PATIENT, "es")])).await;
-    let user = srv.new_user("dr_export").await;
-    let mut ctl = control(&srv, &user).await;
-    let id = create(&user, "Ana", "García").await;
-    until_type(&mut ctl, "medical_history_data", Duration::from_secs(10)).await;
+    let (srv, user, _ctl, id) = visit([(CLINICIAN, "en"), (PATIENT, "es")], "dr_export").await;
     let mut audio = open_audio(&srv, &user, &id).await;
-    stream_recording(&mut audio).await;
-    let ended: Value = user
-        .post(&format!("/conversations/{id}/end?wait=true"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    support::stream_recording(&mut audio).await;
+    let ended = post(&user, &format!("/conversations/{id}/end?wait=true"), 200).await;
     assert_eq!(ended["status"], "summarized");
     let stored = messages(&user, &id).await;
     assert_eq!(stored.len(), 4);

@@ -31,11 +31,6 @@ use crate::store::{ConversationStatus, ConversationWithPatient, Document};
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
 impl Pipelines {
-    /// The record keeper (summaries, medical histories, exports).
-    pub fn records(&self) -> &Arc<Records> {
-        &self.records
-    }
-
     /// Stops the conversation's audio: its sockets are told (`conversation_ended`) and close,
     /// then this waits until every utterance already spoken is processed, at most `deadline`.
     /// Returns whether it drained in time (a conversation without live audio has nothing to

@@ -70,10 +70,6 @@ impl Records {
             locks: KeyedLocks::default(),
         }
     }
-
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
 }
 
 /// Async mutexes by key, created on first use and removed when nobody holds or awaits them,
