@@ -351,6 +351,15 @@ mod tests {
                 },
                 json!({"type": "summary_data", "payload": {"conversationId": "c1", "summary": null}}),
             ),
+            (
+                ServerEvent::ConversationEnded {
+                    payload: ConversationEnded {
+                        conversation_id: "c1".into(),
+                        message: "The visit has ended; recording is closed.",
+                    },
+                },
+                json!({"type": "conversation_ended", "payload": {"conversationId": "c1", "message": "The visit has ended; recording is closed."}}),
+            ),
         ];
         for (event, expected) in cases {
             assert_eq!(json_of(&event), expected);
