@@ -605,3 +605,25 @@ async fn exports_carry_the_transcript_in_order_in_both_languages() {
     assert_eq!(res.status(), 404);
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_ends_summarize_once() {
+    let srv = support::start().await;
+    let user = srv.new_user("dr_twice").await;
+    let mut ctl = control(&srv, &user).await;
+    let id = create(&user, "Tomás", "León").await;
+    until_type(&mut ctl, "medical_history_data", Duration::from_secs(10)).await;
+    let path = format!("/conversations/{id}/end?wait=true");
+    let (a, b) = tokio::join!(post(&user, &path, 200), post(&user, &path, 200));
+    let statuses = [a["status"].as_str().unwrap(), b["status"].as_str().unwrap()];
+    assert!(statuses.contains(&"summarized"), "{statuses:?}");
+    until_type(&mut ctl, "summary_ready", Duration::from_secs(10)).await;
+    let got = user.get_json(&format!("/conversations/{id}"), 200).await;
+    assert_eq!(got["status"], "summarized");
+    assert_eq!(
+        summary_prompts(&srv).len(),
+        2,
+        "one clinical and one take-home call"
+    );
+    srv.stop().await;
+}

@@ -39,6 +39,13 @@ pub struct ExportQuery {
 /// returned as it is (a failed summary is retried with `POST …/summary`, not by ending again).
 pub async fn end_conversation(state: AppState, p: Principal, id: String, q: EndQuery) -> Result {
     let c = conversation(&state, &p, &id).await?;
+    let claim = match state.pipelines.claim_end(&id) {
+        Some(claim) if c.conversation.status == ConversationStatus::Active => claim,
+        // Already ended, or being ended by a concurrent request.
+        _ => return Ok(reply::json(&ConversationView::from(&c)).into_response()),
+    };
+    // Read again under the claim: a request that ended it may have finished meanwhile.
+    let c = conversation(&state, &p, &id).await?;
     if c.conversation.status != ConversationStatus::Active {
         return Ok(reply::json(&ConversationView::from(&c)).into_response());
     }
@@ -54,7 +61,7 @@ pub async fn end_conversation(state: AppState, p: Principal, id: String, q: EndQ
     audit(&state, &p, "update", "conversation", &id).await?;
     let finishing = state
         .pipelines
-        .finish_visit(p.organization_id.clone(), id.clone());
+        .finish_visit(claim, p.organization_id.clone());
     if !q.wait {
         return Ok(reply::json(&ConversationView::new(&ended, &c.patient)).into_response());
     }

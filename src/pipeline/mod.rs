@@ -39,6 +39,8 @@ pub mod speaker;
 mod transcript;
 mod visit;
 
+pub use visit::EndClaim;
+
 use event::ServerEvent;
 use hub::{Audience, ClientTx, Hub};
 use speaker::Role;
@@ -131,6 +133,10 @@ pub struct Pipelines {
     tasks: TaskTracker,
     /// Summaries, medical histories and exports, written from the same store and providers.
     records: Arc<Records>,
+    /// Conversations whose end is being processed by this process: two concurrent `/end`
+    /// requests end (and summarize) a visit once. Entries live as long as their
+    /// [`visit::EndClaim`].
+    ending: Mutex<std::collections::HashSet<String>>,
 }
 
 /// STT connection state, for `backend_connected.status`.
@@ -209,6 +215,7 @@ impl Pipelines {
             store,
             hub,
             records,
+            ending: Mutex::default(),
             providers,
             pool,
             config,

@@ -30,7 +30,31 @@ use crate::store::{ConversationStatus, ConversationWithPatient, Document};
 /// provider without holding the summary back forever.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
+/// The right to end one conversation, held from the status change until its summary is
+/// written; dropping it releases the conversation.
+pub struct EndClaim {
+    pipelines: Arc<Pipelines>,
+    conversation_id: String,
+}
+
+impl Drop for EndClaim {
+    fn drop(&mut self) {
+        lock(&self.pipelines.ending).remove(&self.conversation_id);
+    }
+}
+
 impl Pipelines {
+    /// Claims the ending of a conversation; `None` while another request of this process is
+    /// ending it. The caller re-reads the status after claiming.
+    pub fn claim_end(self: &Arc<Self>, conversation_id: &str) -> Option<EndClaim> {
+        lock(&self.ending)
+            .insert(conversation_id.to_owned())
+            .then(|| EndClaim {
+                pipelines: Arc::clone(self),
+                conversation_id: conversation_id.to_owned(),
+            })
+    }
+
     /// Stops the conversation's audio: its sockets are told (`conversation_ended`) and close,
     /// then this waits until every utterance already spoken is processed, at most `deadline`.
     /// Returns whether it drained in time (a conversation without live audio has nothing to
@@ -61,11 +85,12 @@ impl Pipelines {
     /// handle resolves when the summary is stored or has failed.
     pub fn finish_visit(
         self: &Arc<Self>,
+        claim: EndClaim,
         organization_id: String,
-        conversation_id: String,
     ) -> JoinHandle<Result<Document, records::Error>> {
         let pipelines = Arc::clone(self);
         self.tasks.spawn(async move {
+            let conversation_id = claim.conversation_id.clone();
             if !pipelines.stop_audio(&conversation_id, DRAIN_DEADLINE).await {
                 tracing::warn!(
                     %conversation_id,
@@ -81,6 +106,7 @@ impl Pipelines {
                 SummaryStage::Final,
             )
             .await
+            // `claim` is released here, after the summary.
         })
     }
 
