@@ -30,7 +30,8 @@ use async_trait::async_trait;
 use criterion::{Criterion, SamplingMode};
 use tandem::ai::{
     self, AudioFormat, Command, CommandContext, CommandDetector, CommandOutcome, GlossaryEntry,
-    LocalLanguageDetector, SpeechAudio, TextToSpeech, Translator,
+    LocalLanguageDetector, MedicalHistoryGenerator, SpeechAudio, Summarizer, SummaryRequest,
+    TextToSpeech, Translator,
 };
 use tandem::audio::pool::{DspPool, PoolConfig};
 use tandem::metrics::Metrics;
@@ -200,6 +201,28 @@ impl CommandDetector for FakeCommands {
     }
 }
 
+/// Summaries and medical histories are not on the measured path (no conversation is created
+/// over REST, no summary is asked for); this answers both with an error if ever called.
+struct NotMeasured;
+
+#[async_trait]
+impl Summarizer for NotMeasured {
+    async fn summarize(&self, _request: &SummaryRequest) -> ai::Result<String> {
+        Err(ai::Error::Malformed(
+            "summaries are not part of this bench".into(),
+        ))
+    }
+}
+
+#[async_trait]
+impl MedicalHistoryGenerator for NotMeasured {
+    async fn generate(&self, _first: &str, _last: &str, _age: Option<u32>) -> ai::Result<String> {
+        Err(ai::Error::Malformed(
+            "histories are not part of this bench".into(),
+        ))
+    }
+}
+
 /// STT whose sessions emit what the bench sends: `open` hands the events sender to the bench.
 struct ScriptedStt {
     sessions: mpsc::UnboundedSender<mpsc::Sender<SttEvent>>,
@@ -309,6 +332,8 @@ impl Rig {
             translator: fakes.translate.clone(),
             commands: fakes.commands.clone(),
             tts: fakes.tts.clone(),
+            summarizer: Arc::new(NotMeasured),
+            history: Arc::new(NotMeasured),
         };
         let pool = DspPool::new(&PoolConfig {
             workers: NonZeroUsize::MIN,

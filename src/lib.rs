@@ -5,6 +5,7 @@
 //! - [`ai`]: the OpenAI-compatible HTTP providers (language, translation, commands, speech,
 //!   summaries) behind traits.
 //! - [`pipeline`]: per-conversation live processing and the fan-out of its events.
+//! - [`records`]: what a visit leaves behind: summaries, synthetic medical histories, exports.
 //! - [`stt`]: the Realtime speech-to-text client (reconnects, replay, local VAD).
 //! - [`store`]: persistence behind one trait; SQLite by default, Postgres behind a feature.
 //! - [`wire`]: the JSON shapes of stored rows shared by REST and WebSocket events.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;
+pub mod records;
 pub mod server;
 pub mod shutdown;
 pub mod store;

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::ai::openai::{
-    OpenAiClient, OpenAiCommandDetector, OpenAiConfig, OpenAiLanguageDetector, OpenAiTranslator,
-    OpenAiTts,
+    OpenAiClient, OpenAiCommandDetector, OpenAiConfig, OpenAiHistoryGenerator,
+    OpenAiLanguageDetector, OpenAiSummarizer, OpenAiTranslator, OpenAiTts,
 };
 use crate::ai::{self, LanguageDetector, LocalLanguageDetector};
 use crate::audio::pool::{DspPool, PoolConfig};
@@ -57,7 +57,8 @@ pub struct PipelineSetup {
 }
 
 /// The production providers: the OpenAI-compatible HTTP API for language fallback,
-/// translation, commands and speech, and the Realtime WebSocket for transcription.
+/// translation, commands, speech, summaries and medical histories, and the Realtime WebSocket
+/// for transcription.
 ///
 /// # Errors
 /// The HTTP client cannot be built (a TLS backend failure).
@@ -70,6 +71,8 @@ pub fn openai_providers(ai: OpenAiConfig, stt: RealtimeConfig) -> Result<Provide
         language: Arc::new(LocalLanguageDetector::new(Some(llm_language))),
         translator: Arc::new(OpenAiTranslator::new(client.clone())),
         commands: Arc::new(OpenAiCommandDetector::new(client.clone())),
+        summarizer: Arc::new(OpenAiSummarizer::new(client.clone())),
+        history: Arc::new(OpenAiHistoryGenerator::new(client.clone())),
         tts: Arc::new(OpenAiTts::new(client)),
     })
 }

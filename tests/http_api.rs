@@ -285,10 +285,19 @@ async fn conversation_lifecycle() {
         .get_json(&format!("/conversations/{id}/summary"), 200)
         .await
         .is_null());
-    assert!(user
-        .get_json(&format!("/conversations/{id}/medical-history"), 200)
-        .await
-        .is_null());
+    // The synthetic medical history is prepared in the background (tests/records.rs covers
+    // it); wait for it so the write below is not overtaken by it.
+    let mut history = Value::Null;
+    for _ in 0..200 {
+        history = user
+            .get_json(&format!("/conversations/{id}/medical-history"), 200)
+            .await;
+        if !history.is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(history["content"].is_string(), "{history}");
 
     // Actions in the AggregatedAction shape, newest first.
     srv.store

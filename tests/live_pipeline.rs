@@ -21,14 +21,6 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 use support::{speech_script as script, CLINICIAN, PATIENT};
 
-fn chunks() -> Vec<Vec<u8>> {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/chrome-webm-opus-1000ms");
-    (0..)
-        .map_while(|i| std::fs::read(dir.join(format!("chunk-{i:03}.bin"))).ok())
-        .collect()
-}
-
 async fn connect(url: String) -> Ws {
     tokio_tungstenite::connect_async(url)
         .await
@@ -46,6 +38,17 @@ async fn next_event(ws: &mut Ws, within: Duration) -> Value {
             .expect("frame");
         if let Message::Text(text) = frame {
             return serde_json::from_str(&text).expect("JSON event");
+        }
+    }
+}
+
+/// The next control-socket event other than the medical-history push, which the creator's
+/// sockets receive whenever its background generation finishes (tests/records.rs covers it).
+async fn next_control_event(ws: &mut Ws, within: Duration) -> Value {
+    loop {
+        let event = next_event(ws, within).await;
+        if event["type"] != "medical_history_data" {
+            return event;
         }
     }
 }
@@ -68,20 +71,6 @@ async fn start_conversation(srv: &support::TestServer) -> (support::Client, Stri
     let conversation: Value = res.json().await.unwrap();
     let id = conversation["id"].as_str().unwrap().to_owned();
     (user, id)
-}
-
-/// Streams the fixture's chunks as the original frontend does: one base64 `append` per
-/// MediaRecorder chunk, one per second.
-async fn stream_recording(audio: &mut Ws) {
-    for chunk in chunks() {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&chunk);
-        send(
-            audio,
-            json!({"type": "input_audio_buffer.append", "audio": b64}),
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-    }
 }
 
 /// Opens the conversation's audio socket as the original frontend does (`extra` is appended
@@ -119,7 +108,7 @@ async fn a_visit_is_transcribed_interpreted_and_stored() {
 
     let mut control = connect(format!("{ws_base}/ws?token={}", user.access_token)).await;
     assert_eq!(
-        next_event(&mut control, Duration::from_secs(5)).await["type"],
+        next_control_event(&mut control, Duration::from_secs(5)).await["type"],
         "system"
     );
     send(
@@ -127,7 +116,7 @@ async fn a_visit_is_transcribed_interpreted_and_stored() {
         json!({"type": "select_conversation", "payload": {"conversationId": conversation_id}}),
     )
     .await;
-    let selected = next_event(&mut control, Duration::from_secs(5)).await;
+    let selected = next_control_event(&mut control, Duration::from_secs(5)).await;
     assert_eq!(selected["type"], "conversation_selected");
     assert_eq!(selected["payload"]["isActive"], true);
     assert_eq!(selected["payload"]["patientLanguage"], "es");
@@ -136,7 +125,7 @@ async fn a_visit_is_transcribed_interpreted_and_stored() {
     let hello = next_event(&mut audio, Duration::from_secs(5)).await;
     assert_eq!(hello["type"], "backend_connected");
 
-    stream_recording(&mut audio).await;
+    support::stream_recording(&mut audio).await;
     send(&mut audio, json!({"type": "input_audio_buffer.finalize"})).await;
 
     // Collect everything until both utterances completed.
@@ -218,7 +207,7 @@ async fn a_visit_is_transcribed_interpreted_and_stored() {
     );
 
     // The control socket got the action push for the conversation it selected.
-    let pushed = next_event(&mut control, Duration::from_secs(5)).await;
+    let pushed = next_control_event(&mut control, Duration::from_secs(5)).await;
     assert_eq!(pushed["type"], "action_created");
     assert_eq!(pushed["payload"]["type"], "note");
     assert!(!pushed["payload"]["data"]["content"]
@@ -266,7 +255,7 @@ async fn a_visit_is_transcribed_interpreted_and_stored() {
         json!({"type": "get_messages", "payload": {"conversationId": conversation_id}}),
     )
     .await;
-    let list = next_event(&mut control, Duration::from_secs(5)).await;
+    let list = next_control_event(&mut control, Duration::from_secs(5)).await;
     assert_eq!(list["type"], "message_list");
     assert_eq!(list["payload"]["messages"].as_array().unwrap().len(), 4);
 
@@ -299,7 +288,7 @@ async fn closing_the_audio_socket_ends_input_and_loses_nothing() {
     let srv = support::start_scripted(script()).await;
     let (user, conversation_id) = start_conversation(&srv).await;
     let mut audio = open_audio(&srv, &user, &conversation_id, "").await;
-    stream_recording(&mut audio).await;
+    support::stream_recording(&mut audio).await;
     audio.close(None).await.unwrap();
 
     // Results reach the client later through the stored messages.
@@ -339,7 +328,7 @@ async fn a_provider_socket_drop_mid_utterance_loses_and_duplicates_nothing() {
     let srv = support::start_scripted(script().drop_mid_utterance_once()).await;
     let (user, conversation_id) = start_conversation(&srv).await;
     let mut audio = open_audio(&srv, &user, &conversation_id, "").await;
-    stream_recording(&mut audio).await;
+    support::stream_recording(&mut audio).await;
     send(&mut audio, json!({"type": "input_audio_buffer.finalize"})).await;
     let events = until_completed(&mut audio, 2, Duration::from_secs(30)).await;
     let saw_reconnect = events.iter().any(|e| e["code"] == "stt_reconnecting");
@@ -420,7 +409,7 @@ async fn bad_audio_gets_error_events_and_leaves_other_conversations_alone() {
     }
 
     // The other conversation decodes and transcribes normally meanwhile.
-    stream_recording(&mut good).await;
+    support::stream_recording(&mut good).await;
     send(&mut good, json!({"type": "input_audio_buffer.finalize"})).await;
     for e in until_completed(&mut good, 2, Duration::from_secs(20)).await {
         assert_ne!(e["type"], "error", "{e}");
@@ -448,7 +437,7 @@ async fn a_stated_speaker_overrides_language_detection() {
     let mut audio = open_audio(&srv, &user, &conversation_id, "").await;
     // Push-to-talk: everything on this socket is the patient's, whatever the language.
     send(&mut audio, json!({"type": "speaker", "role": "patient"})).await;
-    stream_recording(&mut audio).await;
+    support::stream_recording(&mut audio).await;
     audio.close(None).await.unwrap();
     let stored = stored_messages(&user, &conversation_id, 4).await;
     let english = stored
@@ -483,7 +472,7 @@ async fn a_patient_asking_to_repeat_hears_the_cached_audio_again() {
     .await;
     let (user, conversation_id) = start_conversation(&srv).await;
     let mut audio = open_audio(&srv, &user, &conversation_id, "").await;
-    stream_recording(&mut audio).await;
+    support::stream_recording(&mut audio).await;
     send(&mut audio, json!({"type": "input_audio_buffer.finalize"})).await;
     let tts: Vec<Value> = until_completed(&mut audio, 2, Duration::from_secs(20))
         .await
@@ -581,7 +570,7 @@ async fn tts_streaming_sends_the_audio_in_indexed_chunks() {
     srv.fake.http.set_speech_chunk_size(Some(16));
     let (user, conversation_id) = start_conversation(&srv).await;
     let mut audio = open_audio(&srv, &user, &conversation_id, "&ttsStreaming=true").await;
-    stream_recording(&mut audio).await;
+    support::stream_recording(&mut audio).await;
     send(&mut audio, json!({"type": "input_audio_buffer.finalize"})).await;
     let events = until_completed(&mut audio, 2, Duration::from_secs(20)).await;
     let translations: Vec<&Value> = events
@@ -631,7 +620,7 @@ async fn a_tts_stream_cut_mid_way_sends_an_error_and_no_last_frame() {
     let mut audio = open_audio(&srv, &user, &conversation_id, "").await;
     // Asked for with `start` this time, without changing the input format.
     send(&mut audio, json!({"type": "start", "ttsStreaming": true})).await;
-    stream_recording(&mut audio).await;
+    support::stream_recording(&mut audio).await;
     send(&mut audio, json!({"type": "input_audio_buffer.finalize"})).await;
     let events = until_completed(&mut audio, 2, Duration::from_secs(20)).await;
     let id_of = |text: &str| {

@@ -14,7 +14,7 @@ use warp::reject::Reject;
 use warp::reply::{Reply, Response};
 use warp::Rejection;
 
-use crate::{auth, store};
+use crate::{auth, records, store};
 
 /// Everything a REST handler or filter can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,24 @@ pub enum ApiError {
     OriginNotAllowed,
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// A query parameter has an unknown value (e.g. `?format=pdf`).
+    #[error("{0}")]
+    InvalidQuery(String),
+    /// The operation needs an ended conversation (a summary is written after the visit).
+    #[error("the conversation is still active; end it first")]
+    ConversationActive,
+    /// Writing a summary or medical history failed (the provider, or the store).
+    #[error(transparent)]
+    Records(records::Error),
+}
+
+impl From<records::Error> for ApiError {
+    fn from(e: records::Error) -> Self {
+        match e {
+            records::Error::Store(e) => ApiError::Store(e),
+            e => ApiError::Records(e),
+        }
+    }
 }
 
 impl Reject for ApiError {}
@@ -69,6 +87,13 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::UsernameTaken => StatusCode::CONFLICT,
             ApiError::Store(e) => store_status(e),
+            ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            ApiError::ConversationActive => StatusCode::CONFLICT,
+            ApiError::Records(e) => match e {
+                records::Error::Store(e) => store_status(e),
+                records::Error::Provider(_) => StatusCode::BAD_GATEWAY,
+                records::Error::Ended => StatusCode::CONFLICT,
+            },
         }
     }
 
@@ -84,6 +109,9 @@ impl ApiError {
             ApiError::UsernameTaken => "username_taken",
             ApiError::OriginNotAllowed => "origin_not_allowed",
             ApiError::Store(e) => e.code(),
+            ApiError::InvalidQuery(_) => "invalid_query",
+            ApiError::ConversationActive => "conversation_active",
+            ApiError::Records(e) => e.code(),
         }
     }
 
@@ -96,6 +124,10 @@ impl ApiError {
             _ => match self {
                 ApiError::Store(store::Error::NotFound) => "not found".to_owned(),
                 ApiError::Store(store::Error::Conflict(_)) => "conflict".to_owned(),
+                // Transport errors name the provider's address: keep them in the logs.
+                ApiError::Records(records::Error::Provider(_)) => {
+                    "the model provider failed; try again later".to_owned()
+                }
                 _ => self.to_string(),
             },
         }

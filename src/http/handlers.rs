@@ -21,8 +21,8 @@ use super::models::*;
 use crate::auth::{self, Principal};
 use crate::server::AppState;
 use crate::store::{
-    self, now_millis, ConversationStatus, DocumentKind, NewAuditEntry, NewConversation, NewPatient,
-    NewUser, Page, PatientUpdate, UserRole,
+    self, DocumentKind, NewAuditEntry, NewConversation, NewPatient, NewUser, Page, PatientUpdate,
+    UserRole,
 };
 
 type Result<T = Response, E = ApiError> = std::result::Result<T, E>;
@@ -213,7 +213,19 @@ pub async fn create_conversation(
         })
         .await?;
     audit(&state, &p, "create", "conversation", &conversation.id).await?;
-    Ok(created(&ConversationView::new(&conversation, &patient)))
+    let view = ConversationView::new(&conversation, &patient);
+    // The creator will want its pushes (the medical history) before asking about it.
+    state
+        .pipelines
+        .hub()
+        .mark_interest(&conversation.id, &p.user_id);
+    state
+        .pipelines
+        .prepare_medical_history(store::ConversationWithPatient {
+            conversation,
+            patient,
+        });
+    Ok(created(&view))
 }
 
 pub async fn get_conversation(state: AppState, p: Principal, id: String) -> Result {
@@ -251,40 +263,16 @@ pub async fn list_actions(state: AppState, p: Principal, id: String) -> Result {
     Ok(json(&views))
 }
 
+/// The conversation's medical history row (the original `{content, …}`), or `null` while it
+/// is being prepared.
 pub async fn medical_history(state: AppState, p: Principal, id: String) -> Result {
-    document(state, p, id, DocumentKind::MedicalHistory).await
-}
-
-pub async fn summary(state: AppState, p: Principal, id: String) -> Result {
-    document(state, p, id, DocumentKind::Summary).await
-}
-
-async fn document(state: AppState, p: Principal, id: String, kind: DocumentKind) -> Result {
     conversation(&state, &p, &id).await?;
-    let doc = state.store.get_document(kind, &id).await?;
+    let doc = state
+        .store
+        .get_document(DocumentKind::MedicalHistory, &id)
+        .await?;
     audit(&state, &p, "read", "conversation", &id).await?;
     Ok(json(&doc.as_ref().map(DocumentView::from)))
-}
-
-/// Ends an active conversation (idempotent: an ended one is returned unchanged). The summary
-/// is produced by the pipeline, not here.
-pub async fn end_conversation(state: AppState, p: Principal, id: String) -> Result {
-    let c = conversation(&state, &p, &id).await?;
-    if c.conversation.status != ConversationStatus::Active {
-        return Ok(json(&ConversationView::from(&c)));
-    }
-    let updated = state
-        .store
-        .set_conversation_status(
-            &p.organization_id,
-            &id,
-            ConversationStatus::Ended,
-            Some(now_millis()),
-        )
-        .await
-        .map_err(not_found("Conversation"))?;
-    audit(&state, &p, "update", "conversation", &id).await?;
-    Ok(json(&ConversationView::new(&updated, &c.patient)))
 }
 
 // ---------- patients ----------

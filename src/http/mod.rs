@@ -24,6 +24,7 @@ pub mod error;
 pub mod filters;
 pub mod handlers;
 pub mod models;
+pub mod records;
 pub mod ws;
 pub mod ws_audio;
 pub mod ws_control;
@@ -283,14 +284,30 @@ fn api(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(st())
         .and(auth())
-        .then(|id, state, p| handlers::summary(state, p, id))
+        .then(|id, state, p| records::get_summary(state, p, id))
+        .map(respond)
+        .boxed();
+    let resummarize = warp::path!("api" / "v1" / "conversations" / String / "summary")
+        .and(warp::post())
+        .and(st())
+        .and(auth())
+        .then(|id, state, p| records::regenerate_summary(state, p, id))
         .map(respond)
         .boxed();
     let end = warp::path!("api" / "v1" / "conversations" / String / "end")
         .and(warp::post())
         .and(st())
         .and(auth())
-        .then(|id, state, p| handlers::end_conversation(state, p, id))
+        .and(warp::query())
+        .then(|id, state, p, q| records::end_conversation(state, p, id, q))
+        .map(respond)
+        .boxed();
+    let export = warp::path!("api" / "v1" / "conversations" / String / "export")
+        .and(warp::get())
+        .and(st())
+        .and(auth())
+        .and(warp::query())
+        .then(|id, state, p, q| records::export(state, p, id, q))
         .map(respond)
         .boxed();
 
@@ -330,7 +347,9 @@ fn api(state: AppState) -> BoxedFilter<(Response,)> {
         actions,
         history,
         summary,
+        resummarize,
         end,
+        export,
         list_patients,
         get_patient,
         update_patient,
@@ -358,6 +377,7 @@ fn route_label(path: &str) -> String {
         "medical-history",
         "summary",
         "end",
+        "export",
         "healthz",
         "readyz",
         "metrics",

@@ -19,6 +19,8 @@ use crate::pipeline::hub::{ClientId, ClientRx, ClientTx, Hub, MAX_DROPPED};
 
 /// Close codes of the original protocol, plus the RFC 6455 ones we use.
 pub mod close {
+    /// Normal closure: the visit ended.
+    pub const NORMAL: u16 = 1000;
     /// Missing or invalid token (original backend).
     pub const UNAUTHORIZED: u16 = 4001;
     /// Missing `conversationId`, unknown or ended conversation (policy violation).

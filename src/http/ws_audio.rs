@@ -77,6 +77,25 @@ pub async fn serve(socket: WebSocket, state: AppState, headers: HeaderMap, query
             return;
         }
     };
+    // `POST …/end` may have run between admission and attachment (it writes the status before
+    // stopping the audio), in which case this socket must not keep a new session open.
+    let ended = matches!(
+        state
+            .store
+            .get_conversation(&principal.organization_id, &conversation_id)
+            .await,
+        Ok(c) if c.conversation.status != ConversationStatus::Active
+    );
+    if ended {
+        out.send(&ServerEvent::error(
+            "conversation_ended",
+            "This conversation has ended; start a new one to record.",
+        ));
+        input.close().await;
+        out.finish(Some((close::POLICY, "Conversation has ended")))
+            .await;
+        return;
+    }
     if let Some(on) = query_param(&query, "ttsStreaming").and_then(|v| parse_flag(&v)) {
         input.set_tts_streaming(on);
     }
@@ -84,7 +103,16 @@ pub async fn serve(socket: WebSocket, state: AppState, headers: HeaderMap, query
     tracing::info!(%conversation_id, user_id = %principal.user_id, "audio socket attached");
 
     let mut closing = None;
-    while let Some(message) = stream.next().await {
+    loop {
+        let message = tokio::select! {
+            message = stream.next() => message,
+            // The visit ended: stop reading; closing below drains what was received.
+            () = input.ended() => {
+                closing = Some((close::NORMAL, "Conversation ended"));
+                break;
+            }
+        };
+        let Some(message) = message else { break };
         let message = match message {
             Ok(m) => m,
             Err(e) => {

@@ -17,9 +17,10 @@ use super::handlers;
 use super::ws::{self, close};
 use crate::auth::Principal;
 use crate::pipeline::event::{self, ServerEvent};
+use crate::records::{SummaryRecord, SummaryView};
 use crate::server::AppState;
 use crate::store::{self, ConversationStatus, DocumentKind, Page};
-use crate::wire::{ActionView, DocumentView, MessageView};
+use crate::wire::{ActionView, MessageView};
 
 /// A client request: `{"type": "...", "payload": {"conversationId": "..."}}`.
 #[derive(Debug, Deserialize)]
@@ -133,7 +134,7 @@ async fn answer(
                     is_active: c.status == ConversationStatus::Active,
                     status: c.status.as_str(),
                     summary: summary
-                        .map(|d| serde_json::to_value(DocumentView::from(&d)))
+                        .map(|d| serde_json::to_value(SummaryView::from(&d)))
                         .transpose()
                         .map_err(|e| ApiError::Store(store::Error::Backend(e.to_string())))?,
                     patient_language: c.patient_language.clone(),
@@ -163,7 +164,8 @@ async fn answer(
             ServerEvent::SummaryData {
                 payload: event::SummaryData {
                     conversation_id: id,
-                    summary: summary.map(|d| d.content),
+                    // A string, as the original frontend renders it: the clinical text.
+                    summary: summary.map(|d| SummaryRecord::from_document(&d).clinical),
                 },
             }
         }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::records::SummaryView;
 use crate::wire::{ActionView, MessageView};
 
 /// A frame for a client, serialized once with [`ServerEvent::to_frame`].
@@ -65,6 +66,12 @@ pub enum ServerEvent {
         message: String,
         text: String,
     },
+    /// A summary (interim or final) was written; the structured form of `summary_data`.
+    #[serde(rename = "summary_ready")]
+    SummaryReady { payload: SummaryReady },
+    /// The visit ended (`POST …/end`); sent on audio sockets just before they are closed.
+    #[serde(rename = "conversation_ended")]
+    ConversationEnded { payload: ConversationEnded },
 }
 
 impl ServerEvent {
@@ -219,6 +226,23 @@ pub struct SummaryData {
     pub summary: Option<String>,
 }
 
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SummaryReady {
+    pub conversation_id: String,
+    /// The conversation's status after the summary: `summarized` for a final one, unchanged
+    /// (`active`) for an interim one.
+    pub status: &'static str,
+    pub summary: SummaryView,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationEnded {
+    pub conversation_id: String,
+    pub message: &'static str,
+}
+
 /// The reply to `get_medical_history` used `history`; the original push used
 /// `medicalHistory`. Both are sent.
 #[derive(Debug, Serialize)]
@@ -326,6 +350,15 @@ mod tests {
                     },
                 },
                 json!({"type": "summary_data", "payload": {"conversationId": "c1", "summary": null}}),
+            ),
+            (
+                ServerEvent::ConversationEnded {
+                    payload: ConversationEnded {
+                        conversation_id: "c1".into(),
+                        message: "The visit has ended; recording is closed.",
+                    },
+                },
+                json!({"type": "conversation_ended", "payload": {"conversationId": "c1", "message": "The visit has ended; recording is closed."}}),
             ),
         ];
         for (event, expected) in cases {

@@ -19,15 +19,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::ai::{
-    AudioFormat, CommandDetector, GlossaryEntry, LanguageDetector, SpeechAudio, TextToSpeech,
-    Translator,
+    AudioFormat, CommandDetector, GlossaryEntry, LanguageDetector, MedicalHistoryGenerator,
+    SpeechAudio, Summarizer, TextToSpeech, Translator,
 };
 use crate::audio::pool::{AudioStream, DspPool, Output, PoolClosed};
 use crate::audio::InputFormat;
 use crate::metrics::{Histogram, Metrics};
+use crate::records::Records;
 use crate::store::{Conversation, Store};
 use crate::stt::{ConnectionStatus, SpeechToText, SttEvent, SttInput, SttOptions};
 
@@ -35,6 +37,9 @@ pub mod event;
 pub mod hub;
 pub mod speaker;
 mod transcript;
+mod visit;
+
+pub use visit::EndClaim;
 
 use event::ServerEvent;
 use hub::{Audience, ClientTx, Hub};
@@ -48,6 +53,10 @@ pub struct Providers {
     pub translator: Arc<dyn Translator>,
     pub commands: Arc<dyn CommandDetector>,
     pub tts: Arc<dyn TextToSpeech>,
+    /// End-of-visit and interim summaries.
+    pub summarizer: Arc<dyn Summarizer>,
+    /// Synthetic medical histories for new patients.
+    pub history: Arc<dyn MedicalHistoryGenerator>,
 }
 
 /// Pipeline settings a clinic may change.
@@ -119,8 +128,15 @@ pub struct Pipelines {
     config: PipelineConfig,
     metrics: StageMetrics,
     live: Mutex<HashMap<String, Arc<Live>>>,
-    /// Every conversation task, so shutdown can wait for them to drain.
+    /// Every conversation task, and every background records task (summaries, medical
+    /// histories), so shutdown can wait for them to drain.
     tasks: TaskTracker,
+    /// Summaries, medical histories and exports, written from the same store and providers.
+    records: Arc<Records>,
+    /// Conversations whose end is being processed by this process: two concurrent `/end`
+    /// requests end (and summarize) a visit once. Entries live as long as their
+    /// [`visit::EndClaim`].
+    ending: Mutex<std::collections::HashSet<String>>,
 }
 
 /// STT connection state, for `backend_connected.status`.
@@ -148,6 +164,12 @@ pub(crate) struct Live {
     /// A client asked for streamed TTS (`ttsStreaming`): `tts_audio` goes out in chunks.
     /// Conversation-wide, like the events; off until an audio socket turns it on.
     tts_streaming: AtomicBool,
+    /// Cancelled when the visit ends (`POST …/end`): every audio socket is told, stops
+    /// reading and closes, which drains its audio and lets the session end gracefully.
+    ended: CancellationToken,
+    /// Cancelled once the utterance lane has processed its last transcript: nothing spoken
+    /// in this runtime is still in flight.
+    drained: CancellationToken,
 }
 
 impl Live {
@@ -184,9 +206,16 @@ impl Pipelines {
              stored, translated, tts_first_byte, sent (each from transcript arrival).",
             crate::metrics::LATENCY_BUCKETS,
         );
+        let records = Arc::new(Records::new(
+            store.clone(),
+            providers.summarizer.clone(),
+            providers.history.clone(),
+        ));
         Arc::new(Pipelines {
             store,
             hub,
+            records,
+            ending: Mutex::default(),
             providers,
             pool,
             config,
@@ -271,6 +300,8 @@ impl Pipelines {
             speaker_override: Mutex::new(None),
             last_clinician_audio: Mutex::new(None),
             tts_streaming: AtomicBool::new(false),
+            ended: CancellationToken::new(),
+            drained: CancellationToken::new(),
         });
         // Another socket may have started the conversation while we dialed; both sessions
         // work, but the conversation must have one. Keep the first, close ours.
@@ -300,11 +331,15 @@ impl Pipelines {
             session.events,
             lane_tx,
         ));
-        self.tasks.spawn(transcript::run_lane(
-            Arc::clone(self),
-            Arc::clone(&live),
-            lane_rx,
-        ));
+        let pipelines = Arc::clone(self);
+        let lane_live = Arc::clone(&live);
+        self.tasks.spawn(async move {
+            transcript::run_lane(Arc::clone(&pipelines), Arc::clone(&lane_live), lane_rx).await;
+            // Retired only now, not when the STT session closed, so that a visit ending
+            // meanwhile still finds this runtime and waits for its last utterances.
+            pipelines.retire(&lane_live);
+            lane_live.drained.cancel();
+        });
         Ok(live)
     }
 
@@ -450,6 +485,12 @@ impl AudioInput {
             .send(SttInput::Commit)
             .await
             .map_err(|_| Error::SessionEnded)
+    }
+
+    /// Resolves when the visit has ended (`POST …/end`): the socket must stop reading and
+    /// close so its audio drains.
+    pub async fn ended(&self) {
+        self.live.ended.cancelled().await;
     }
 
     /// While paused, decoded audio is discarded (the original's `pause`).
@@ -642,6 +683,5 @@ async fn read_stt_events(
     }
     live.closing.store(true, Ordering::Release);
     live.status.store(STATUS_DISCONNECTED, Ordering::Relaxed);
-    pipelines.retire(&live);
     tracing::info!(conversation_id = %id, "transcription session ended");
 }

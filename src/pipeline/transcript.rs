@@ -539,6 +539,12 @@ async fn run_command(pipelines: &Pipelines, live: &Live, original: &Message, cli
             format!("The command needs: {}.", missing.join(", ")),
             json!({ "missing": missing }),
         ),
+        CommandOutcome::Command(ai::Command::RequestSummary) => {
+            super::visit::request_summary(pipelines, live)
+        }
+        CommandOutcome::Command(ai::Command::RequestMedicalHistory) => {
+            super::visit::request_medical_history(pipelines, live).await
+        }
         CommandOutcome::Command(command) => {
             match commands::action_for(&command, store::now_millis()) {
                 None => CommandExecuted::without_action(
@@ -580,7 +586,7 @@ async fn run_command(pipelines: &Pipelines, live: &Live, original: &Message, cli
 }
 
 /// A short, user-facing description of a provider failure (no bodies, no internals).
-fn provider_message(e: &ai::Error) -> &'static str {
+pub(super) fn provider_message(e: &ai::Error) -> &'static str {
     match e {
         ai::Error::Timeout => "the provider timed out",
         ai::Error::RateLimited { .. } => "the provider is rate limiting requests",

@@ -24,5 +24,8 @@ pub(super) const MSG_COLS: &str = "id, conversation_id, timestamp, sender_type, 
 pub(super) const ACTION_COLS: &str =
     "id, conversation_id, kind, status, data, created_at, updated_at";
 pub(super) const DOC_COLS: &str = "id, conversation_id, content, created_at, updated_at";
+/// [`DOC_COLS`] qualified for joins.
+pub(super) const D_DOC_COLS: &str =
+    "d.id, d.conversation_id, d.content, d.created_at, d.updated_at";
 pub(super) const AUDIT_COLS: &str =
     "id, organization_id, user_id, action, entity_type, entity_id, at";

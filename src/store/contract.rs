@@ -41,6 +41,7 @@ pub async fn run(store: &dyn Store) {
     messages(store).await;
     message_pagination(store).await;
     actions_and_documents(store).await;
+    patient_documents(store).await;
     audit(store).await;
     verbatim_strings(store).await;
 }
@@ -788,6 +789,81 @@ async fn actions_and_documents(store: &dyn Store) {
             .upsert_document(DocumentKind::Summary, &new_id(), "x")
             .await,
         "document for unknown conversation",
+    );
+}
+
+async fn patient_documents(store: &dyn Store) {
+    let (org, user) = tenant(store).await;
+    let (other_org, _) = tenant(store).await;
+    let (patient, _) = store
+        .find_or_create_patient(new_patient(&org.id, "Eva", &format!("Hist {}", new_id())))
+        .await
+        .unwrap();
+    let visit = |patient_id: String| NewConversation {
+        organization_id: org.id.clone(),
+        user_id: user.id.clone(),
+        patient_id,
+        clinician_language: "en".into(),
+        patient_language: "es".into(),
+    };
+    let first = store
+        .create_conversation(visit(patient.id.clone()))
+        .await
+        .unwrap();
+    let second = store
+        .create_conversation(visit(patient.id.clone()))
+        .await
+        .unwrap();
+    let kind = DocumentKind::MedicalHistory;
+    assert_eq!(
+        store
+            .first_patient_document(kind, &org.id, &patient.id)
+            .await
+            .unwrap(),
+        None,
+        "no conversation of the patient has one yet"
+    );
+    let original = store
+        .upsert_document(kind, &second.id, "history v1")
+        .await
+        .unwrap();
+    store
+        .upsert_document(kind, &first.id, "history copy")
+        .await
+        .unwrap();
+    // A summary of the patient is not a medical history.
+    store
+        .upsert_document(DocumentKind::Summary, &first.id, "summary")
+        .await
+        .unwrap();
+    let found = store
+        .first_patient_document(kind, &org.id, &patient.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found, original, "the oldest document of the kind wins");
+
+    // Another patient, or the same ids seen from another organization, find nothing.
+    let other_conv = conversation(store, &org, &user).await;
+    let other_patient = store
+        .get_conversation(&org.id, &other_conv)
+        .await
+        .unwrap()
+        .patient;
+    assert_eq!(
+        store
+            .first_patient_document(kind, &org.id, &other_patient.id)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .first_patient_document(kind, &other_org.id, &patient.id)
+            .await
+            .unwrap(),
+        None,
+        "tenant-scoped"
     );
 }
 

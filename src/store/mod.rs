@@ -632,6 +632,15 @@ pub trait Store: Send + Sync + 'static {
         kind: DocumentKind,
         conversation_id: &str,
     ) -> Result<Option<Document>>;
+    /// The oldest document of that kind among all conversations of the patient in the
+    /// organization (a medical history is generated once per patient, then copied to each new
+    /// conversation); `None` when no conversation of the patient has one.
+    async fn first_patient_document(
+        &self,
+        kind: DocumentKind,
+        organization_id: &str,
+        patient_id: &str,
+    ) -> Result<Option<Document>>;
 
     // --- audit ---
     async fn record_audit(&self, entry: NewAuditEntry) -> Result<()>;

@@ -1004,6 +1004,26 @@ impl Store for PostgresStore {
             .transpose()
     }
 
+    async fn first_patient_document(
+        &self,
+        kind: DocumentKind,
+        organization_id: &str,
+        patient_id: &str,
+    ) -> Result<Option<Document>> {
+        let sql = format!(
+            "SELECT {D_DOC_COLS} FROM documents d JOIN conversations c ON c.id = d.conversation_id \
+             WHERE c.organization_id = $1 AND c.patient_id = $2 AND d.kind = $3 \
+             ORDER BY d.created_at, d.id LIMIT 1"
+        );
+        self.client()
+            .await?
+            .query_opt(&sql, &[&organization_id, &patient_id, &document_kind(kind)])
+            .await?
+            .as_ref()
+            .map(document_row)
+            .transpose()
+    }
+
     async fn record_audit(&self, entry: NewAuditEntry) -> Result<()> {
         let sql =
             format!("INSERT INTO audit_log ({AUDIT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7)");

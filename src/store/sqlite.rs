@@ -924,6 +924,26 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn first_patient_document(
+        &self,
+        kind: DocumentKind,
+        organization_id: &str,
+        patient_id: &str,
+    ) -> Result<Option<Document>> {
+        let (org, patient) = (organization_id.to_owned(), patient_id.to_owned());
+        self.call(move |c| {
+            let sql = format!(
+                "SELECT {D_DOC_COLS} FROM documents d JOIN conversations c ON c.id = d.conversation_id \
+                 WHERE c.organization_id = ?1 AND c.patient_id = ?2 AND d.kind = ?3 \
+                 ORDER BY d.created_at, d.id LIMIT 1"
+            );
+            Ok(c.prepare_cached(&sql)?
+                .query_row(params![org, patient, document_kind(kind)], document_row)
+                .optional()?)
+        })
+        .await
+    }
+
     async fn record_audit(&self, entry: NewAuditEntry) -> Result<()> {
         self.call(move |c| {
             let sql =

@@ -299,3 +299,33 @@ pub async fn error_code(res: reqwest::Response, status: u16) -> String {
     assert_eq!(body["error"]["message"], body["message"]);
     code
 }
+
+/// A client WebSocket over loopback.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The Chromium MediaRecorder fixture (WebM/Opus, 1 s timeslice), chunk by chunk.
+pub fn chunks() -> Vec<Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/chrome-webm-opus-1000ms");
+    (0..)
+        .map_while(|i| std::fs::read(dir.join(format!("chunk-{i:03}.bin"))).ok())
+        .collect()
+}
+
+/// Streams the fixture's chunks as the original frontend does: one base64 `append` per
+/// MediaRecorder chunk, one per second.
+pub async fn stream_recording(audio: &mut Ws) {
+    use base64::Engine as _;
+    use futures_util::SinkExt as _;
+    for chunk in chunks() {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&chunk);
+        let append = json!({"type": "input_audio_buffer.append", "audio": b64});
+        audio
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                append.to_string(),
+            ))
+            .await
+            .expect("send audio");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+}

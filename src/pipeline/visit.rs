@@ -1,0 +1,321 @@
+//! A visit's records in the live system: ending a visit (stop the audio, drain, write the final
+//! summary), interim summaries and medical histories on voice request or in the background,
+//! and the events that announce them.
+//!
+//! Design decisions:
+//! - Ending is pipecat's `EndFrame`, not `CancelFrame`: audio sockets are told and closed, each
+//!   drains what it received, the STT session commits and delivers its last transcript, and the
+//!   lane processes it; only then is the summary written, so it covers everything said.
+//! - Background work (the end-of-visit summary, the medical history at conversation start,
+//!   interim summaries) runs on the pipeline's [`TaskTracker`](tokio_util::task::TaskTracker),
+//!   so server shutdown waits for it up to the drain deadline instead of dropping it silently.
+//! - Results go to the control sockets of users interested in the conversation (and to its
+//!   audio sockets, for a clinician's voice request), in the original shapes (`summary_data`
+//!   with a string, `medical_history_data`) plus Tandem's `summary_ready`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use super::event::{self, CommandExecuted, ServerEvent};
+use super::hub::{Audience, Hub};
+use super::{lock, transcript, Live, Pipelines};
+use crate::records::{self, HistoryOrigin, Records, SummaryStage, SummaryView};
+use crate::store::{ConversationStatus, ConversationWithPatient, Document};
+
+/// How long an ending visit waits for its audio to drain before it summarizes what is stored.
+/// Draining is one STT commit plus one utterance's processing; this leaves room for a slow
+/// provider without holding the summary back forever.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The right to end one conversation, held from the status change until its summary is
+/// written; dropping it releases the conversation.
+pub struct EndClaim {
+    pipelines: Arc<Pipelines>,
+    conversation_id: String,
+}
+
+impl Drop for EndClaim {
+    fn drop(&mut self) {
+        lock(&self.pipelines.ending).remove(&self.conversation_id);
+    }
+}
+
+impl Pipelines {
+    /// Claims the ending of a conversation; `None` while another request of this process is
+    /// ending it. The caller re-reads the status after claiming.
+    pub fn claim_end(self: &Arc<Self>, conversation_id: &str) -> Option<EndClaim> {
+        lock(&self.ending)
+            .insert(conversation_id.to_owned())
+            .then(|| EndClaim {
+                pipelines: Arc::clone(self),
+                conversation_id: conversation_id.to_owned(),
+            })
+    }
+
+    /// Stops the conversation's audio: its sockets are told (`conversation_ended`) and close,
+    /// then this waits until every utterance already spoken is processed, at most `deadline`.
+    /// Returns whether it drained in time (a conversation without live audio has nothing to
+    /// drain).
+    pub async fn stop_audio(&self, conversation_id: &str, deadline: Duration) -> bool {
+        let live = lock(&self.live).get(conversation_id).cloned();
+        let Some(live) = live else {
+            return true;
+        };
+        self.publish(
+            conversation_id,
+            Audience::Audio,
+            &ServerEvent::ConversationEnded {
+                payload: event::ConversationEnded {
+                    conversation_id: conversation_id.to_owned(),
+                    message: "The visit has ended; recording is closed.",
+                },
+            },
+        );
+        live.ended.cancel();
+        tokio::time::timeout(deadline, live.drained.cancelled())
+            .await
+            .is_ok()
+    }
+
+    /// Finishes an ended visit in the background: stop and drain its audio, then write the
+    /// final summary (status `summarized`, or `ended_error` on failure) and announce it. The
+    /// handle resolves when the summary is stored or has failed.
+    pub fn finish_visit(
+        self: &Arc<Self>,
+        claim: EndClaim,
+        organization_id: String,
+    ) -> JoinHandle<Result<Document, records::Error>> {
+        let pipelines = Arc::clone(self);
+        self.tasks.spawn(async move {
+            let conversation_id = claim.conversation_id.clone();
+            if !pipelines.stop_audio(&conversation_id, DRAIN_DEADLINE).await {
+                tracing::warn!(
+                    %conversation_id,
+                    deadline = ?DRAIN_DEADLINE,
+                    "audio did not drain in time; summarizing what is stored"
+                );
+            }
+            summarize(
+                &pipelines.records,
+                &pipelines.hub,
+                &organization_id,
+                &conversation_id,
+                SummaryStage::Final,
+            )
+            .await
+            // `claim` is released here, after the summary.
+        })
+    }
+
+    /// Writes the final summary again (after a failure, or to regenerate it) and announces it.
+    ///
+    /// # Errors
+    /// See [`Records::summarize`].
+    pub async fn resummarize(
+        &self,
+        organization_id: &str,
+        conversation_id: &str,
+    ) -> Result<Document, records::Error> {
+        summarize(
+            &self.records,
+            &self.hub,
+            organization_id,
+            conversation_id,
+            SummaryStage::Final,
+        )
+        .await
+    }
+
+    /// Attaches (or generates) the medical history of a new conversation's patient in the
+    /// background and pushes it. Failures are logged and sent as an `error` event; the next
+    /// `request_medical_history` tries again.
+    pub fn prepare_medical_history(self: &Arc<Self>, conversation: ConversationWithPatient) {
+        let records = Arc::clone(&self.records);
+        let hub = Arc::clone(&self.hub);
+        self.tasks.spawn(async move {
+            // Errors are announced inside; nothing waits for this task.
+            let _ = medical_history(&records, &hub, &conversation).await;
+        });
+    }
+}
+
+/// Writes a summary and announces it: `summary_ready` and `summary_data` on success, an
+/// `error` event (`summary_failed`) otherwise.
+async fn summarize(
+    records: &Records,
+    hub: &Hub,
+    organization_id: &str,
+    conversation_id: &str,
+    stage: SummaryStage,
+) -> Result<Document, records::Error> {
+    let result = records
+        .summarize(organization_id, conversation_id, stage)
+        .await;
+    match &result {
+        Ok(doc) => {
+            let status = match stage {
+                SummaryStage::Final => ConversationStatus::Summarized,
+                SummaryStage::Interim => ConversationStatus::Active,
+            };
+            let view = SummaryView::from(doc);
+            let data = ServerEvent::SummaryData {
+                payload: event::SummaryData {
+                    conversation_id: conversation_id.to_owned(),
+                    summary: Some(view.content.clone()),
+                },
+            };
+            let ready = ServerEvent::SummaryReady {
+                payload: event::SummaryReady {
+                    conversation_id: conversation_id.to_owned(),
+                    status: status.as_str(),
+                    summary: view,
+                },
+            };
+            tracing::info!(%conversation_id, ?stage, "summary written");
+            announce(hub, conversation_id, &[ready, data]);
+        }
+        Err(records::Error::Ended) => {}
+        Err(e) => {
+            tracing::warn!(%conversation_id, ?stage, code = e.code(), error = %e, "summary failed");
+            announce(
+                hub,
+                conversation_id,
+                &[ServerEvent::error(
+                    "summary_failed",
+                    format!(
+                        "The summary could not be written ({}); retry with POST \
+                         /api/v1/conversations/{conversation_id}/summary.",
+                        public_reason(e)
+                    ),
+                )],
+            );
+        }
+    }
+    result
+}
+
+/// Attaches the conversation's medical history and pushes `medical_history_data`; failures
+/// are logged and announced as `error` (`medical_history_failed`).
+async fn medical_history(
+    records: &Records,
+    hub: &Hub,
+    conversation: &ConversationWithPatient,
+) -> Result<Document, records::Error> {
+    let id = &conversation.conversation.id;
+    match records.medical_history(conversation).await {
+        Ok((doc, origin)) => {
+            if origin != HistoryOrigin::Existing {
+                tracing::info!(conversation_id = %id, ?origin, "medical history attached");
+            }
+            announce(
+                hub,
+                id,
+                &[ServerEvent::MedicalHistoryData {
+                    payload: event::MedicalHistoryData::new(id.clone(), Some(doc.content.clone())),
+                }],
+            );
+            Ok(doc)
+        }
+        Err(e) => {
+            tracing::warn!(conversation_id = %id, code = e.code(), error = %e, "medical history failed");
+            announce(
+                hub,
+                id,
+                &[ServerEvent::error(
+                    "medical_history_failed",
+                    format!(
+                        "The medical history could not be prepared ({}).",
+                        public_reason(&e)
+                    ),
+                )],
+            );
+            Err(e)
+        }
+    }
+}
+
+/// Sends events to the conversation's control sockets and its audio sockets.
+fn announce(hub: &Hub, conversation_id: &str, events: &[ServerEvent]) {
+    for event in events {
+        let frame = event.to_frame();
+        hub.publish(conversation_id, Audience::Control, frame.clone());
+        hub.publish(conversation_id, Audience::Audio, frame);
+    }
+}
+
+/// A failure as users may read it: no provider bodies, no database details.
+fn public_reason(e: &records::Error) -> &'static str {
+    match e {
+        records::Error::Provider(e) => transcript::provider_message(e),
+        records::Error::Store(_) => "the record could not be saved",
+        records::Error::Ended => "the visit has ended",
+    }
+}
+
+/// `request_summary`: an interim summary is written in the background (a model call must not
+/// hold up the next utterances) and announced with `summary_ready`.
+pub(super) fn request_summary(pipelines: &Pipelines, live: &Live) -> CommandExecuted {
+    let records = Arc::clone(&pipelines.records);
+    let hub = Arc::clone(&pipelines.hub);
+    let organization_id = live.organization_id.clone();
+    let conversation_id = live.conversation_id.clone();
+    pipelines.tasks.spawn(async move {
+        // Announced inside; an ended visit gets its final summary instead.
+        let _ = summarize(
+            &records,
+            &hub,
+            &organization_id,
+            &conversation_id,
+            SummaryStage::Interim,
+        )
+        .await;
+    });
+    CommandExecuted::without_action(
+        "success",
+        "request_summary",
+        "Writing an interim summary; it is sent as soon as it is ready.".to_owned(),
+        json!({}),
+    )
+}
+
+/// `request_medical_history`: the conversation's medical history (attached or generated now),
+/// pushed as `medical_history_data` and returned in the acknowledgement.
+pub(super) async fn request_medical_history(pipelines: &Pipelines, live: &Live) -> CommandExecuted {
+    const NAME: &str = "request_medical_history";
+    let conversation = match pipelines
+        .store
+        .get_conversation(&live.organization_id, &live.conversation_id)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(conversation_id = %live.conversation_id, error = %e, "cannot load the conversation");
+            return CommandExecuted::without_action(
+                "error",
+                NAME,
+                "The medical history could not be loaded.".to_owned(),
+                json!({}),
+            );
+        }
+    };
+    match medical_history(&pipelines.records, &pipelines.hub, &conversation).await {
+        Ok(doc) => CommandExecuted::without_action(
+            "success",
+            NAME,
+            "Medical history sent.".to_owned(),
+            json!({ "medicalHistory": doc.content }),
+        ),
+        Err(e) => CommandExecuted::without_action(
+            "error",
+            NAME,
+            format!(
+                "The medical history could not be prepared ({}).",
+                public_reason(&e)
+            ),
+            json!({}),
+        ),
+    }
+}
