@@ -122,14 +122,17 @@ fn check(name: &str, field: Field, value: &Value) -> Result<(), Error> {
     let text_ok = |s: &str| !s.trim().is_empty() && s.chars().count() <= TEXT_MAX;
     match (field, value) {
         (Field::Text, Value::String(s)) if text_ok(s) => Ok(()),
-        (Field::Text, _) => invalid(&format!("a non-empty string of at most {TEXT_MAX} characters")),
+        (Field::Text, _) => invalid(&format!(
+            "a non-empty string of at most {TEXT_MAX} characters"
+        )),
         (Field::OptionalText, Value::Null) => Ok(()),
         (Field::OptionalText, Value::String(s)) if s.chars().count() <= TEXT_MAX => Ok(()),
-        (Field::OptionalText, _) => {
-            invalid(&format!("a string of at most {TEXT_MAX} characters, or null"))
-        }
+        (Field::OptionalText, _) => invalid(&format!(
+            "a string of at most {TEXT_MAX} characters, or null"
+        )),
         (Field::Positive, Value::Number(n))
-            if n.as_u64().is_some_and(|n| n > 0 && u32::try_from(n).is_ok()) =>
+            if n.as_u64()
+                .is_some_and(|n| n > 0 && u32::try_from(n).is_ok()) =>
         {
             Ok(())
         }
@@ -158,7 +161,11 @@ pub fn edit(
     created_at: Millis,
 ) -> Result<Value, Error> {
     match status {
-        CANCELLED => return Err(Error::Conflict("a cancelled action cannot be edited".into())),
+        CANCELLED => {
+            return Err(Error::Conflict(
+                "a cancelled action cannot be edited".into(),
+            ))
+        }
         CONFIRMED => {
             return Err(Error::Conflict(
                 "a confirmed action cannot be edited; cancel it instead".into(),
@@ -231,10 +238,22 @@ mod tests {
     fn status_changes() {
         let ok = |status, event| Ok(StatusChange { status, event });
         let cases = [
-            ("pending_review", Review::Confirm, ok(CONFIRMED, Some("action.confirmed"))),
-            ("created", Review::Confirm, ok(CONFIRMED, Some("action.confirmed"))),
+            (
+                "pending_review",
+                Review::Confirm,
+                ok(CONFIRMED, Some("action.confirmed")),
+            ),
+            (
+                "created",
+                Review::Confirm,
+                ok(CONFIRMED, Some("action.confirmed")),
+            ),
             ("scheduled", Review::Cancel, ok(CANCELLED, None)),
-            (CONFIRMED, Review::Cancel, ok(CANCELLED, Some("action.cancelled"))),
+            (
+                CONFIRMED,
+                Review::Cancel,
+                ok(CANCELLED, Some("action.cancelled")),
+            ),
         ];
         for (status, r, expected) in cases {
             assert_eq!(review(status, r), expected, "{status} {r:?}");
@@ -244,7 +263,10 @@ mod tests {
             (CANCELLED, Review::Confirm),
             (CANCELLED, Review::Cancel),
         ] {
-            assert!(matches!(review(status, r), Err(Error::Conflict(_))), "{status} {r:?}");
+            assert!(
+                matches!(review(status, r), Err(Error::Conflict(_))),
+                "{status} {r:?}"
+            );
         }
     }
 
@@ -264,18 +286,46 @@ mod tests {
             json!({"medicationName": "metformin", "dosage": "850 mg", "frequency": "twice a day", "details": "with meals"})
         );
         let lab = json!({"testName": "lipid panel", "details": null, "urgency": null});
-        let out = edit("lab_order", "pending_review", &lab, &changes(json!({"urgency": "stat"})), JAN_31).unwrap();
+        let out = edit(
+            "lab_order",
+            "pending_review",
+            &lab,
+            &changes(json!({"urgency": "stat"})),
+            JAN_31,
+        )
+        .unwrap();
         assert_eq!(out["urgency"], "stat");
-        let note = edit("note", "created", &json!({"content": "a"}), &changes(json!({"content": "b"})), JAN_31).unwrap();
+        let note = edit(
+            "note",
+            "created",
+            &json!({"content": "a"}),
+            &changes(json!({"content": "b"})),
+            JAN_31,
+        )
+        .unwrap();
         assert_eq!(note, json!({"content": "b"}));
     }
 
     #[test]
     fn follow_up_edits_recompute_the_date_from_the_visit() {
         let f = json!({"duration": 2, "unit": "week", "scheduledFor": "2026-02-14T10:00:00.000Z", "details": null});
-        let out = edit("followup", "scheduled", &f, &changes(json!({"unit": "month"})), JAN_31).unwrap();
+        let out = edit(
+            "followup",
+            "scheduled",
+            &f,
+            &changes(json!({"unit": "month"})),
+            JAN_31,
+        )
+        .unwrap();
         assert_eq!(out["scheduledFor"], "2026-03-31T10:00:00.000Z");
-        let out = edit("followup", "scheduled", &f, &changes(json!({"duration": 3, "unit": "day"})), JAN_31).unwrap();
+        let out = edit(
+            "followup",
+            "scheduled",
+            &f,
+            &changes(json!({"duration": 3, "unit": "day"})),
+            JAN_31,
+        )
+        .unwrap();
         assert_eq!(out["scheduledFor"], "2026-02-03T10:00:00.000Z");
         assert_eq!(out["duration"], 3);
     }
@@ -283,33 +333,88 @@ mod tests {
     #[test]
     fn bad_edits_say_what_is_wrong() {
         let f = json!({"duration": 2, "unit": "week", "scheduledFor": "x", "details": null});
-        let invalid = |kind: &str, data: &Value, c: Value, needle: &str| {
-            match edit(kind, "pending_review", data, &changes(c.clone()), JAN_31) {
-                Err(Error::Invalid(m)) => assert!(m.contains(needle), "{c}: {m}"),
-                other => panic!("{c}: expected Invalid, got {other:?}"),
-            }
+        let invalid = |kind: &str, data: &Value, c: Value, needle: &str| match edit(
+            kind,
+            "pending_review",
+            data,
+            &changes(c.clone()),
+            JAN_31,
+        ) {
+            Err(Error::Invalid(m)) => assert!(m.contains(needle), "{c}: {m}"),
+            other => panic!("{c}: expected Invalid, got {other:?}"),
         };
-        invalid("followup", &f, json!({"duration": 0}), "duration must be a whole number greater than 0");
+        invalid(
+            "followup",
+            &f,
+            json!({"duration": 0}),
+            "duration must be a whole number greater than 0",
+        );
         invalid("followup", &f, json!({"duration": -1}), "greater than 0");
         invalid("followup", &f, json!({"duration": 1.5}), "whole number");
         invalid("followup", &f, json!({"duration": "2"}), "whole number");
-        invalid("followup", &f, json!({"unit": "year"}), "\"day\", \"week\" or \"month\"");
-        invalid("followup", &f, json!({"scheduledFor": "2030-01-01"}), "computed from duration and unit");
-        invalid("followup", &f, json!({"duration": 4_000_000_000u64}), "too large");
-        invalid("note", &json!({}), json!({"content": "  "}), "content must be a non-empty string");
+        invalid(
+            "followup",
+            &f,
+            json!({"unit": "year"}),
+            "\"day\", \"week\" or \"month\"",
+        );
+        invalid(
+            "followup",
+            &f,
+            json!({"scheduledFor": "2030-01-01"}),
+            "computed from duration and unit",
+        );
+        invalid(
+            "followup",
+            &f,
+            json!({"duration": 4_000_000_000u64}),
+            "too large",
+        );
+        invalid(
+            "note",
+            &json!({}),
+            json!({"content": "  "}),
+            "content must be a non-empty string",
+        );
         invalid("note", &json!({}), json!({"content": 5}), "content must be");
-        invalid("note", &json!({}), json!({"text": "x"}), "\"text\" is not an editable field of a note action; editable: content");
+        invalid(
+            "note",
+            &json!({}),
+            json!({"text": "x"}),
+            "\"text\" is not an editable field of a note action; editable: content",
+        );
         invalid("note", &json!({}), json!({}), "at least one field");
-        invalid("prescription", &json!({}), json!({"details": 3}), "details must be a string");
-        invalid("lab_order", &json!({}), json!({"urgency": "asap"}), "\"routine\", \"urgent\", \"stat\" or null");
-        invalid("referral", &json!({}), json!({"to": "x"}), "actions of type \"referral\" have no editable fields");
+        invalid(
+            "prescription",
+            &json!({}),
+            json!({"details": 3}),
+            "details must be a string",
+        );
+        invalid(
+            "lab_order",
+            &json!({}),
+            json!({"urgency": "asap"}),
+            "\"routine\", \"urgent\", \"stat\" or null",
+        );
+        invalid(
+            "referral",
+            &json!({}),
+            json!({"to": "x"}),
+            "actions of type \"referral\" have no editable fields",
+        );
     }
 
     #[test]
     fn only_actions_under_review_are_edited() {
         for status in [CONFIRMED, CANCELLED] {
             assert!(matches!(
-                edit("note", status, &json!({"content": "a"}), &changes(json!({"content": "b"})), JAN_31),
+                edit(
+                    "note",
+                    status,
+                    &json!({"content": "a"}),
+                    &changes(json!({"content": "b"})),
+                    JAN_31
+                ),
                 Err(Error::Conflict(_))
             ));
         }

@@ -535,7 +535,8 @@ fn resolve_webhook(cli: &Options, file: &Options) -> Result<crate::webhook::Webh
     };
     let poll = positive(
         "webhook_poll_interval_ms",
-        cli.webhook_poll_interval_ms.or(file.webhook_poll_interval_ms),
+        cli.webhook_poll_interval_ms
+            .or(file.webhook_poll_interval_ms),
     )?;
     let timeout = positive(
         "webhook_timeout_secs",
@@ -543,7 +544,8 @@ fn resolve_webhook(cli: &Options, file: &Options) -> Result<crate::webhook::Webh
     )?;
     let backoff = positive(
         "webhook_backoff_base_secs",
-        cli.webhook_backoff_base_secs.or(file.webhook_backoff_base_secs),
+        cli.webhook_backoff_base_secs
+            .or(file.webhook_backoff_base_secs),
     )?;
     let max_attempts = match cli.webhook_max_attempts.or(file.webhook_max_attempts) {
         None => defaults.max_attempts,
@@ -766,7 +768,10 @@ mod tests {
         ] {
             let cli = Cli::parse_from(["tandem", flag, "0"]);
             assert!(
-                matches!(cli.options.resolve_with_env(|_| None), Err(Error::Invalid { .. })),
+                matches!(
+                    cli.options.resolve_with_env(|_| None),
+                    Err(Error::Invalid { .. })
+                ),
                 "{flag} 0"
             );
         }

@@ -204,7 +204,10 @@ pub async fn run(
     stop_deliveries.cancel();
     let worker = async {
         if let Some(mut task) = deliveries {
-            if tokio::time::timeout(drain_timeout, &mut task.0).await.is_err() {
+            if tokio::time::timeout(drain_timeout, &mut task.0)
+                .await
+                .is_err()
+            {
                 tracing::warn!("drain deadline passed; abandoning webhook attempts in flight");
             }
         }

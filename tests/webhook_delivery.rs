@@ -180,14 +180,19 @@ where
 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// An admin with a webhook pointing at the receiver, and a conversation.
 async fn clinic(srv: &TestServer, receiver: SocketAddr) -> (Client, String) {
-    let admin = srv.user_with_role("North Clinic", "admin", UserRole::Admin).await;
+    let admin = srv
+        .user_with_role("North Clinic", "admin", UserRole::Admin)
+        .await;
     let res = admin
         .put("/organization/webhook")
         .json(&json!({"url": format!("http://{receiver}/hook"), "secret": SECRET}))
@@ -195,7 +200,9 @@ async fn clinic(srv: &TestServer, receiver: SocketAddr) -> (Client, String) {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    let conversation = admin.create_conversation("Ana", "García", "1980-04-02").await;
+    let conversation = admin
+        .create_conversation("Ana", "García", "1980-04-02")
+        .await;
     (admin, conversation["id"].as_str().unwrap().to_owned())
 }
 
@@ -277,9 +284,15 @@ async fn delivery_survives_failures_a_timeout_and_restarts_exactly_once() {
     let codes: Vec<Value> = log.iter().map(|a| a["statusCode"].clone()).collect();
     assert_eq!(codes, [json!(500), json!(500), Value::Null, json!(200)]);
     assert_eq!(log[0]["error"], "HTTP 500");
-    assert!(log[2]["error"].as_str().unwrap().contains("timed out"), "{}", log[2]);
+    assert!(
+        log[2]["error"].as_str().unwrap().contains("timed out"),
+        "{}",
+        log[2]
+    );
     assert_eq!(log[3]["error"], Value::Null);
-    assert!(log.iter().all(|a| a["durationMs"].is_u64() && a["startedAt"].is_string()));
+    assert!(log
+        .iter()
+        .all(|a| a["durationMs"].is_u64() && a["startedAt"].is_string()));
     assert_eq!(delivery["attempts"], 4);
     assert_eq!(delivery["lastError"], Value::Null);
     assert!(delivery["deliveredAt"].is_string());
@@ -324,7 +337,10 @@ async fn delivery_survives_failures_a_timeout_and_restarts_exactly_once() {
     assert_eq!(receiver.verified_bodies(&key).len(), 4, "never sent again");
     assert_eq!(
         receiver.processed(),
-        [(key, action.clone()), (format!("{note}:action.confirmed"), note.clone())]
+        [
+            (key, action.clone()),
+            (format!("{note}:action.confirmed"), note.clone())
+        ]
     );
     let page = admin.get_json("/webhook-deliveries", 200).await;
     let listed: Vec<&str> = page["deliveries"]
@@ -360,14 +376,22 @@ async fn a_delivery_claimed_by_a_crashed_worker_is_retried_after_restart() {
 
     let second = start(&dir, &path).await;
     let admin = admin.on(&second);
-    eventually("the lease to run out and the delivery to succeed", || async {
-        deliveries(&admin, &action).await[0]["status"] == "delivered"
-    })
+    eventually(
+        "the lease to run out and the delivery to succeed",
+        || async { deliveries(&admin, &action).await[0]["status"] == "delivered" },
+    )
     .await;
     let delivery = deliveries(&admin, &action).await.remove(0);
-    assert_eq!(delivery["attempts"], 2, "the crashed claim counts as an attempt");
+    assert_eq!(
+        delivery["attempts"], 2,
+        "the crashed claim counts as an attempt"
+    );
     let log = delivery["attemptLog"].as_array().unwrap();
-    assert_eq!(log.len(), 1, "only the finished attempt is logged: {delivery}");
+    assert_eq!(
+        log.len(),
+        1,
+        "only the finished attempt is logged: {delivery}"
+    );
     assert_eq!(log[0]["attempt"], 2);
     assert_eq!(log[0]["statusCode"], 204);
     let bodies = receiver.verified_bodies(&format!("{action}:action.confirmed"));

@@ -50,7 +50,12 @@ pub async fn get_action(state: AppState, p: Principal, id: String) -> Result {
     Ok(json(&ActionView::from(&action)))
 }
 
-pub async fn edit_action(state: AppState, p: Principal, id: String, body: EditActionRequest) -> Result {
+pub async fn edit_action(
+    state: AppState,
+    p: Principal,
+    id: String,
+    body: EditActionRequest,
+) -> Result {
     let current = action(&state, &p, &id).await?;
     let data = actions::edit(
         &current.kind,
@@ -79,7 +84,16 @@ async fn review(state: AppState, p: Principal, id: String, review: Review) -> Re
         Review::Cancel => "cancel",
     };
     let data = current.data.clone();
-    apply(&state, &p, &current, change.status.to_owned(), data, change.event, verb).await
+    apply(
+        &state,
+        &p,
+        &current,
+        change.status.to_owned(),
+        data,
+        change.event,
+        verb,
+    )
+    .await
 }
 
 /// Writes the reviewed row (queueing `event` for the webhook), audits it as `verb`, and
@@ -200,7 +214,11 @@ pub async fn delete_webhook(state: AppState, p: Principal) -> Result {
 // ---------- delivery log ----------
 
 /// Views of `deliveries` with their attempt logs (one query for all of them).
-async fn with_logs(state: &AppState, p: &Principal, deliveries: &[Delivery]) -> Result<Vec<DeliveryView>> {
+async fn with_logs(
+    state: &AppState,
+    p: &Principal,
+    deliveries: &[Delivery],
+) -> Result<Vec<DeliveryView>> {
     let ids: Vec<String> = deliveries.iter().map(|d| d.id.clone()).collect();
     let log = state
         .store

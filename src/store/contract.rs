@@ -11,9 +11,9 @@
 use serde_json::json;
 
 use super::{
-    new_id, next_updated_at, now_millis, Action, ActionChange, DeliveryOutcome, DeliveryStatus,
-    NewDelivery, NewDeliveryAttempt, ConversationStatus, DocumentKind, Error, Inserted, NewAction,
-    NewAuditEntry, NewConversation, NewMessage, NewPatient, NewUser, Organization, Page,
+    new_id, next_updated_at, now_millis, Action, ActionChange, ConversationStatus, DeliveryOutcome,
+    DeliveryStatus, DocumentKind, Error, Inserted, NewAction, NewAuditEntry, NewConversation,
+    NewDelivery, NewDeliveryAttempt, NewMessage, NewPatient, NewUser, Organization, Page,
     PatientUpdate, RefreshToken, SenderType, Store, User, UserRole,
 };
 
@@ -829,7 +829,10 @@ async fn action_review(store: &dyn Store) {
     let rx = insert_prescription(store, &conv).await;
 
     assert_eq!(store.get_action(&org.id, &rx.id).await.unwrap(), rx);
-    assert_not_found(store.get_action(&other.id, &rx.id).await, "other org's action");
+    assert_not_found(
+        store.get_action(&other.id, &rx.id).await,
+        "other org's action",
+    );
     assert_not_found(store.get_action(&org.id, &new_id()).await, "unknown action");
 
     let edit = ActionChange {
@@ -845,16 +848,25 @@ async fn action_review(store: &dyn Store) {
         store.update_action(&other.id, &rx.id, edit.clone()).await,
         "update through another organization",
     );
-    let (edited, queued) = store.update_action(&org.id, &rx.id, edit.clone()).await.unwrap();
+    let (edited, queued) = store
+        .update_action(&org.id, &rx.id, edit.clone())
+        .await
+        .unwrap();
     assert_eq!(queued, None);
     assert_eq!(edited.data["dosage"], "200 mg");
     assert!(edited.updated_at > rx.updated_at);
-    assert_eq!((edited.id.as_str(), edited.created_at), (rx.id.as_str(), rx.created_at));
+    assert_eq!(
+        (edited.id.as_str(), edited.created_at),
+        (rx.id.as_str(), rx.created_at)
+    );
     assert_eq!(store.get_action(&org.id, &rx.id).await.unwrap(), edited);
 
     // A change computed from a stale read is refused and changes nothing.
     let stale = store.update_action(&org.id, &rx.id, edit).await;
-    assert!(matches!(stale, Err(Error::Conflict(_))), "stale write: {stale:?}");
+    assert!(
+        matches!(stale, Err(Error::Conflict(_))),
+        "stale write: {stale:?}"
+    );
     assert_eq!(store.get_action(&org.id, &rx.id).await.unwrap(), edited);
 
     // Without a webhook the change applies and nothing is queued.
@@ -885,8 +897,14 @@ async fn webhook_outbox(store: &dyn Store) {
         .put_webhook(&org.id, "https://clinic.example/hook", "s2")
         .await
         .unwrap();
-    assert_eq!(hook.created_at, first.created_at, "put replaces, keeps the row");
-    assert_eq!((hook.url.as_str(), hook.secret.as_str()), ("https://clinic.example/hook", "s2"));
+    assert_eq!(
+        hook.created_at, first.created_at,
+        "put replaces, keeps the row"
+    );
+    assert_eq!(
+        (hook.url.as_str(), hook.secret.as_str()),
+        ("https://clinic.example/hook", "s2")
+    );
     assert_eq!(store.get_webhook(&org.id).await.unwrap(), hook);
     assert_not_found(store.get_webhook(&other.id).await, "other org's webhook");
 
@@ -899,18 +917,29 @@ async fn webhook_outbox(store: &dyn Store) {
         .unwrap();
     let queued = queued.expect("a delivery is queued when a webhook exists");
     assert_eq!(confirmed.status, "confirmed");
-    assert_eq!((queued.status, queued.attempts), (DeliveryStatus::Pending, 0));
+    assert_eq!(
+        (queued.status, queued.attempts),
+        (DeliveryStatus::Pending, 0)
+    );
     assert_eq!(queued.action_id, rx.id);
     assert_eq!(queued.idempotency_key, key);
     assert_eq!(queued.payload["actionId"], rx.id.as_str());
 
     // A second event with the same key is a conflict and rolls the status change back too.
     let rx2 = insert_prescription(store, &conv).await;
-    let dup = store.update_action(&org.id, &rx2.id, confirm(&rx2, &key)).await;
-    assert!(matches!(dup, Err(Error::Conflict(_))), "duplicate key: {dup:?}");
+    let dup = store
+        .update_action(&org.id, &rx2.id, confirm(&rx2, &key))
+        .await;
+    assert!(
+        matches!(dup, Err(Error::Conflict(_))),
+        "duplicate key: {dup:?}"
+    );
     assert_eq!(store.get_action(&org.id, &rx2.id).await.unwrap(), rx2);
 
-    let listed = store.list_deliveries(&org.id, None, &Page::default()).await.unwrap();
+    let listed = store
+        .list_deliveries(&org.id, None, &Page::default())
+        .await
+        .unwrap();
     assert_eq!(listed, vec![queued.clone()]);
     assert_eq!(
         store
@@ -939,14 +968,28 @@ async fn webhook_outbox(store: &dyn Store) {
     assert!(mine(store.claim_deliveries(t - 1, t + 1_000, ALL).await.unwrap()).is_none());
     let c1 = mine(store.claim_deliveries(t, t + 1_000, ALL).await.unwrap()).expect("due");
     assert_eq!(c1.delivery.attempts, 1, "a claim counts the attempt");
-    assert_eq!((c1.url.as_str(), c1.secret.as_str()), (hook.url.as_str(), "s2"));
+    assert_eq!(
+        (c1.url.as_str(), c1.secret.as_str()),
+        (hook.url.as_str(), "s2")
+    );
     assert!(
-        mine(store.claim_deliveries(t + 500, t + 1_500, ALL).await.unwrap()).is_none(),
+        mine(
+            store
+                .claim_deliveries(t + 500, t + 1_500, ALL)
+                .await
+                .unwrap()
+        )
+        .is_none(),
         "leased rows are not claimed twice"
     );
     // The first worker "crashed": its lease runs out and the row is due again.
-    let c2 = mine(store.claim_deliveries(t + 1_000, t + 2_000, ALL).await.unwrap())
-        .expect("an expired lease makes the row due again");
+    let c2 = mine(
+        store
+            .claim_deliveries(t + 1_000, t + 2_000, ALL)
+            .await
+            .unwrap(),
+    )
+    .expect("an expired lease makes the row due again");
     assert_eq!(c2.delivery.attempts, 2);
     assert_ne!(c2.lease_token, c1.lease_token);
 
@@ -965,7 +1008,10 @@ async fn webhook_outbox(store: &dyn Store) {
         .record_delivery_attempt(attempt(&c1, &c1.lease_token, DeliveryOutcome::GiveUp))
         .await
         .unwrap();
-    let row = &store.list_deliveries(&org.id, None, &Page::default()).await.unwrap()[0];
+    let row = &store
+        .list_deliveries(&org.id, None, &Page::default())
+        .await
+        .unwrap()[0];
     assert_eq!((row.status, row.attempts), (DeliveryStatus::Pending, 2));
     store
         .record_delivery_attempt(attempt(
@@ -977,46 +1023,87 @@ async fn webhook_outbox(store: &dyn Store) {
         ))
         .await
         .unwrap();
-    let row = &store.list_deliveries(&org.id, None, &Page::default()).await.unwrap()[0];
-    assert_eq!((row.status, row.next_attempt_at), (DeliveryStatus::Pending, t + 5_000));
+    let row = &store
+        .list_deliveries(&org.id, None, &Page::default())
+        .await
+        .unwrap()[0];
+    assert_eq!(
+        (row.status, row.next_attempt_at),
+        (DeliveryStatus::Pending, t + 5_000)
+    );
     assert_eq!(row.last_error.as_deref(), Some("HTTP 500"));
-    assert!(mine(store.claim_deliveries(t + 4_999, t + 9_000, ALL).await.unwrap()).is_none());
-    let c3 = mine(store.claim_deliveries(t + 5_000, t + 9_000, ALL).await.unwrap()).unwrap();
+    assert!(mine(
+        store
+            .claim_deliveries(t + 4_999, t + 9_000, ALL)
+            .await
+            .unwrap()
+    )
+    .is_none());
+    let c3 = mine(
+        store
+            .claim_deliveries(t + 5_000, t + 9_000, ALL)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(c3.delivery.attempts, 3);
     store
         .record_delivery_attempt(attempt(&c3, &c3.lease_token, DeliveryOutcome::GiveUp))
         .await
         .unwrap();
-    let row = &store.list_deliveries(&org.id, None, &Page::default()).await.unwrap()[0];
+    let row = &store
+        .list_deliveries(&org.id, None, &Page::default())
+        .await
+        .unwrap()[0];
     assert_eq!(row.status, DeliveryStatus::Failed);
-    assert!(mine(store.claim_deliveries(t + 60_000, t + 61_000, ALL).await.unwrap()).is_none());
+    assert!(mine(
+        store
+            .claim_deliveries(t + 60_000, t + 61_000, ALL)
+            .await
+            .unwrap()
+    )
+    .is_none());
 
     let log = store
         .list_delivery_attempts(&org.id, &[queued.id.clone(), new_id()])
         .await
         .unwrap();
     assert_eq!(log.len(), 3, "every reported attempt is logged");
-    assert!(log.iter().all(|a| a.delivery_id == queued.id
-        && a.status_code == Some(500)
-        && a.duration_ms == 12));
+    assert!(log
+        .iter()
+        .all(|a| a.delivery_id == queued.id && a.status_code == Some(500) && a.duration_ms == 12));
     assert!(store
-        .list_delivery_attempts(&other.id, &[queued.id.clone()])
+        .list_delivery_attempts(&other.id, std::slice::from_ref(&queued.id))
         .await
         .unwrap()
         .is_empty());
 
     // An admin retry makes it pending again with a fresh budget; only failed rows qualify.
     assert_not_found(
-        store.retry_delivery(&other.id, &queued.id, t + 70_000).await,
+        store
+            .retry_delivery(&other.id, &queued.id, t + 70_000)
+            .await,
         "retry through another organization",
     );
-    let retried = store.retry_delivery(&org.id, &queued.id, t + 70_000).await.unwrap();
-    assert_eq!((retried.status, retried.attempts), (DeliveryStatus::Pending, 0));
+    let retried = store
+        .retry_delivery(&org.id, &queued.id, t + 70_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        (retried.status, retried.attempts),
+        (DeliveryStatus::Pending, 0)
+    );
     assert!(matches!(
         store.retry_delivery(&org.id, &queued.id, t + 70_000).await,
         Err(Error::Conflict(_))
     ));
-    let c4 = mine(store.claim_deliveries(t + 70_000, t + 71_000, ALL).await.unwrap()).unwrap();
+    let c4 = mine(
+        store
+            .claim_deliveries(t + 70_000, t + 71_000, ALL)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(c4.delivery.attempts, 1);
     // A 2xx wins even when reported under a lost lease: the receiver has it.
     store
@@ -1027,12 +1114,21 @@ async fn webhook_outbox(store: &dyn Store) {
         })
         .await
         .unwrap();
-    let row = &store.list_deliveries(&org.id, None, &Page::default()).await.unwrap()[0];
+    let row = &store
+        .list_deliveries(&org.id, None, &Page::default())
+        .await
+        .unwrap()[0];
     assert_eq!(row.status, DeliveryStatus::Delivered);
     assert!(row.delivered_at.is_some());
     assert_eq!(row.last_error, None);
     assert!(
-        mine(store.claim_deliveries(t + 99_000, t + 99_500, ALL).await.unwrap()).is_none(),
+        mine(
+            store
+                .claim_deliveries(t + 99_000, t + 99_500, ALL)
+                .await
+                .unwrap()
+        )
+        .is_none(),
         "a delivered row is never claimed again"
     );
     assert!(matches!(
@@ -1047,10 +1143,20 @@ async fn webhook_outbox(store: &dyn Store) {
         .unwrap();
     let second = second.unwrap();
     let page1 = store
-        .list_deliveries(&org.id, None, &Page { after: None, limit: 1 })
+        .list_deliveries(
+            &org.id,
+            None,
+            &Page {
+                after: None,
+                limit: 1,
+            },
+        )
         .await
         .unwrap();
-    assert_eq!(page1.iter().map(|d| &d.id).collect::<Vec<_>>(), [&second.id]);
+    assert_eq!(
+        page1.iter().map(|d| &d.id).collect::<Vec<_>>(),
+        [&second.id]
+    );
     let page2 = store
         .list_deliveries(
             &org.id,
@@ -1062,7 +1168,10 @@ async fn webhook_outbox(store: &dyn Store) {
         )
         .await
         .unwrap();
-    assert_eq!(page2.iter().map(|d| &d.id).collect::<Vec<_>>(), [&queued.id]);
+    assert_eq!(
+        page2.iter().map(|d| &d.id).collect::<Vec<_>>(),
+        [&queued.id]
+    );
     assert_not_found(
         store
             .list_deliveries(
@@ -1081,12 +1190,19 @@ async fn webhook_outbox(store: &dyn Store) {
     store.delete_webhook(&org.id).await.unwrap();
     assert_not_found(store.get_webhook(&org.id).await, "deleted webhook");
     assert_not_found(store.delete_webhook(&org.id).await, "deleting twice");
-    let rows = store.list_deliveries(&org.id, None, &Page::default()).await.unwrap();
+    let rows = store
+        .list_deliveries(&org.id, None, &Page::default())
+        .await
+        .unwrap();
     let pending = rows.iter().find(|d| d.id == second.id).unwrap();
     assert_eq!(pending.status, DeliveryStatus::Failed);
     assert_eq!(pending.last_error.as_deref(), Some("webhook removed"));
     let delivered = rows.iter().find(|d| d.id == queued.id).unwrap();
-    assert_eq!(delivered.status, DeliveryStatus::Delivered, "history is kept");
+    assert_eq!(
+        delivered.status,
+        DeliveryStatus::Delivered,
+        "history is kept"
+    );
 }
 
 async fn audit(store: &dyn Store) {

@@ -664,8 +664,7 @@ pub trait Store: Send + Sync + 'static {
 
     // --- webhook and outbox ---
     /// Creates or replaces the organization's webhook.
-    async fn put_webhook(&self, organization_id: &str, url: &str, secret: &str)
-        -> Result<Webhook>;
+    async fn put_webhook(&self, organization_id: &str, url: &str, secret: &str) -> Result<Webhook>;
     async fn get_webhook(&self, organization_id: &str) -> Result<Webhook>;
     /// Removes the webhook and fails its pending deliveries (there is nowhere left to send
     /// them; an admin can retry them after configuring a new one).
@@ -700,8 +699,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<DeliveryAttempt>>;
     /// Makes a `failed` delivery pending again, due at `now`, with its attempt count reset.
     /// `Conflict` if it is not failed.
-    async fn retry_delivery(&self, organization_id: &str, id: &str, now: Millis)
-        -> Result<Delivery>;
+    async fn retry_delivery(
+        &self,
+        organization_id: &str,
+        id: &str,
+        now: Millis,
+    ) -> Result<Delivery>;
 
     // --- documents (summary, medical history) ---
     /// Inserts or replaces the conversation's document of that kind.

@@ -21,17 +21,21 @@ use tokio_postgres::{Client, Config, NoTls, Row};
 
 use super::columns::*;
 use super::{
-    new_id, now_millis, Action, ActionChange, AppliedMigration, ClaimedDelivery, Delivery,
-    DeliveryAttempt, DeliveryOutcome, DeliveryStatus, NewDeliveryAttempt, Webhook, AuditEntry, Conversation, ConversationStatus,
-    ConversationWithPatient, Document, DocumentKind, Error, Inserted, Message, Millis, NewAction,
-    NewAuditEntry, NewConversation, NewMessage, NewPatient, NewUser, Organization, Page, Patient,
-    PatientUpdate, RefreshToken, Result, SenderType, Store, User, UserRole,
+    new_id, now_millis, Action, ActionChange, AppliedMigration, AuditEntry, ClaimedDelivery,
+    Conversation, ConversationStatus, ConversationWithPatient, Delivery, DeliveryAttempt,
+    DeliveryOutcome, DeliveryStatus, Document, DocumentKind, Error, Inserted, Message, Millis,
+    NewAction, NewAuditEntry, NewConversation, NewDeliveryAttempt, NewMessage, NewPatient, NewUser,
+    Organization, Page, Patient, PatientUpdate, RefreshToken, Result, SenderType, Store, User,
+    UserRole, Webhook,
 };
 
 /// Embedded migrations, applied in order on connect; the version is the file's number.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres/0001_init.sql")),
-    (2, include_str!("migrations/postgres/0002_webhook_outbox.sql")),
+    (
+        2,
+        include_str!("migrations/postgres/0002_webhook_outbox.sql"),
+    ),
 ];
 
 /// Used when the URL sets no `connect_timeout`, so an unreachable server fails fast as
@@ -398,7 +402,8 @@ fn attempt_row(r: &Row) -> Result<DeliveryAttempt> {
         duration_ms: small_col(r, 4)?,
         status_code: status_code
             .map(|c| {
-                u16::try_from(c).map_err(|_| Error::Backend(format!("status code {c} out of range")))
+                u16::try_from(c)
+                    .map_err(|_| Error::Backend(format!("status code {c} out of range")))
             })
             .transpose()?,
         error: r.try_get(6)?,
@@ -1093,12 +1098,7 @@ impl Store for PostgresStore {
         Ok((action, delivery.filter(|_| queued.is_some())))
     }
 
-    async fn put_webhook(
-        &self,
-        organization_id: &str,
-        url: &str,
-        secret: &str,
-    ) -> Result<Webhook> {
+    async fn put_webhook(&self, organization_id: &str, url: &str, secret: &str) -> Result<Webhook> {
         let sql = format!(
             "INSERT INTO webhooks ({WEBHOOK_COLS}) VALUES ($1, $2, $3, $4, $4) \
              ON CONFLICT (organization_id) DO UPDATE \
@@ -1254,7 +1254,13 @@ impl Store for PostgresStore {
         let found = c
             .query(
                 &sql,
-                &[&organization_id, &action_id, &created, &cid, &sql_limit(page)],
+                &[
+                    &organization_id,
+                    &action_id,
+                    &created,
+                    &cid,
+                    &sql_limit(page),
+                ],
             )
             .await?;
         rows(&found, delivery_row)
@@ -1281,7 +1287,12 @@ impl Store for PostgresStore {
         )
     }
 
-    async fn retry_delivery(&self, organization_id: &str, id: &str, now: Millis) -> Result<Delivery> {
+    async fn retry_delivery(
+        &self,
+        organization_id: &str,
+        id: &str,
+        now: Millis,
+    ) -> Result<Delivery> {
         let sql = format!(
             "UPDATE webhook_outbox SET status = 'pending', attempts = 0, next_attempt_at = $3, \
              lease_until = NULL, lease_token = NULL, updated_at = $3 \
@@ -1292,9 +1303,13 @@ impl Store for PostgresStore {
         if let Some(row) = c.query_opt(&sql, &[&organization_id, &id, &now]).await? {
             return delivery_row(&row);
         }
-        let sql =
-            format!("SELECT {DELIVERY_COLS} FROM webhook_outbox WHERE organization_id = $1 AND id = $2");
-        let existing = one(c.query_opt(&sql, &[&organization_id, &id]).await?, delivery_row)?;
+        let sql = format!(
+            "SELECT {DELIVERY_COLS} FROM webhook_outbox WHERE organization_id = $1 AND id = $2"
+        );
+        let existing = one(
+            c.query_opt(&sql, &[&organization_id, &id]).await?,
+            delivery_row,
+        )?;
         Err(Error::Conflict(format!(
             "delivery {id} is {}, not failed",
             existing.status.as_str()

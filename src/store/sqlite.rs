@@ -18,11 +18,12 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, Transactio
 
 use super::columns::*;
 use super::{
-    new_id, now_millis, Action, ActionChange, AppliedMigration, ClaimedDelivery, Delivery,
-    DeliveryAttempt, DeliveryOutcome, DeliveryStatus, NewDeliveryAttempt, Webhook, AuditEntry, Conversation, ConversationStatus,
-    ConversationWithPatient, Document, DocumentKind, Error, Inserted, Message, Millis, NewAction,
-    NewAuditEntry, NewConversation, NewMessage, NewPatient, NewUser, Organization, Page, Patient,
-    PatientUpdate, RefreshToken, Result, SenderType, Store, User, UserRole,
+    new_id, now_millis, Action, ActionChange, AppliedMigration, AuditEntry, ClaimedDelivery,
+    Conversation, ConversationStatus, ConversationWithPatient, Delivery, DeliveryAttempt,
+    DeliveryOutcome, DeliveryStatus, Document, DocumentKind, Error, Inserted, Message, Millis,
+    NewAction, NewAuditEntry, NewConversation, NewDeliveryAttempt, NewMessage, NewPatient, NewUser,
+    Organization, Page, Patient, PatientUpdate, RefreshToken, Result, SenderType, Store, User,
+    UserRole, Webhook,
 };
 
 /// Embedded migrations, applied in order on open; the version is the file's number.
@@ -362,8 +363,9 @@ fn get_action(conn: &Connection, organization_id: &str, id: &str) -> Result<Acti
 }
 
 fn get_delivery(conn: &Connection, organization_id: &str, id: &str) -> Result<Delivery> {
-    let sql =
-        format!("SELECT {DELIVERY_COLS} FROM webhook_outbox WHERE organization_id = ?1 AND id = ?2");
+    let sql = format!(
+        "SELECT {DELIVERY_COLS} FROM webhook_outbox WHERE organization_id = ?1 AND id = ?2"
+    );
     Ok(conn
         .prepare_cached(&sql)?
         .query_row(params![organization_id, id], delivery_row)?)
@@ -980,7 +982,12 @@ impl Store for SqliteStore {
                  RETURNING {ACTION_COLS}"
             );
             let action = tx.prepare_cached(&sql)?.query_row(
-                params![id, change.status, json_text(&change.data), change.updated_at],
+                params![
+                    id,
+                    change.status,
+                    json_text(&change.data),
+                    change.updated_at
+                ],
                 action_row,
             )?;
             let has_webhook: bool = tx.query_row(
@@ -1020,12 +1027,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn put_webhook(
-        &self,
-        organization_id: &str,
-        url: &str,
-        secret: &str,
-    ) -> Result<Webhook> {
+    async fn put_webhook(&self, organization_id: &str, url: &str, secret: &str) -> Result<Webhook> {
         let (org, url, secret) = (
             organization_id.to_owned(),
             url.to_owned(),
@@ -1214,7 +1216,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn retry_delivery(&self, organization_id: &str, id: &str, now: Millis) -> Result<Delivery> {
+    async fn retry_delivery(
+        &self,
+        organization_id: &str,
+        id: &str,
+        now: Millis,
+    ) -> Result<Delivery> {
         let (org, id) = (organization_id.to_owned(), id.to_owned());
         self.call(move |c| {
             let sql = format!(

@@ -191,7 +191,11 @@ mod tests {
         assert_eq!(cfg.backoff(1, 0.0), Duration::from_millis(2500));
         assert_eq!(cfg.backoff(3, 1.0), Duration::from_secs(20));
         assert_eq!(cfg.backoff(5, 1.0), Duration::from_secs(60), "capped");
-        assert_eq!(cfg.backoff(200, 1.0), Duration::from_secs(60), "no overflow");
+        assert_eq!(
+            cfg.backoff(200, 1.0),
+            Duration::from_secs(60),
+            "no overflow"
+        );
     }
 
     #[test]

@@ -13,8 +13,8 @@ use futures_util::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    body, sign, WebhookConfig, DELIVERY_HEADER, EVENT_HEADER, IDEMPOTENCY_HEADER,
-    SIGNATURE_HEADER, TIMESTAMP_HEADER,
+    body, sign, WebhookConfig, DELIVERY_HEADER, EVENT_HEADER, IDEMPOTENCY_HEADER, SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
 };
 use crate::store::{now_millis, ClaimedDelivery, DeliveryOutcome, NewDeliveryAttempt, Store};
 

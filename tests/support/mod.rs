@@ -18,8 +18,8 @@ use tandem::server::{self, AppState, HttpConfig, PipelineSetup};
 use tandem::store::sqlite::SqliteStore;
 use tandem::store::{NewUser, Store, UserRole};
 use tandem::stt::realtime::RealtimeConfig;
-use tandem::webhook::WebhookConfig;
 use tandem::testing::fake_openai::{http as fake_http, realtime, FakeOpenAi};
+use tandem::webhook::WebhookConfig;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -347,11 +347,17 @@ pub async fn control_socket(srv: &TestServer, user: &Client, conversation_id: &s
     let (mut ws, _) = tokio_tungstenite::connect_async(url)
         .await
         .expect("control socket");
-    assert_eq!(next_json(&mut ws, Duration::from_secs(5)).await["type"], "system");
-    let select = json!({"type": "select_conversation", "payload": {"conversationId": conversation_id}});
-    ws.send(tokio_tungstenite::tungstenite::Message::text(select.to_string()))
-        .await
-        .expect("send");
+    assert_eq!(
+        next_json(&mut ws, Duration::from_secs(5)).await["type"],
+        "system"
+    );
+    let select =
+        json!({"type": "select_conversation", "payload": {"conversationId": conversation_id}});
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        select.to_string(),
+    ))
+    .await
+    .expect("send");
     assert_eq!(
         next_json(&mut ws, Duration::from_secs(5)).await["type"],
         "conversation_selected"
