@@ -157,8 +157,8 @@ fn start_delivery_worker(state: &AppState, stop: CancellationToken) -> Option<Ab
     }
 }
 
-/// Serves HTTP (REST, ops and, later, the WebSockets) on `listener` until `shutdown`
-/// completes. Then it stops accepting, lets in-flight requests finish for up to
+/// Serves HTTP (REST, ops and the WebSockets) on `listener`, and runs the webhook delivery
+/// worker, until `shutdown` completes. Then it stops accepting, lets in-flight requests finish for up to
 /// [`HttpConfig::drain_timeout`], and returns; requests still running after the deadline are
 /// abandoned (the runtime's shutdown drops them).
 pub async fn run(

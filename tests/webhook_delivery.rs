@@ -224,6 +224,34 @@ fn prescription() -> Command {
     }
 }
 
+/// A server on a fresh database whose clinic sends to the receiver at `receiver`, with a
+/// prescription confirmed (so its delivery is queued).
+struct Visit {
+    dir: Arc<tempfile::TempDir>,
+    path: std::path::PathBuf,
+    server: TestServer,
+    admin: Client,
+    conversation: String,
+    action: String,
+}
+
+async fn confirmed_prescription(receiver: SocketAddr) -> Visit {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let path = dir.path().join("tandem.db");
+    let server = start(&dir, &path).await;
+    let (admin, conversation) = clinic(&server, receiver).await;
+    let action = voice_action(&server, &conversation, prescription()).await;
+    confirm(&admin, &action).await;
+    Visit {
+        dir,
+        path,
+        server,
+        admin,
+        conversation,
+        action,
+    }
+}
+
 async fn confirm(user: &Client, action_id: &str) {
     let res = user
         .post(&format!("/actions/{action_id}/confirm"))
@@ -256,14 +284,15 @@ async fn delivery_survives_failures_a_timeout_and_restarts_exactly_once() {
         _ => Reply::Status(200),
     })
     .await;
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let path = dir.path().join("tandem.db");
-
     // First server: the receiver fails twice.
-    let first = start(&dir, &path).await;
-    let (admin, conversation) = clinic(&first, addr).await;
-    let action = voice_action(&first, &conversation, prescription()).await;
-    confirm(&admin, &action).await;
+    let Visit {
+        dir,
+        path,
+        server: first,
+        admin,
+        conversation,
+        action,
+    } = confirmed_prescription(addr).await;
     eventually("two failed attempts logged", || async {
         logged_attempts(&admin, &action).await >= 2
     })
@@ -360,13 +389,14 @@ async fn a_delivery_claimed_by_a_crashed_worker_is_retried_after_restart() {
         _ => Reply::Status(204),
     })
     .await;
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let path = dir.path().join("tandem.db");
-
-    let first = start(&dir, &path).await;
-    let (admin, conversation) = clinic(&first, addr).await;
-    let action = voice_action(&first, &conversation, prescription()).await;
-    confirm(&admin, &action).await;
+    let Visit {
+        dir,
+        path,
+        server: first,
+        admin,
+        action,
+        ..
+    } = confirmed_prescription(addr).await;
     eventually("the first attempt to reach the receiver", || async {
         !receiver.requests.lock().unwrap().is_empty()
     })

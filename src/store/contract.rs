@@ -1203,6 +1203,30 @@ async fn webhook_outbox(store: &dyn Store) {
         DeliveryStatus::Delivered,
         "history is kept"
     );
+    // A 2xx that arrives after the row was failed (the request was in flight) still counts.
+    store
+        .record_delivery_attempt(NewDeliveryAttempt {
+            delivery_id: second.id.clone(),
+            lease_token: "the-lease-of-the-in-flight-request".into(),
+            attempt: 1,
+            started_at: t,
+            duration_ms: 5,
+            status_code: Some(200),
+            error: None,
+            outcome: DeliveryOutcome::Delivered,
+        })
+        .await
+        .unwrap();
+    let rows = store
+        .list_deliveries(&org.id, None, &Page::default())
+        .await
+        .unwrap();
+    let late = rows.iter().find(|d| d.id == second.id).unwrap();
+    assert_eq!(late.status, DeliveryStatus::Delivered);
+    assert!(matches!(
+        store.retry_delivery(&org.id, &second.id, t).await,
+        Err(Error::Conflict(_))
+    ));
 }
 
 async fn audit(store: &dyn Store) {

@@ -679,8 +679,10 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<ClaimedDelivery>>;
     /// Logs a finished attempt and applies its outcome to the outbox row. `Delivered` applies
-    /// to any pending row; `Retry` and `GiveUp` only while the caller's lease token is the
-    /// row's (a newer claim wins). The log row is written either way.
+    /// to any row not yet delivered, whatever its lease or status (the receiver has the event,
+    /// so it must never be queued again, not even by an admin retry of a row failed
+    /// meanwhile); `Retry` and `GiveUp` only to a pending row whose lease token is the
+    /// caller's (a newer claim wins). The log row is written either way.
     async fn record_delivery_attempt(&self, attempt: NewDeliveryAttempt) -> Result<()>;
     /// The organization's deliveries, newest first (by creation, then id); `action_id`
     /// narrows to one action's.

@@ -120,7 +120,8 @@ pub struct ClaimedDelivery {
 /// How one attempt ended, as the worker reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeliveryOutcome {
-    /// 2xx: the row becomes `delivered`, whoever holds the lease.
+    /// 2xx: the row becomes `delivered`, whoever holds the lease and even if it was failed
+    /// meanwhile (e.g. its webhook was removed while the request was in flight).
     Delivered,
     /// Try again at `next_attempt_at`.
     Retry { next_attempt_at: Millis },

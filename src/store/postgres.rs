@@ -1199,7 +1199,7 @@ impl Store for PostgresStore {
             DeliveryOutcome::Delivered => {
                 "UPDATE webhook_outbox SET status = 'delivered', delivered_at = $8, \
                  last_error = NULL, lease_until = NULL, lease_token = NULL, updated_at = $8 \
-                 WHERE id = $2 AND status = 'pending'"
+                 WHERE id = $2 AND status <> 'delivered'"
             }
             DeliveryOutcome::Retry { next_attempt_at } => {
                 params.push(&attempt.lease_token);

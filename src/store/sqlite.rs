@@ -1136,7 +1136,7 @@ impl Store for SqliteStore {
                     .prepare_cached(
                         "UPDATE webhook_outbox SET status = 'delivered', delivered_at = ?2, \
                          last_error = NULL, lease_until = NULL, lease_token = NULL, updated_at = ?2 \
-                         WHERE id = ?1 AND status = 'pending'",
+                         WHERE id = ?1 AND status <> 'delivered'",
                     )?
                     .execute(params![id, now])?,
                 DeliveryOutcome::Retry { next_attempt_at } => tx
