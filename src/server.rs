@@ -148,7 +148,11 @@ impl Drop for AbortOnDrop {
 /// Starts the webhook delivery worker; `None` (logged) if its HTTP client cannot be built,
 /// in which case deliveries wait in the outbox for a process that can send them.
 fn start_delivery_worker(state: &AppState, stop: CancellationToken) -> Option<AbortOnDrop> {
-    match DeliveryWorker::new(state.store.clone(), (*state.webhook).clone()) {
+    match DeliveryWorker::new(
+        state.store.clone(),
+        (*state.webhook).clone(),
+        &state.metrics,
+    ) {
         Ok(worker) => Some(AbortOnDrop(tokio::spawn(worker.run(stop)))),
         Err(e) => {
             tracing::error!(error = %e, "cannot start webhook delivery; deliveries stay queued");

@@ -379,6 +379,19 @@ async fn delivery_survives_failures_a_timeout_and_restarts_exactly_once() {
         .map(|d| d["actionId"].as_str().unwrap())
         .collect();
     assert_eq!(listed, [note.as_str(), action.as_str()], "newest first");
+    let metrics = third
+        .http
+        .get(third.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tandem_webhook_attempts_total{outcome=\"delivered\"} 1"),
+        "{metrics}"
+    );
     third.stop().await;
 }
 

@@ -16,6 +16,7 @@ use super::{
     body, sign, WebhookConfig, DELIVERY_HEADER, EVENT_HEADER, IDEMPOTENCY_HEADER, SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
 };
+use crate::metrics::{Counter, Metrics};
 use crate::store::{now_millis, ClaimedDelivery, DeliveryOutcome, NewDeliveryAttempt, Store};
 
 /// Rows leased per look. Small, so rows a busy worker cannot start soon stay claimable by
@@ -29,22 +30,33 @@ pub struct DeliveryWorker {
     store: Arc<dyn Store>,
     config: WebhookConfig,
     client: reqwest::Client,
+    /// `tandem_webhook_attempts_total{outcome}`: finished attempts by what they led to.
+    attempts: Counter,
 }
 
 impl DeliveryWorker {
     /// # Errors
     /// The HTTP client cannot be built (TLS backend initialisation).
-    pub fn new(store: Arc<dyn Store>, config: WebhookConfig) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: WebhookConfig,
+        metrics: &Metrics,
+    ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             // A redirect is not an acknowledgement; it is retried like any other non-2xx.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("tandem/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let attempts = metrics.counter(
+            "tandem_webhook_attempts_total",
+            "Finished webhook delivery attempts by outcome (delivered, retry, failed).",
+        );
         Ok(DeliveryWorker {
             store,
             config,
             client,
+            attempts,
         })
     }
 
@@ -119,6 +131,7 @@ impl DeliveryWorker {
                 next_attempt_at: now_millis().saturating_add(wait),
             }
         };
+        self.attempts.inc(&[("outcome", outcome_name(&outcome))]);
         tracing::info!(
             delivery_id = %delivery.id,
             organization_id = %delivery.organization_id,
