@@ -89,7 +89,7 @@ pub fn action_for(command: &Command, now: Millis) -> Option<PlannedAction> {
 
 /// `now` plus the follow-up delay; calendar months keep the day of month (clamped to the
 /// month's last day), as a receptionist would book it.
-fn follow_up_date(now: Millis, duration: u32, unit: FollowUpUnit) -> Option<Millis> {
+pub(crate) fn follow_up_date(now: Millis, duration: u32, unit: FollowUpUnit) -> Option<Millis> {
     let start =
         time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(now) * 1_000_000).ok()?;
     let due = match unit {

@@ -267,6 +267,26 @@ pub struct Options {
     #[arg(long, env = "TANDEM_MAX_AUDIO_MESSAGE_BYTES", global = true)]
     pub max_audio_message_bytes: Option<usize>,
 
+    /// How often the webhook delivery worker looks for due deliveries, in milliseconds.
+    /// [default: 1000]
+    #[arg(long, env = "TANDEM_WEBHOOK_POLL_INTERVAL_MS", global = true)]
+    pub webhook_poll_interval_ms: Option<u64>,
+
+    /// Time limit of one webhook POST (connect to response headers), in seconds; slower
+    /// receivers count as a failed attempt. [default: 10]
+    #[arg(long, env = "TANDEM_WEBHOOK_TIMEOUT_SECS", global = true)]
+    pub webhook_timeout_secs: Option<u64>,
+
+    /// Attempts per webhook delivery before it is marked failed (an admin can retry it).
+    /// [default: 12]
+    #[arg(long, env = "TANDEM_WEBHOOK_MAX_ATTEMPTS", global = true)]
+    pub webhook_max_attempts: Option<u32>,
+
+    /// Wait after the first failed webhook attempt, in seconds; doubles per attempt (with
+    /// jitter) up to one hour. [default: 5]
+    #[arg(long, env = "TANDEM_WEBHOOK_BACKOFF_BASE_SECS", global = true)]
+    pub webhook_backoff_base_secs: Option<u64>,
+
     /// HS256 secret; only from the environment or the file (see below).
     #[arg(skip)]
     pub jwt_secret: Option<String>,
@@ -331,6 +351,7 @@ pub struct Config {
     pub audio_buffer: Duration,
     pub control_pacing: Duration,
     pub max_audio_message_bytes: usize,
+    pub webhook: crate::webhook::WebhookConfig,
     /// `None` until [`Config::load_jwt_secret`] runs (it may touch the filesystem).
     pub jwt_secret: Option<Secret>,
     pub openai_api_key: Option<Secret>,
@@ -356,6 +377,7 @@ impl Options {
             Some(path) => read_file(path)?,
             None => Options::default(),
         };
+        let webhook = resolve_webhook(&self, &file)?;
         let env_secret =
             |names: &[&str]| names.iter().find_map(|n| env(n).filter(|v| !v.is_empty()));
         let jwt_secret = env_secret(&["TANDEM_JWT_SECRET"]).or(file.jwt_secret);
@@ -400,6 +422,7 @@ impl Options {
             None => std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN),
         };
         Ok(Config {
+            webhook,
             stt_dialect: self
                 .stt_dialect
                 .or(file.stt_dialect)
@@ -495,6 +518,49 @@ impl Options {
             openai_api_key: openai_api_key.map(Secret::new),
         })
     }
+}
+
+/// The webhook delivery settings: flag/env over file over [`WebhookConfig::default`], each
+/// required to be positive.
+///
+/// [`WebhookConfig::default`]: crate::webhook::WebhookConfig
+fn resolve_webhook(cli: &Options, file: &Options) -> Result<crate::webhook::WebhookConfig, Error> {
+    let defaults = crate::webhook::WebhookConfig::default();
+    let positive = |field: &'static str, value: Option<u64>| match value {
+        Some(0) => Err(Error::Invalid {
+            field,
+            message: "must be positive".into(),
+        }),
+        other => Ok(other),
+    };
+    let poll = positive(
+        "webhook_poll_interval_ms",
+        cli.webhook_poll_interval_ms
+            .or(file.webhook_poll_interval_ms),
+    )?;
+    let timeout = positive(
+        "webhook_timeout_secs",
+        cli.webhook_timeout_secs.or(file.webhook_timeout_secs),
+    )?;
+    let backoff = positive(
+        "webhook_backoff_base_secs",
+        cli.webhook_backoff_base_secs
+            .or(file.webhook_backoff_base_secs),
+    )?;
+    let max_attempts = match cli.webhook_max_attempts.or(file.webhook_max_attempts) {
+        None => defaults.max_attempts,
+        Some(n) => std::num::NonZeroU32::new(n).ok_or(Error::Invalid {
+            field: "webhook_max_attempts",
+            message: "must be at least 1".into(),
+        })?,
+    };
+    Ok(crate::webhook::WebhookConfig {
+        poll_interval: poll.map_or(defaults.poll_interval, Duration::from_millis),
+        timeout: timeout.map_or(defaults.timeout, Duration::from_secs),
+        max_attempts,
+        backoff_base: backoff.map_or(defaults.backoff_base, Duration::from_secs),
+        backoff_max: defaults.backoff_max,
+    })
 }
 
 fn read_file(path: &Path) -> Result<Options, Error> {
@@ -672,6 +738,43 @@ mod tests {
         assert!(cfg.open_registration);
         assert_eq!(cfg.access_token_ttl, Duration::from_secs(6 * 3600));
         assert_eq!(cfg.openai_base_url.as_str(), "https://api.openai.com/v1");
+        assert_eq!(cfg.webhook.timeout, Duration::from_secs(10));
+        assert_eq!(cfg.webhook.max_attempts.get(), 12);
+    }
+
+    #[test]
+    fn webhook_settings_are_validated() {
+        let cli = Cli::parse_from([
+            "tandem",
+            "--webhook-timeout-secs",
+            "3",
+            "--webhook-poll-interval-ms",
+            "250",
+            "--webhook-backoff-base-secs",
+            "2",
+            "--webhook-max-attempts",
+            "4",
+        ]);
+        let cfg = cli.options.resolve_with_env(|_| None).unwrap();
+        assert_eq!(cfg.webhook.timeout, Duration::from_secs(3));
+        assert_eq!(cfg.webhook.poll_interval, Duration::from_millis(250));
+        assert_eq!(cfg.webhook.backoff_base, Duration::from_secs(2));
+        assert_eq!(cfg.webhook.max_attempts.get(), 4);
+        for flag in [
+            "--webhook-timeout-secs",
+            "--webhook-max-attempts",
+            "--webhook-poll-interval-ms",
+            "--webhook-backoff-base-secs",
+        ] {
+            let cli = Cli::parse_from(["tandem", flag, "0"]);
+            assert!(
+                matches!(
+                    cli.options.resolve_with_env(|_| None),
+                    Err(Error::Invalid { .. })
+                ),
+                "{flag} 0"
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! - [`pipeline`]: per-conversation live processing and the fan-out of its events.
 //! - [`records`]: what a visit leaves behind: summaries, synthetic medical histories, exports.
 //! - [`stt`]: the Realtime speech-to-text client (reconnects, replay, local VAD).
+//! - [`actions`]: the review rules of actions (editable fields, confirm/cancel).
+//! - [`webhook`]: signed delivery of confirmed actions to a clinic system, from the outbox.
 //! - [`store`]: persistence behind one trait; SQLite by default, Postgres behind a feature.
 //! - [`wire`]: the JSON shapes of stored rows shared by REST and WebSocket events.
 //! - [`auth`]: JWTs, password hashing and login throttling; no HTTP types.
@@ -16,6 +18,7 @@
 //! - [`server`]: the composition root that wires the above together and serves.
 //! - `testing` (feature `testing`): the loopback fake OpenAI server for tests and benches.
 
+pub mod actions;
 pub mod ai;
 pub mod audio;
 pub mod auth;
@@ -32,4 +35,5 @@ pub mod store;
 pub mod stt;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod webhook;
 pub mod wire;

@@ -43,7 +43,8 @@ async fn main() -> anyhow::Result<()> {
         config: config.pipeline(),
         pool: config.dsp_pool(),
     };
-    let state = AppState::new(store.clone(), auth, config.http(), pipeline)?;
+    let state = AppState::new(store.clone(), auth, config.http(), pipeline)?
+        .with_webhook(config.webhook.clone());
 
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config, state).await,

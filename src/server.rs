@@ -21,6 +21,9 @@ use crate::metrics::Gauge;
 use crate::pipeline::hub::Hub;
 use crate::pipeline::{PipelineConfig, Pipelines, Providers};
 use crate::stt::realtime::{RealtimeConfig, RealtimeStt};
+use crate::webhook::worker::DeliveryWorker;
+use crate::webhook::WebhookConfig;
+use tokio_util::sync::CancellationToken;
 
 /// Why the server could not be assembled.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +49,8 @@ pub struct AppState {
     pub pipelines: Arc<Pipelines>,
     /// `tandem_ws_connections{socket}`: open control and audio sockets.
     pub ws_connections: Gauge,
+    /// Settings of the webhook delivery worker [`run`] starts.
+    pub webhook: Arc<WebhookConfig>,
 }
 
 /// What the live pipeline is built from: providers (real or fake), its settings, and the
@@ -120,12 +125,47 @@ impl AppState {
             metrics,
             pipelines,
             ws_connections,
+            webhook: Arc::new(WebhookConfig::default()),
         })
+    }
+
+    /// The same state with other webhook delivery settings (the default is
+    /// [`WebhookConfig::default`]).
+    #[must_use]
+    pub fn with_webhook(mut self, config: WebhookConfig) -> Self {
+        self.webhook = Arc::new(config);
+        self
     }
 }
 
-/// Serves HTTP (REST, ops and, later, the WebSockets) on `listener` until `shutdown`
-/// completes. Then it stops accepting, lets in-flight requests finish for up to
+/// Aborts a spawned task when dropped, so a server future that is dropped (the runtime shuts
+/// down, a test aborts it) takes its background worker with it, as a crash would.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts the webhook delivery worker; `None` (logged) if its HTTP client cannot be built,
+/// in which case deliveries wait in the outbox for a process that can send them.
+fn start_delivery_worker(state: &AppState, stop: CancellationToken) -> Option<AbortOnDrop> {
+    match DeliveryWorker::new(
+        state.store.clone(),
+        (*state.webhook).clone(),
+        &state.metrics,
+    ) {
+        Ok(worker) => Some(AbortOnDrop(tokio::spawn(worker.run(stop)))),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start webhook delivery; deliveries stay queued");
+            None
+        }
+    }
+}
+
+/// Serves HTTP (REST, ops and the WebSockets) on `listener`, and runs the webhook delivery
+/// worker, until `shutdown` completes. Then it stops accepting, lets in-flight requests finish for up to
 /// [`HttpConfig::drain_timeout`], and returns; requests still running after the deadline are
 /// abandoned (the runtime's shutdown drops them).
 pub async fn run(
@@ -135,6 +175,8 @@ pub async fn run(
 ) {
     let drain_timeout = state.http.drain_timeout;
     let pipelines = state.pipelines.clone();
+    let stop_deliveries = CancellationToken::new();
+    let deliveries = start_delivery_worker(&state, stop_deliveries.clone());
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");
     }
@@ -164,6 +206,19 @@ pub async fn run(
             );
         }
     };
-    tokio::join!(http, pipelines.shutdown(drain_timeout));
+    // The delivery worker finishes the attempts in flight (each bounded by its timeout); one
+    // cut off by the deadline keeps its lease and is retried after the restart.
+    stop_deliveries.cancel();
+    let worker = async {
+        if let Some(mut task) = deliveries {
+            if tokio::time::timeout(drain_timeout, &mut task.0)
+                .await
+                .is_err()
+            {
+                tracing::warn!("drain deadline passed; abandoning webhook attempts in flight");
+            }
+        }
+    };
+    tokio::join!(http, pipelines.shutdown(drain_timeout), worker);
     tracing::info!("server drained");
 }

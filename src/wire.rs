@@ -136,7 +136,7 @@ impl From<&Message> for MessageView {
 
 /// The original's `AggregatedAction`: `type` is `note`, `followup`, `prescription` or a newer
 /// kind; `data` holds that type's fields.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ActionView {
     pub id: String,

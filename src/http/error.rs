@@ -39,6 +39,13 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("Username already exists")]
     UsernameTaken,
+    /// The request is valid but the resource's state does not allow it (e.g. confirming a
+    /// cancelled action, or a change that raced another one); the message says which.
+    #[error("{0}")]
+    Conflict(String),
+    /// Authenticated, but the caller's role may not do this; the message says who may.
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("origin not allowed")]
     OriginNotAllowed,
     #[error(transparent)]
@@ -83,9 +90,11 @@ impl ApiError {
                 auth::Error::Store(e) => store_status(e),
                 auth::Error::Config(_) | auth::Error::Hash(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
-            ApiError::RegistrationClosed | ApiError::OriginNotAllowed => StatusCode::FORBIDDEN,
+            ApiError::RegistrationClosed | ApiError::OriginNotAllowed | ApiError::Forbidden(_) => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::UsernameTaken => StatusCode::CONFLICT,
+            ApiError::UsernameTaken | ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Store(e) => store_status(e),
             ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
             ApiError::ConversationActive => StatusCode::CONFLICT,
@@ -107,6 +116,8 @@ impl ApiError {
             ApiError::RegistrationClosed => "registration_closed",
             ApiError::NotFound(_) => "not_found",
             ApiError::UsernameTaken => "username_taken",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::OriginNotAllowed => "origin_not_allowed",
             ApiError::Store(e) => e.code(),
             ApiError::InvalidQuery(_) => "invalid_query",
@@ -272,6 +283,8 @@ mod tests {
             (ApiError::NotFound("Conversation"), 404, "not_found"),
             (ApiError::UsernameTaken, 409, "username_taken"),
             (ApiError::RegistrationClosed, 403, "registration_closed"),
+            (ApiError::Conflict("x".into()), 409, "conflict"),
+            (ApiError::Forbidden("x"), 403, "forbidden"),
         ];
         for (e, status, code) in cases {
             assert_eq!(e.status().as_u16(), status, "{e:?}");

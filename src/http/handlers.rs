@@ -28,14 +28,14 @@ use crate::store::{
 type Result<T = Response, E = ApiError> = std::result::Result<T, E>;
 
 /// Default and maximum page sizes for paginated lists.
-const DEFAULT_PAGE: u32 = 100;
-const MAX_PAGE: u32 = 500;
+pub(super) const DEFAULT_PAGE: u32 = 100;
+pub(super) const MAX_PAGE: u32 = 500;
 /// `GET /conversations` returns a plain array (the original frontend's shape) of at most this
 /// many, newest first.
 const MAX_CONVERSATIONS: u32 = 1000;
 const NAME_MAX: usize = 200;
 
-fn json<T: Serialize>(value: &T) -> Response {
+pub(super) fn json<T: Serialize>(value: &T) -> Response {
     reply::json(value).into_response()
 }
 
@@ -357,7 +357,7 @@ pub(super) async fn conversation(
         .map_err(not_found("Conversation"))
 }
 
-fn not_found(what: &'static str) -> impl Fn(store::Error) -> ApiError {
+pub(super) fn not_found(what: &'static str) -> impl Fn(store::Error) -> ApiError {
     move |e| match e {
         store::Error::NotFound => ApiError::NotFound(what),
         e => e.into(),
@@ -386,7 +386,7 @@ pub(super) async fn audit(
 
 /// Given up to `limit + 1` rows, keeps `limit` and returns the cursor of the last kept row
 /// when there is more.
-fn split_page<T>(
+pub(super) fn split_page<T>(
     mut rows: Vec<T>,
     limit: u32,
     id: impl Fn(&T) -> String,

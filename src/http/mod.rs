@@ -19,6 +19,7 @@ use warp::reply::Response;
 use warp::{Filter, Reply as _};
 
 pub mod console;
+pub mod actions;
 pub mod cors;
 pub mod error;
 pub mod filters;
@@ -79,6 +80,8 @@ pub fn routes(
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
     let app = ops(state.clone())
         .or(api(state.clone()))
+        .unify()
+        .or(action_api(state.clone()))
         .unify()
         .or(sockets(state.clone()))
         .unify()
@@ -358,6 +361,104 @@ fn api(state: AppState) -> BoxedFilter<(Response,)> {
     .fold(health, |acc, route| acc.or(route).unify().boxed())
 }
 
+/// Action review (`/actions/:id`, edit, confirm, cancel, deliveries), the organization's
+/// webhook and the delivery log.
+fn action_api(state: AppState) -> BoxedFilter<(Response,)> {
+    let limit = state.http.max_body_bytes;
+    let st = || with_state(state.clone());
+    let auth = || with_auth(state.clone());
+
+    let get_action = warp::path!("api" / "v1" / "actions" / String)
+        .and(warp::get())
+        .and(st())
+        .and(auth())
+        .then(|id, state, p| actions::get_action(state, p, id))
+        .map(respond)
+        .boxed();
+    let edit_action = warp::path!("api" / "v1" / "actions" / String)
+        .and(warp::patch())
+        .and(st())
+        .and(auth())
+        .and(json_body(limit))
+        .then(|id, state, p, body| actions::edit_action(state, p, id, body))
+        .map(respond)
+        .boxed();
+    let confirm = warp::path!("api" / "v1" / "actions" / String / "confirm")
+        .and(warp::post())
+        .and(st())
+        .and(auth())
+        .then(|id, state, p| actions::confirm_action(state, p, id))
+        .map(respond)
+        .boxed();
+    let cancel = warp::path!("api" / "v1" / "actions" / String / "cancel")
+        .and(warp::post())
+        .and(st())
+        .and(auth())
+        .then(|id, state, p| actions::cancel_action(state, p, id))
+        .map(respond)
+        .boxed();
+    let action_deliveries = warp::path!("api" / "v1" / "actions" / String / "deliveries")
+        .and(warp::get())
+        .and(st())
+        .and(auth())
+        .then(|id, state, p| actions::action_deliveries(state, p, id))
+        .map(respond)
+        .boxed();
+
+    let webhook = || warp::path!("api" / "v1" / "organization" / "webhook");
+    let get_webhook = webhook()
+        .and(warp::get())
+        .and(st())
+        .and(auth())
+        .then(actions::get_webhook)
+        .map(respond)
+        .boxed();
+    let put_webhook = webhook()
+        .and(warp::put())
+        .and(st())
+        .and(auth())
+        .and(json_body(limit))
+        .then(actions::put_webhook)
+        .map(respond)
+        .boxed();
+    let delete_webhook = webhook()
+        .and(warp::delete())
+        .and(st())
+        .and(auth())
+        .then(actions::delete_webhook)
+        .map(respond)
+        .boxed();
+    let deliveries = warp::path!("api" / "v1" / "webhook-deliveries")
+        .and(warp::get())
+        .and(st())
+        .and(auth())
+        .and(warp::query())
+        .then(actions::list_deliveries)
+        .map(respond)
+        .boxed();
+    let retry = warp::path!("api" / "v1" / "webhook-deliveries" / String / "retry")
+        .and(warp::post())
+        .and(st())
+        .and(auth())
+        .then(|id, state, p| actions::retry_delivery(state, p, id))
+        .map(respond)
+        .boxed();
+
+    [
+        edit_action,
+        confirm,
+        cancel,
+        action_deliveries,
+        get_webhook,
+        put_webhook,
+        delete_webhook,
+        deliveries,
+        retry,
+    ]
+    .into_iter()
+    .fold(get_action, |acc, route| acc.or(route).unify().boxed())
+}
+
 /// A bounded-cardinality label for metrics: known path words kept, anything else (ids,
 /// junk from scanners) becomes `:id`.
 fn route_label(path: &str) -> String {
@@ -378,6 +479,13 @@ fn route_label(path: &str) -> String {
         "summary",
         "end",
         "export",
+        "confirm",
+        "cancel",
+        "deliveries",
+        "organization",
+        "webhook",
+        "webhook-deliveries",
+        "retry",
         "healthz",
         "readyz",
         "metrics",

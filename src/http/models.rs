@@ -136,3 +136,113 @@ pub struct PatientPage {
     pub patients: Vec<PatientView>,
     pub next_cursor: Option<String>,
 }
+
+// ---------- actions under review, webhook and deliveries ----------
+
+/// `PATCH /actions/:id`: the `data` fields to change (validated per action type).
+#[derive(Debug, Deserialize)]
+pub struct EditActionRequest {
+    pub data: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `PUT /organization/webhook`.
+#[derive(Debug, Deserialize)]
+pub struct PutWebhookRequest {
+    pub url: String,
+    /// Generated (and returned once) when absent.
+    pub secret: Option<String>,
+}
+
+/// The webhook as any member of the organization may see it: never the secret.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookView {
+    pub url: String,
+    pub created_at: String,
+    pub updated_at: String,
+    /// Only in the reply to a `PUT` that generated it; shown once, never again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+impl From<&crate::store::Webhook> for WebhookView {
+    fn from(w: &crate::store::Webhook) -> Self {
+        Self {
+            url: w.url.clone(),
+            created_at: iso_millis(w.created_at),
+            updated_at: iso_millis(w.updated_at),
+            secret: None,
+        }
+    }
+}
+
+/// One delivery (outbox row) and its attempt log.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryView {
+    pub id: String,
+    pub action_id: String,
+    pub event: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: &'static str,
+    pub attempts: u32,
+    /// When the next attempt is due; `null` unless pending.
+    pub next_attempt_at: Option<String>,
+    pub last_error: Option<String>,
+    pub idempotency_key: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub delivered_at: Option<String>,
+    pub attempt_log: Vec<AttemptView>,
+}
+
+impl DeliveryView {
+    pub fn new(d: &crate::store::Delivery, log: Vec<AttemptView>) -> Self {
+        Self {
+            id: d.id.clone(),
+            action_id: d.action_id.clone(),
+            event: d.event.clone(),
+            status: d.status.as_str(),
+            attempts: d.attempts,
+            next_attempt_at: (d.status == crate::store::DeliveryStatus::Pending)
+                .then(|| iso_millis(d.next_attempt_at)),
+            last_error: d.last_error.clone(),
+            idempotency_key: d.idempotency_key.clone(),
+            created_at: iso_millis(d.created_at),
+            updated_at: iso_millis(d.updated_at),
+            delivered_at: d.delivered_at.map(iso_millis),
+            attempt_log: log,
+        }
+    }
+}
+
+/// One finished attempt.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub started_at: String,
+    pub duration_ms: u32,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+}
+
+impl From<&crate::store::DeliveryAttempt> for AttemptView {
+    fn from(a: &crate::store::DeliveryAttempt) -> Self {
+        Self {
+            attempt: a.attempt,
+            started_at: iso_millis(a.started_at),
+            duration_ms: a.duration_ms,
+            status_code: a.status_code,
+            error: a.error.clone(),
+        }
+    }
+}
+
+/// See [`MessagePage`].
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryPage {
+    pub deliveries: Vec<DeliveryView>,
+    pub next_cursor: Option<String>,
+}

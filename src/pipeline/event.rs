@@ -43,6 +43,9 @@ pub enum ServerEvent {
     CommandExecuted { payload: CommandExecuted },
     #[serde(rename = "action_created")]
     ActionCreated { payload: ActionView },
+    /// An action was edited, confirmed or cancelled over REST.
+    #[serde(rename = "action_updated")]
+    ActionUpdated { payload: ActionView },
     /// End of one utterance's processing.
     #[serde(rename = "processing_completed")]
     ProcessingCompleted { payload: ProcessingCompleted },

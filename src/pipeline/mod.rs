@@ -405,6 +405,15 @@ impl Pipelines {
         }
     }
 
+    /// Announces an action's creation or change: to the control sockets of users who asked
+    /// about the conversation, then to its audio sockets (if it is live).
+    pub fn publish_action(&self, conversation_id: &str, event: &ServerEvent) {
+        let frame = event.to_frame();
+        self.hub
+            .publish(conversation_id, Audience::Control, frame.clone());
+        self.hub.publish(conversation_id, Audience::Audio, frame);
+    }
+
     fn publish(&self, conversation_id: &str, audience: Audience, event: &ServerEvent) {
         self.hub
             .publish(conversation_id, audience, event.to_frame());

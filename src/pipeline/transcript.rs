@@ -560,8 +560,7 @@ async fn run_command(pipelines: &Pipelines, live: &Live, original: &Message, cli
                             let executed =
                                 CommandExecuted::success(command.name(), planned.message, &view);
                             let created = ServerEvent::ActionCreated { payload: view };
-                            pipelines.publish(id, Audience::Control, &created);
-                            pipelines.publish(id, Audience::Audio, &created);
+                            pipelines.publish_action(id, &created);
                             executed
                         }
                         Err(e) => {

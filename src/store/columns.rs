@@ -23,9 +23,23 @@ pub(super) const MSG_COLS: &str = "id, conversation_id, timestamp, sender_type, 
      speaker_confidence, timings";
 pub(super) const ACTION_COLS: &str =
     "id, conversation_id, kind, status, data, created_at, updated_at";
+/// [`ACTION_COLS`] qualified for joins.
+pub(super) const A_ACTION_COLS: &str =
+    "a.id, a.conversation_id, a.kind, a.status, a.data, a.created_at, a.updated_at";
 pub(super) const DOC_COLS: &str = "id, conversation_id, content, created_at, updated_at";
 /// [`DOC_COLS`] qualified for joins.
 pub(super) const D_DOC_COLS: &str =
     "d.id, d.conversation_id, d.content, d.created_at, d.updated_at";
 pub(super) const AUDIT_COLS: &str =
     "id, organization_id, user_id, action, entity_type, entity_id, at";
+pub(super) const WEBHOOK_COLS: &str = "organization_id, url, secret, created_at, updated_at";
+pub(super) const DELIVERY_COLS: &str = "id, organization_id, action_id, event, idempotency_key, \
+     payload, status, attempts, next_attempt_at, last_error, created_at, updated_at, delivered_at";
+/// [`DELIVERY_COLS`] qualified for joins.
+pub(super) const O_DELIVERY_COLS: &str = "o.id, o.organization_id, o.action_id, o.event, \
+     o.idempotency_key, o.payload, o.status, o.attempts, o.next_attempt_at, o.last_error, \
+     o.created_at, o.updated_at, o.delivered_at";
+/// Number of columns in [`DELIVERY_COLS`]; claims select the lease token, URL and secret after.
+pub(super) const DELIVERY_NCOLS: usize = 13;
+pub(super) const ATTEMPT_COLS: &str =
+    "id, delivery_id, attempt, started_at, duration_ms, status_code, error";

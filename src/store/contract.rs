@@ -11,8 +11,9 @@
 use serde_json::json;
 
 use super::{
-    new_id, now_millis, ConversationStatus, DocumentKind, Error, Inserted, NewAction,
-    NewAuditEntry, NewConversation, NewMessage, NewPatient, NewUser, Organization, Page,
+    new_id, next_updated_at, now_millis, Action, ActionChange, ConversationStatus, DeliveryOutcome,
+    DeliveryStatus, DocumentKind, Error, Inserted, NewAction, NewAuditEntry, NewConversation,
+    NewDelivery, NewDeliveryAttempt, NewMessage, NewPatient, NewUser, Organization, Page,
     PatientUpdate, RefreshToken, SenderType, Store, User, UserRole,
 };
 
@@ -42,6 +43,8 @@ pub async fn run(store: &dyn Store) {
     message_pagination(store).await;
     actions_and_documents(store).await;
     patient_documents(store).await;
+    action_review(store).await;
+    webhook_outbox(store).await;
     audit(store).await;
     verbatim_strings(store).await;
 }
@@ -865,6 +868,441 @@ async fn patient_documents(store: &dyn Store) {
         None,
         "tenant-scoped"
     );
+}
+
+async fn insert_prescription(store: &dyn Store, conversation_id: &str) -> Action {
+    store
+        .insert_action(NewAction {
+            conversation_id: conversation_id.into(),
+            kind: "prescription".into(),
+            status: "pending_review".into(),
+            data: json!({"medicationName": "Ibuprofen", "dosage": "400 mg",
+                         "frequency": "every 8 hours", "details": null}),
+        })
+        .await
+        .unwrap()
+}
+
+/// The change that confirms `action`, queueing `action.confirmed` under `key`.
+fn confirm(action: &Action, key: &str) -> ActionChange {
+    ActionChange {
+        expected_updated_at: action.updated_at,
+        status: "confirmed".into(),
+        data: action.data.clone(),
+        updated_at: next_updated_at(action.updated_at),
+        delivery: Some(NewDelivery {
+            event: "action.confirmed".into(),
+            idempotency_key: key.into(),
+            payload: json!({"event": "action.confirmed", "actionId": action.id}),
+        }),
+    }
+}
+
+async fn action_review(store: &dyn Store) {
+    let (org, user) = tenant(store).await;
+    let (other, _) = tenant(store).await;
+    let conv = conversation(store, &org, &user).await;
+    let rx = insert_prescription(store, &conv).await;
+
+    assert_eq!(store.get_action(&org.id, &rx.id).await.unwrap(), rx);
+    assert_not_found(
+        store.get_action(&other.id, &rx.id).await,
+        "other org's action",
+    );
+    assert_not_found(store.get_action(&org.id, &new_id()).await, "unknown action");
+
+    let edit = ActionChange {
+        expected_updated_at: rx.updated_at,
+        status: rx.status.clone(),
+        data: json!({"medicationName": "Ibuprofen", "dosage": "200 mg",
+                     "frequency": "every 8 hours", "details": "with food"}),
+        // Same millisecond as the insert is the case the strictly-later rule exists for.
+        updated_at: next_updated_at(rx.updated_at),
+        delivery: None,
+    };
+    assert_not_found(
+        store.update_action(&other.id, &rx.id, edit.clone()).await,
+        "update through another organization",
+    );
+    let (edited, queued) = store
+        .update_action(&org.id, &rx.id, edit.clone())
+        .await
+        .unwrap();
+    assert_eq!(queued, None);
+    assert_eq!(edited.data["dosage"], "200 mg");
+    assert!(edited.updated_at > rx.updated_at);
+    assert_eq!(
+        (edited.id.as_str(), edited.created_at),
+        (rx.id.as_str(), rx.created_at)
+    );
+    assert_eq!(store.get_action(&org.id, &rx.id).await.unwrap(), edited);
+
+    // A change computed from a stale read is refused and changes nothing.
+    let stale = store.update_action(&org.id, &rx.id, edit).await;
+    assert!(
+        matches!(stale, Err(Error::Conflict(_))),
+        "stale write: {stale:?}"
+    );
+    assert_eq!(store.get_action(&org.id, &rx.id).await.unwrap(), edited);
+
+    // Without a webhook the change applies and nothing is queued.
+    let (confirmed, queued) = store
+        .update_action(&org.id, &rx.id, confirm(&edited, &format!("{}:c", rx.id)))
+        .await
+        .unwrap();
+    assert_eq!(confirmed.status, "confirmed");
+    assert_eq!(queued, None);
+    assert!(store
+        .list_deliveries(&org.id, None, &Page::default())
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn webhook_outbox(store: &dyn Store) {
+    let (org, user) = tenant(store).await;
+    let (other, _) = tenant(store).await;
+    let conv = conversation(store, &org, &user).await;
+
+    assert_not_found(store.get_webhook(&org.id).await, "no webhook yet");
+    let first = store
+        .put_webhook(&org.id, "http://127.0.0.1:9/a", "s1")
+        .await
+        .unwrap();
+    let hook = store
+        .put_webhook(&org.id, "https://clinic.example/hook", "s2")
+        .await
+        .unwrap();
+    assert_eq!(
+        hook.created_at, first.created_at,
+        "put replaces, keeps the row"
+    );
+    assert_eq!(
+        (hook.url.as_str(), hook.secret.as_str()),
+        ("https://clinic.example/hook", "s2")
+    );
+    assert_eq!(store.get_webhook(&org.id).await.unwrap(), hook);
+    assert_not_found(store.get_webhook(&other.id).await, "other org's webhook");
+
+    // Confirming queues the event in the same transaction as the status change.
+    let rx = insert_prescription(store, &conv).await;
+    let key = format!("{}:action.confirmed", rx.id);
+    let (confirmed, queued) = store
+        .update_action(&org.id, &rx.id, confirm(&rx, &key))
+        .await
+        .unwrap();
+    let queued = queued.expect("a delivery is queued when a webhook exists");
+    assert_eq!(confirmed.status, "confirmed");
+    assert_eq!(
+        (queued.status, queued.attempts),
+        (DeliveryStatus::Pending, 0)
+    );
+    assert_eq!(queued.action_id, rx.id);
+    assert_eq!(queued.idempotency_key, key);
+    assert_eq!(queued.payload["actionId"], rx.id.as_str());
+
+    // A second event with the same key is a conflict and rolls the status change back too.
+    let rx2 = insert_prescription(store, &conv).await;
+    let dup = store
+        .update_action(&org.id, &rx2.id, confirm(&rx2, &key))
+        .await;
+    assert!(
+        matches!(dup, Err(Error::Conflict(_))),
+        "duplicate key: {dup:?}"
+    );
+    assert_eq!(store.get_action(&org.id, &rx2.id).await.unwrap(), rx2);
+
+    let listed = store
+        .list_deliveries(&org.id, None, &Page::default())
+        .await
+        .unwrap();
+    assert_eq!(listed, vec![queued.clone()]);
+    assert_eq!(
+        store
+            .list_deliveries(&org.id, Some(&rx.id), &Page::default())
+            .await
+            .unwrap(),
+        vec![queued.clone()]
+    );
+    assert!(store
+        .list_deliveries(&org.id, Some(&rx2.id), &Page::default())
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .list_deliveries(&other.id, None, &Page::default())
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Claims and leases. Other runs' rows may be due too, so look for this row only.
+    const ALL: u32 = 100_000;
+    let t = queued.next_attempt_at;
+    let mine = |claimed: Vec<super::ClaimedDelivery>| {
+        claimed.into_iter().find(|c| c.delivery.id == queued.id)
+    };
+    assert!(mine(store.claim_deliveries(t - 1, t + 1_000, ALL).await.unwrap()).is_none());
+    let c1 = mine(store.claim_deliveries(t, t + 1_000, ALL).await.unwrap()).expect("due");
+    assert_eq!(c1.delivery.attempts, 1, "a claim counts the attempt");
+    assert_eq!(
+        (c1.url.as_str(), c1.secret.as_str()),
+        (hook.url.as_str(), "s2")
+    );
+    assert!(
+        mine(
+            store
+                .claim_deliveries(t + 500, t + 1_500, ALL)
+                .await
+                .unwrap()
+        )
+        .is_none(),
+        "leased rows are not claimed twice"
+    );
+    // The first worker "crashed": its lease runs out and the row is due again.
+    let c2 = mine(
+        store
+            .claim_deliveries(t + 1_000, t + 2_000, ALL)
+            .await
+            .unwrap(),
+    )
+    .expect("an expired lease makes the row due again");
+    assert_eq!(c2.delivery.attempts, 2);
+    assert_ne!(c2.lease_token, c1.lease_token);
+
+    let attempt = |claim: &super::ClaimedDelivery, token: &str, outcome| NewDeliveryAttempt {
+        delivery_id: claim.delivery.id.clone(),
+        lease_token: token.to_owned(),
+        attempt: claim.delivery.attempts,
+        started_at: t,
+        duration_ms: 12,
+        status_code: Some(500),
+        error: Some("HTTP 500".into()),
+        outcome,
+    };
+    // The dead worker's late report is logged but does not touch the row the new lease holds.
+    store
+        .record_delivery_attempt(attempt(&c1, &c1.lease_token, DeliveryOutcome::GiveUp))
+        .await
+        .unwrap();
+    let row = &store
+        .list_deliveries(&org.id, None, &Page::default())
+        .await
+        .unwrap()[0];
+    assert_eq!((row.status, row.attempts), (DeliveryStatus::Pending, 2));
+    store
+        .record_delivery_attempt(attempt(
+            &c2,
+            &c2.lease_token,
+            DeliveryOutcome::Retry {
+                next_attempt_at: t + 5_000,
+            },
+        ))
+        .await
+        .unwrap();
+    let row = &store
+        .list_deliveries(&org.id, None, &Page::default())
+        .await
+        .unwrap()[0];
+    assert_eq!(
+        (row.status, row.next_attempt_at),
+        (DeliveryStatus::Pending, t + 5_000)
+    );
+    assert_eq!(row.last_error.as_deref(), Some("HTTP 500"));
+    assert!(mine(
+        store
+            .claim_deliveries(t + 4_999, t + 9_000, ALL)
+            .await
+            .unwrap()
+    )
+    .is_none());
+    let c3 = mine(
+        store
+            .claim_deliveries(t + 5_000, t + 9_000, ALL)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(c3.delivery.attempts, 3);
+    store
+        .record_delivery_attempt(attempt(&c3, &c3.lease_token, DeliveryOutcome::GiveUp))
+        .await
+        .unwrap();
+    let row = &store
+        .list_deliveries(&org.id, None, &Page::default())
+        .await
+        .unwrap()[0];
+    assert_eq!(row.status, DeliveryStatus::Failed);
+    assert!(mine(
+        store
+            .claim_deliveries(t + 60_000, t + 61_000, ALL)
+            .await
+            .unwrap()
+    )
+    .is_none());
+
+    let log = store
+        .list_delivery_attempts(&org.id, &[queued.id.clone(), new_id()])
+        .await
+        .unwrap();
+    assert_eq!(log.len(), 3, "every reported attempt is logged");
+    assert!(log
+        .iter()
+        .all(|a| a.delivery_id == queued.id && a.status_code == Some(500) && a.duration_ms == 12));
+    assert!(store
+        .list_delivery_attempts(&other.id, std::slice::from_ref(&queued.id))
+        .await
+        .unwrap()
+        .is_empty());
+
+    // An admin retry makes it pending again with a fresh budget; only failed rows qualify.
+    assert_not_found(
+        store
+            .retry_delivery(&other.id, &queued.id, t + 70_000)
+            .await,
+        "retry through another organization",
+    );
+    let retried = store
+        .retry_delivery(&org.id, &queued.id, t + 70_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        (retried.status, retried.attempts),
+        (DeliveryStatus::Pending, 0)
+    );
+    assert!(matches!(
+        store.retry_delivery(&org.id, &queued.id, t + 70_000).await,
+        Err(Error::Conflict(_))
+    ));
+    let c4 = mine(
+        store
+            .claim_deliveries(t + 70_000, t + 71_000, ALL)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(c4.delivery.attempts, 1);
+    // A 2xx wins even when reported under a lost lease: the receiver has it.
+    store
+        .record_delivery_attempt(NewDeliveryAttempt {
+            status_code: Some(204),
+            error: None,
+            ..attempt(&c4, "an-expired-lease", DeliveryOutcome::Delivered)
+        })
+        .await
+        .unwrap();
+    let row = &store
+        .list_deliveries(&org.id, None, &Page::default())
+        .await
+        .unwrap()[0];
+    assert_eq!(row.status, DeliveryStatus::Delivered);
+    assert!(row.delivered_at.is_some());
+    assert_eq!(row.last_error, None);
+    assert!(
+        mine(
+            store
+                .claim_deliveries(t + 99_000, t + 99_500, ALL)
+                .await
+                .unwrap()
+        )
+        .is_none(),
+        "a delivered row is never claimed again"
+    );
+    assert!(matches!(
+        store.retry_delivery(&org.id, &queued.id, t + 99_000).await,
+        Err(Error::Conflict(_))
+    ));
+
+    // Pagination, newest first.
+    let (_, second) = store
+        .update_action(&org.id, &rx2.id, confirm(&rx2, &format!("{}:c", rx2.id)))
+        .await
+        .unwrap();
+    let second = second.unwrap();
+    let page1 = store
+        .list_deliveries(
+            &org.id,
+            None,
+            &Page {
+                after: None,
+                limit: 1,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page1.iter().map(|d| &d.id).collect::<Vec<_>>(),
+        [&second.id]
+    );
+    let page2 = store
+        .list_deliveries(
+            &org.id,
+            None,
+            &Page {
+                after: Some(second.id.clone()),
+                limit: 1,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page2.iter().map(|d| &d.id).collect::<Vec<_>>(),
+        [&queued.id]
+    );
+    assert_not_found(
+        store
+            .list_deliveries(
+                &org.id,
+                None,
+                &Page {
+                    after: Some(new_id()),
+                    limit: 1,
+                },
+            )
+            .await,
+        "unknown delivery cursor",
+    );
+
+    // Removing the webhook fails what is still pending and stops claims for it.
+    store.delete_webhook(&org.id).await.unwrap();
+    assert_not_found(store.get_webhook(&org.id).await, "deleted webhook");
+    assert_not_found(store.delete_webhook(&org.id).await, "deleting twice");
+    let rows = store
+        .list_deliveries(&org.id, None, &Page::default())
+        .await
+        .unwrap();
+    let pending = rows.iter().find(|d| d.id == second.id).unwrap();
+    assert_eq!(pending.status, DeliveryStatus::Failed);
+    assert_eq!(pending.last_error.as_deref(), Some("webhook removed"));
+    let delivered = rows.iter().find(|d| d.id == queued.id).unwrap();
+    assert_eq!(
+        delivered.status,
+        DeliveryStatus::Delivered,
+        "history is kept"
+    );
+    // A 2xx that arrives after the row was failed (the request was in flight) still counts.
+    store
+        .record_delivery_attempt(NewDeliveryAttempt {
+            delivery_id: second.id.clone(),
+            lease_token: "the-lease-of-the-in-flight-request".into(),
+            attempt: 1,
+            started_at: t,
+            duration_ms: 5,
+            status_code: Some(200),
+            error: None,
+            outcome: DeliveryOutcome::Delivered,
+        })
+        .await
+        .unwrap();
+    let rows = store
+        .list_deliveries(&org.id, None, &Page::default())
+        .await
+        .unwrap();
+    let late = rows.iter().find(|d| d.id == second.id).unwrap();
+    assert_eq!(late.status, DeliveryStatus::Delivered);
+    assert!(matches!(
+        store.retry_delivery(&org.id, &second.id, t).await,
+        Err(Error::Conflict(_))
+    ));
 }
 
 async fn audit(store: &dyn Store) {

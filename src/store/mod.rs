@@ -13,9 +13,15 @@ use serde::{Deserialize, Serialize};
 
 mod columns;
 pub mod contract;
+mod outbox;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod sqlite;
+
+pub use outbox::{
+    ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryOutcome, DeliveryStatus, NewDelivery,
+    NewDeliveryAttempt, Webhook,
+};
 
 /// UTC milliseconds since the Unix epoch.
 pub type Millis = i64;
@@ -403,6 +409,29 @@ pub struct NewAction {
     pub data: serde_json::Value,
 }
 
+/// A reviewed change of an action (edit, confirm, cancel), computed by the caller from the row
+/// it read.
+#[derive(Debug, Clone)]
+pub struct ActionChange {
+    /// The row's `updated_at` as the caller read it. The change applies only if no other change
+    /// landed since (compare-and-set); otherwise the store answers [`Error::Conflict`].
+    pub expected_updated_at: Millis,
+    pub status: String,
+    pub data: serde_json::Value,
+    /// Must be greater than `expected_updated_at` (see [`next_updated_at`]), so that every
+    /// change moves the compare-and-set token.
+    pub updated_at: Millis,
+    /// A webhook event queued in the same transaction, if the organization has a webhook
+    /// (otherwise nothing is queued and the change still applies).
+    pub delivery: Option<NewDelivery>,
+}
+
+/// The `updated_at` of a change to a row last changed at `previous`: now, but strictly later
+/// than `previous` even when two changes land in the same millisecond.
+pub fn next_updated_at(previous: Millis) -> Millis {
+    now_millis().max(previous.saturating_add(1))
+}
+
 /// A text document attached to a conversation: its summary or its (mock) medical history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Document {
@@ -618,6 +647,66 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_action(&self, action: NewAction) -> Result<Action>;
     /// Newest first.
     async fn list_actions(&self, conversation_id: &str) -> Result<Vec<Action>>;
+
+    // --- action review (REST edit, confirm, cancel) ---
+    /// An action of a conversation of the organization.
+    async fn get_action(&self, organization_id: &str, id: &str) -> Result<Action>;
+    /// Applies `change` if the row still has `change.expected_updated_at` (else `Conflict`),
+    /// and in the same transaction queues `change.delivery` when the organization has a
+    /// webhook. Returns the new row and the queued delivery, if any. `Conflict` also when the
+    /// delivery's idempotency key was already queued (the event happened before).
+    async fn update_action(
+        &self,
+        organization_id: &str,
+        id: &str,
+        change: ActionChange,
+    ) -> Result<(Action, Option<Delivery>)>;
+
+    // --- webhook and outbox ---
+    /// Creates or replaces the organization's webhook.
+    async fn put_webhook(&self, organization_id: &str, url: &str, secret: &str) -> Result<Webhook>;
+    async fn get_webhook(&self, organization_id: &str) -> Result<Webhook>;
+    /// Removes the webhook and fails its pending deliveries (there is nowhere left to send
+    /// them; an admin can retry them after configuring a new one).
+    async fn delete_webhook(&self, organization_id: &str) -> Result<()>;
+    /// Leases up to `limit` due deliveries (pending, `next_attempt_at <= now`, no live lease)
+    /// whose organization has a webhook, until `lease_until`, counting the attempt. Oldest due
+    /// first. Concurrent callers never get the same row while its lease lives.
+    async fn claim_deliveries(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>>;
+    /// Logs a finished attempt and applies its outcome to the outbox row. `Delivered` applies
+    /// to any row not yet delivered, whatever its lease or status (the receiver has the event,
+    /// so it must never be queued again, not even by an admin retry of a row failed
+    /// meanwhile); `Retry` and `GiveUp` only to a pending row whose lease token is the
+    /// caller's (a newer claim wins). The log row is written either way.
+    async fn record_delivery_attempt(&self, attempt: NewDeliveryAttempt) -> Result<()>;
+    /// The organization's deliveries, newest first (by creation, then id); `action_id`
+    /// narrows to one action's.
+    async fn list_deliveries(
+        &self,
+        organization_id: &str,
+        action_id: Option<&str>,
+        page: &Page,
+    ) -> Result<Vec<Delivery>>;
+    /// The logged attempts of these deliveries (ids of other organizations are ignored),
+    /// by delivery then start time.
+    async fn list_delivery_attempts(
+        &self,
+        organization_id: &str,
+        delivery_ids: &[String],
+    ) -> Result<Vec<DeliveryAttempt>>;
+    /// Makes a `failed` delivery pending again, due at `now`, with its attempt count reset.
+    /// `Conflict` if it is not failed.
+    async fn retry_delivery(
+        &self,
+        organization_id: &str,
+        id: &str,
+        now: Millis,
+    ) -> Result<Delivery>;
 
     // --- documents (summary, medical history) ---
     /// Inserts or replaces the conversation's document of that kind.

@@ -21,14 +21,22 @@ use tokio_postgres::{Client, Config, NoTls, Row};
 
 use super::columns::*;
 use super::{
-    new_id, now_millis, Action, AppliedMigration, AuditEntry, Conversation, ConversationStatus,
-    ConversationWithPatient, Document, DocumentKind, Error, Inserted, Message, Millis, NewAction,
-    NewAuditEntry, NewConversation, NewMessage, NewPatient, NewUser, Organization, Page, Patient,
-    PatientUpdate, RefreshToken, Result, SenderType, Store, User, UserRole,
+    new_id, now_millis, Action, ActionChange, AppliedMigration, AuditEntry, ClaimedDelivery,
+    Conversation, ConversationStatus, ConversationWithPatient, Delivery, DeliveryAttempt,
+    DeliveryOutcome, DeliveryStatus, Document, DocumentKind, Error, Inserted, Message, Millis,
+    NewAction, NewAuditEntry, NewConversation, NewDeliveryAttempt, NewMessage, NewPatient, NewUser,
+    Organization, Page, Patient, PatientUpdate, RefreshToken, Result, SenderType, Store, User,
+    UserRole, Webhook,
 };
 
 /// Embedded migrations, applied in order on connect; the version is the file's number.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("migrations/postgres/0002_webhook_outbox.sql"),
+    ),
+];
 
 /// Used when the URL sets no `connect_timeout`, so an unreachable server fails fast as
 /// `Unavailable` instead of hanging a request.
@@ -338,6 +346,67 @@ fn action_row(r: &Row) -> Result<Action> {
         data: json_col(r, 4)?.unwrap_or(serde_json::Value::Null),
         created_at: r.try_get(5)?,
         updated_at: r.try_get(6)?,
+    })
+}
+
+/// A BIGINT count or duration that the domain keeps as a smaller unsigned type.
+fn small_col<T: TryFrom<i64>>(r: &Row, idx: usize) -> Result<T> {
+    let v: i64 = r.try_get(idx)?;
+    T::try_from(v).map_err(|_| Error::Backend(format!("value {v} out of range in column {idx}")))
+}
+
+fn webhook_row(r: &Row) -> Result<Webhook> {
+    Ok(Webhook {
+        organization_id: r.try_get(0)?,
+        url: r.try_get(1)?,
+        secret: r.try_get(2)?,
+        created_at: r.try_get(3)?,
+        updated_at: r.try_get(4)?,
+    })
+}
+
+fn delivery_row(r: &Row) -> Result<Delivery> {
+    Ok(Delivery {
+        id: r.try_get(0)?,
+        organization_id: r.try_get(1)?,
+        action_id: r.try_get(2)?,
+        event: r.try_get(3)?,
+        idempotency_key: r.try_get(4)?,
+        payload: json_col(r, 5)?.unwrap_or(serde_json::Value::Null),
+        status: enum_col(r, 6, DeliveryStatus::parse)?,
+        attempts: small_col(r, 7)?,
+        next_attempt_at: r.try_get(8)?,
+        last_error: r.try_get(9)?,
+        created_at: r.try_get(10)?,
+        updated_at: r.try_get(11)?,
+        delivered_at: r.try_get(12)?,
+    })
+}
+
+fn claimed_row(r: &Row) -> Result<ClaimedDelivery> {
+    Ok(ClaimedDelivery {
+        delivery: delivery_row(r)?,
+        lease_token: r.try_get(DELIVERY_NCOLS)?,
+        url: r.try_get(DELIVERY_NCOLS + 1)?,
+        secret: r.try_get(DELIVERY_NCOLS + 2)?,
+    })
+}
+
+fn attempt_row(r: &Row) -> Result<DeliveryAttempt> {
+    let status_code: Option<i64> = r.try_get(5)?;
+    Ok(DeliveryAttempt {
+        id: r.try_get(0)?,
+        delivery_id: r.try_get(1)?,
+        attempt: small_col(r, 2)?,
+        started_at: r.try_get(3)?,
+        duration_ms: small_col(r, 4)?,
+        status_code: status_code
+            .map(|c| {
+                u16::try_from(c)
+                    .map_err(|_| Error::Backend(format!("status code {c} out of range")))
+            })
+            .transpose()?,
+        error: r.try_get(6)?,
     })
 }
 
@@ -956,6 +1025,295 @@ impl Store for PostgresStore {
                 .await?,
             action_row,
         )
+    }
+
+    async fn get_action(&self, organization_id: &str, id: &str) -> Result<Action> {
+        let sql = format!(
+            "SELECT {A_ACTION_COLS} FROM actions a JOIN conversations c ON c.id = a.conversation_id \
+             WHERE c.organization_id = $1 AND a.id = $2"
+        );
+        one(
+            self.client()
+                .await?
+                .query_opt(&sql, &[&organization_id, &id])
+                .await?,
+            action_row,
+        )
+    }
+
+    async fn update_action(
+        &self,
+        organization_id: &str,
+        id: &str,
+        change: ActionChange,
+    ) -> Result<(Action, Option<Delivery>)> {
+        // One statement, so the status change and the outbox row commit together.
+        let sql = format!(
+            "WITH upd AS ( \
+                 UPDATE actions a SET status = $3, data = $4, updated_at = $5 \
+                 FROM conversations c \
+                 WHERE a.id = $2 AND c.id = a.conversation_id AND c.organization_id = $1 \
+                   AND a.updated_at = $6 \
+                 RETURNING {A_ACTION_COLS}), \
+             ins AS ( \
+                 INSERT INTO webhook_outbox ({DELIVERY_COLS}) \
+                 SELECT $7::text, $1::text, upd.id, $8::text, $9::text, $10::text, 'pending', 0, \
+                        $11::bigint, NULL, $11::bigint, $11::bigint, NULL \
+                 FROM upd \
+                 WHERE $12::boolean AND EXISTS (SELECT 1 FROM webhooks WHERE organization_id = $1) \
+                 RETURNING id) \
+             SELECT upd.*, (SELECT id FROM ins) FROM upd"
+        );
+        let delivery = change.delivery.map(|d| d.into_row(organization_id, id));
+        let d = delivery.as_ref();
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                &sql,
+                &[
+                    &organization_id,
+                    &id,
+                    &change.status,
+                    &json_text(&change.data),
+                    &change.updated_at,
+                    &change.expected_updated_at,
+                    &d.map(|d| d.id.as_str()),
+                    &d.map(|d| d.event.as_str()),
+                    &d.map(|d| d.idempotency_key.as_str()),
+                    &d.map(|d| json_text(&d.payload)),
+                    &d.map(|d| d.created_at),
+                    &d.is_some(),
+                ],
+            )
+            .await?;
+        let Some(row) = row else {
+            // Nothing updated: either not this organization's action, or it changed.
+            self.get_action(organization_id, id).await?;
+            return Err(Error::Conflict(format!(
+                "action {id} changed since it was read"
+            )));
+        };
+        let action = action_row(&row)?;
+        let queued: Option<String> = row.try_get(7)?;
+        Ok((action, delivery.filter(|_| queued.is_some())))
+    }
+
+    async fn put_webhook(&self, organization_id: &str, url: &str, secret: &str) -> Result<Webhook> {
+        let sql = format!(
+            "INSERT INTO webhooks ({WEBHOOK_COLS}) VALUES ($1, $2, $3, $4, $4) \
+             ON CONFLICT (organization_id) DO UPDATE \
+             SET url = excluded.url, secret = excluded.secret, updated_at = excluded.updated_at \
+             RETURNING {WEBHOOK_COLS}"
+        );
+        let row = self
+            .client()
+            .await?
+            .query_one(&sql, &[&organization_id, &url, &secret, &now_millis()])
+            .await?;
+        webhook_row(&row)
+    }
+
+    async fn get_webhook(&self, organization_id: &str) -> Result<Webhook> {
+        let sql = format!("SELECT {WEBHOOK_COLS} FROM webhooks WHERE organization_id = $1");
+        one(
+            self.client()
+                .await?
+                .query_opt(&sql, &[&organization_id])
+                .await?,
+            webhook_row,
+        )
+    }
+
+    async fn delete_webhook(&self, organization_id: &str) -> Result<()> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "WITH d AS (DELETE FROM webhooks WHERE organization_id = $1 \
+                            RETURNING organization_id), \
+                      f AS (UPDATE webhook_outbox SET status = 'failed', \
+                            last_error = 'webhook removed', lease_until = NULL, \
+                            lease_token = NULL, updated_at = $2 \
+                            WHERE organization_id IN (SELECT organization_id FROM d) \
+                              AND status = 'pending' RETURNING 1) \
+                 SELECT COUNT(*) FROM d",
+                &[&organization_id, &now_millis()],
+            )
+            .await?;
+        let n: i64 = row.try_get(0)?;
+        if n == 0 {
+            return Err(Error::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>> {
+        // SKIP LOCKED: concurrent workers (several replicas) split the due rows between them.
+        let sql = format!(
+            "WITH due AS ( \
+                 SELECT o.id FROM webhook_outbox o \
+                 WHERE o.status = 'pending' AND o.next_attempt_at <= $1 \
+                   AND (o.lease_until IS NULL OR o.lease_until <= $1) \
+                   AND EXISTS (SELECT 1 FROM webhooks w WHERE w.organization_id = o.organization_id) \
+                 ORDER BY o.next_attempt_at, o.id LIMIT $3 \
+                 FOR UPDATE OF o SKIP LOCKED), \
+             claimed AS ( \
+                 UPDATE webhook_outbox o SET attempts = o.attempts + 1, lease_until = $2, \
+                        lease_token = $4, updated_at = $1 \
+                 FROM due WHERE o.id = due.id \
+                 RETURNING {O_DELIVERY_COLS}, o.lease_token) \
+             SELECT claimed.*, w.url, w.secret FROM claimed \
+             JOIN webhooks w ON w.organization_id = claimed.organization_id \
+             ORDER BY claimed.next_attempt_at, claimed.id"
+        );
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[&now, &lease_until, &i64::from(limit), &new_id()])
+            .await?;
+        rows.iter().map(claimed_row).collect()
+    }
+
+    async fn record_delivery_attempt(&self, attempt: NewDeliveryAttempt) -> Result<()> {
+        let log = attempt.log_row();
+        let now = now_millis();
+        let (attempt_no, duration_ms) = (i64::from(log.attempt), i64::from(log.duration_ms));
+        let status_code = log.status_code.map(i64::from);
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+            &log.id,
+            &log.delivery_id,
+            &attempt_no,
+            &log.started_at,
+            &duration_ms,
+            &status_code,
+            &log.error,
+            &now,
+        ];
+        // The log row and the outbox update are one statement, so they commit together.
+        let update = match &attempt.outcome {
+            DeliveryOutcome::Delivered => {
+                "UPDATE webhook_outbox SET status = 'delivered', delivered_at = $8, \
+                 last_error = NULL, lease_until = NULL, lease_token = NULL, updated_at = $8 \
+                 WHERE id = $2 AND status <> 'delivered'"
+            }
+            DeliveryOutcome::Retry { next_attempt_at } => {
+                params.push(&attempt.lease_token);
+                params.push(next_attempt_at);
+                "UPDATE webhook_outbox SET next_attempt_at = $10, last_error = $7, \
+                 lease_until = NULL, lease_token = NULL, updated_at = $8 \
+                 WHERE id = $2 AND status = 'pending' AND lease_token = $9"
+            }
+            DeliveryOutcome::GiveUp => {
+                params.push(&attempt.lease_token);
+                "UPDATE webhook_outbox SET status = 'failed', last_error = $7, \
+                 lease_until = NULL, lease_token = NULL, updated_at = $8 \
+                 WHERE id = $2 AND status = 'pending' AND lease_token = $9"
+            }
+        };
+        let sql = format!(
+            "WITH log AS (INSERT INTO webhook_attempts ({ATTEMPT_COLS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING 1) {update}"
+        );
+        self.client().await?.execute(&sql, &params).await?;
+        Ok(())
+    }
+
+    async fn list_deliveries(
+        &self,
+        organization_id: &str,
+        action_id: Option<&str>,
+        page: &Page,
+    ) -> Result<Vec<Delivery>> {
+        let c = self.client().await?;
+        let cursor: Option<(Millis, String)> = match &page.after {
+            None => None,
+            Some(id) => {
+                let row = c
+                    .query_opt(
+                        "SELECT created_at, id FROM webhook_outbox WHERE organization_id = $1 \
+                         AND id = $2 AND ($3::text IS NULL OR action_id = $3)",
+                        &[&organization_id, id, &action_id],
+                    )
+                    .await?
+                    .ok_or(Error::NotFound)?;
+                Some((row.try_get(0)?, row.try_get(1)?))
+            }
+        };
+        let (created, cid) = cursor.unzip();
+        let sql = format!(
+            "SELECT {DELIVERY_COLS} FROM webhook_outbox WHERE organization_id = $1 \
+             AND ($2::text IS NULL OR action_id = $2) \
+             AND ($3::bigint IS NULL OR (created_at, id) < ($3, $4)) \
+             ORDER BY created_at DESC, id DESC LIMIT $5"
+        );
+        let found = c
+            .query(
+                &sql,
+                &[
+                    &organization_id,
+                    &action_id,
+                    &created,
+                    &cid,
+                    &sql_limit(page),
+                ],
+            )
+            .await?;
+        rows(&found, delivery_row)
+    }
+
+    async fn list_delivery_attempts(
+        &self,
+        organization_id: &str,
+        delivery_ids: &[String],
+    ) -> Result<Vec<DeliveryAttempt>> {
+        let sql = format!(
+            "SELECT {ATTEMPT_COLS} FROM webhook_attempts WHERE delivery_id IN ( \
+                 SELECT id FROM webhook_outbox WHERE organization_id = $1 AND id = ANY($2)) \
+             ORDER BY delivery_id, started_at, id"
+        );
+        let ids = delivery_ids.to_vec();
+        rows(
+            &self
+                .client()
+                .await?
+                .query(&sql, &[&organization_id, &ids])
+                .await?,
+            attempt_row,
+        )
+    }
+
+    async fn retry_delivery(
+        &self,
+        organization_id: &str,
+        id: &str,
+        now: Millis,
+    ) -> Result<Delivery> {
+        let sql = format!(
+            "UPDATE webhook_outbox SET status = 'pending', attempts = 0, next_attempt_at = $3, \
+             lease_until = NULL, lease_token = NULL, updated_at = $3 \
+             WHERE organization_id = $1 AND id = $2 AND status = 'failed' \
+             RETURNING {DELIVERY_COLS}"
+        );
+        let c = self.client().await?;
+        if let Some(row) = c.query_opt(&sql, &[&organization_id, &id, &now]).await? {
+            return delivery_row(&row);
+        }
+        let sql = format!(
+            "SELECT {DELIVERY_COLS} FROM webhook_outbox WHERE organization_id = $1 AND id = $2"
+        );
+        let existing = one(
+            c.query_opt(&sql, &[&organization_id, &id]).await?,
+            delivery_row,
+        )?;
+        Err(Error::Conflict(format!(
+            "delivery {id} is {}, not failed",
+            existing.status.as_str()
+        )))
     }
 
     async fn upsert_document(

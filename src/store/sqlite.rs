@@ -18,14 +18,19 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, Transactio
 
 use super::columns::*;
 use super::{
-    new_id, now_millis, Action, AppliedMigration, AuditEntry, Conversation, ConversationStatus,
-    ConversationWithPatient, Document, DocumentKind, Error, Inserted, Message, Millis, NewAction,
-    NewAuditEntry, NewConversation, NewMessage, NewPatient, NewUser, Organization, Page, Patient,
-    PatientUpdate, RefreshToken, Result, SenderType, Store, User, UserRole,
+    new_id, now_millis, Action, ActionChange, AppliedMigration, AuditEntry, ClaimedDelivery,
+    Conversation, ConversationStatus, ConversationWithPatient, Delivery, DeliveryAttempt,
+    DeliveryOutcome, DeliveryStatus, Document, DocumentKind, Error, Inserted, Message, Millis,
+    NewAction, NewAuditEntry, NewConversation, NewDeliveryAttempt, NewMessage, NewPatient, NewUser,
+    Organization, Page, Patient, PatientUpdate, RefreshToken, Result, SenderType, Store, User,
+    UserRole, Webhook,
 };
 
 /// Embedded migrations, applied in order on open; the version is the file's number.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/sqlite/0001_init.sql")),
+    (2, include_str!("migrations/sqlite/0002_webhook_outbox.sql")),
+];
 
 /// How long a statement waits for another process's lock before giving up as `Unavailable`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -296,6 +301,74 @@ fn action_row(r: &Row<'_>) -> rusqlite::Result<Action> {
         created_at: r.get(5)?,
         updated_at: r.get(6)?,
     })
+}
+
+fn webhook_row(r: &Row<'_>) -> rusqlite::Result<Webhook> {
+    Ok(Webhook {
+        organization_id: r.get(0)?,
+        url: r.get(1)?,
+        secret: r.get(2)?,
+        created_at: r.get(3)?,
+        updated_at: r.get(4)?,
+    })
+}
+
+fn delivery_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
+    Ok(Delivery {
+        id: r.get(0)?,
+        organization_id: r.get(1)?,
+        action_id: r.get(2)?,
+        event: r.get(3)?,
+        idempotency_key: r.get(4)?,
+        payload: json_col(r, 5)?.unwrap_or(serde_json::Value::Null),
+        status: enum_col(r, 6, DeliveryStatus::parse)?,
+        attempts: r.get(7)?,
+        next_attempt_at: r.get(8)?,
+        last_error: r.get(9)?,
+        created_at: r.get(10)?,
+        updated_at: r.get(11)?,
+        delivered_at: r.get(12)?,
+    })
+}
+
+fn claimed_row(r: &Row<'_>) -> rusqlite::Result<ClaimedDelivery> {
+    Ok(ClaimedDelivery {
+        delivery: delivery_row(r)?,
+        lease_token: r.get(DELIVERY_NCOLS)?,
+        url: r.get(DELIVERY_NCOLS + 1)?,
+        secret: r.get(DELIVERY_NCOLS + 2)?,
+    })
+}
+
+fn attempt_row(r: &Row<'_>) -> rusqlite::Result<DeliveryAttempt> {
+    Ok(DeliveryAttempt {
+        id: r.get(0)?,
+        delivery_id: r.get(1)?,
+        attempt: r.get(2)?,
+        started_at: r.get(3)?,
+        duration_ms: r.get(4)?,
+        status_code: r.get(5)?,
+        error: r.get(6)?,
+    })
+}
+
+fn get_action(conn: &Connection, organization_id: &str, id: &str) -> Result<Action> {
+    let sql = format!(
+        "SELECT {A_ACTION_COLS} FROM actions a JOIN conversations c ON c.id = a.conversation_id \
+         WHERE c.organization_id = ?1 AND a.id = ?2"
+    );
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row(params![organization_id, id], action_row)?)
+}
+
+fn get_delivery(conn: &Connection, organization_id: &str, id: &str) -> Result<Delivery> {
+    let sql = format!(
+        "SELECT {DELIVERY_COLS} FROM webhook_outbox WHERE organization_id = ?1 AND id = ?2"
+    );
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row(params![organization_id, id], delivery_row)?)
 }
 
 fn document_row(r: &Row<'_>) -> rusqlite::Result<Document> {
@@ -880,6 +953,297 @@ impl Store for SqliteStore {
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map([conv], action_row)?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn get_action(&self, organization_id: &str, id: &str) -> Result<Action> {
+        let (org, id) = (organization_id.to_owned(), id.to_owned());
+        self.call(move |c| get_action(c, &org, &id)).await
+    }
+
+    async fn update_action(
+        &self,
+        organization_id: &str,
+        id: &str,
+        change: ActionChange,
+    ) -> Result<(Action, Option<Delivery>)> {
+        let (org, id) = (organization_id.to_owned(), id.to_owned());
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current = get_action(&tx, &org, &id)?;
+            if current.updated_at != change.expected_updated_at {
+                return Err(Error::Conflict(format!(
+                    "action {id} changed since it was read"
+                )));
+            }
+            let sql = format!(
+                "UPDATE actions SET status = ?2, data = ?3, updated_at = ?4 WHERE id = ?1 \
+                 RETURNING {ACTION_COLS}"
+            );
+            let action = tx.prepare_cached(&sql)?.query_row(
+                params![
+                    id,
+                    change.status,
+                    json_text(&change.data),
+                    change.updated_at
+                ],
+                action_row,
+            )?;
+            let has_webhook: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM webhooks WHERE organization_id = ?1)",
+                [&org],
+                |r| r.get(0),
+            )?;
+            let delivery = match change.delivery {
+                Some(new) if has_webhook => {
+                    let d = new.into_row(&org, &id);
+                    let sql = format!(
+                        "INSERT INTO webhook_outbox ({DELIVERY_COLS}) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                    );
+                    tx.prepare_cached(&sql)?.execute(params![
+                        d.id,
+                        d.organization_id,
+                        d.action_id,
+                        d.event,
+                        d.idempotency_key,
+                        json_text(&d.payload),
+                        d.status.as_str(),
+                        d.attempts,
+                        d.next_attempt_at,
+                        d.last_error,
+                        d.created_at,
+                        d.updated_at,
+                        d.delivered_at
+                    ])?;
+                    Some(d)
+                }
+                _ => None,
+            };
+            tx.commit()?;
+            Ok((action, delivery))
+        })
+        .await
+    }
+
+    async fn put_webhook(&self, organization_id: &str, url: &str, secret: &str) -> Result<Webhook> {
+        let (org, url, secret) = (
+            organization_id.to_owned(),
+            url.to_owned(),
+            secret.to_owned(),
+        );
+        self.call(move |c| {
+            let sql = format!(
+                "INSERT INTO webhooks ({WEBHOOK_COLS}) VALUES (?1, ?2, ?3, ?4, ?4) \
+                 ON CONFLICT (organization_id) DO UPDATE \
+                 SET url = excluded.url, secret = excluded.secret, updated_at = excluded.updated_at \
+                 RETURNING {WEBHOOK_COLS}"
+            );
+            Ok(c.prepare_cached(&sql)?
+                .query_row(params![org, url, secret, now_millis()], webhook_row)?)
+        })
+        .await
+    }
+
+    async fn get_webhook(&self, organization_id: &str) -> Result<Webhook> {
+        let org = organization_id.to_owned();
+        self.call(move |c| {
+            let sql = format!("SELECT {WEBHOOK_COLS} FROM webhooks WHERE organization_id = ?1");
+            Ok(c.prepare_cached(&sql)?.query_row([org], webhook_row)?)
+        })
+        .await
+    }
+
+    async fn delete_webhook(&self, organization_id: &str) -> Result<()> {
+        let org = organization_id.to_owned();
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = tx
+                .prepare_cached("DELETE FROM webhooks WHERE organization_id = ?1")?
+                .execute([&org])?;
+            if n == 0 {
+                return Err(Error::NotFound);
+            }
+            tx.prepare_cached(
+                "UPDATE webhook_outbox SET status = 'failed', last_error = 'webhook removed', \
+                 lease_until = NULL, lease_token = NULL, updated_at = ?2 \
+                 WHERE organization_id = ?1 AND status = 'pending'",
+            )?
+            .execute(params![org, now_millis()])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>> {
+        let token = new_id();
+        self.call(move |c| {
+            // The connection mutex plus IMMEDIATE make claim-then-read atomic here; other
+            // processes on the same file wait for the write lock.
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.prepare_cached(
+                "UPDATE webhook_outbox SET attempts = attempts + 1, lease_until = ?2, \
+                 lease_token = ?3, updated_at = ?1 \
+                 WHERE id IN (SELECT o.id FROM webhook_outbox o \
+                     JOIN webhooks w ON w.organization_id = o.organization_id \
+                     WHERE o.status = 'pending' AND o.next_attempt_at <= ?1 \
+                       AND (o.lease_until IS NULL OR o.lease_until <= ?1) \
+                     ORDER BY o.next_attempt_at, o.id LIMIT ?4)",
+            )?
+            .execute(params![now, lease_until, token, i64::from(limit)])?;
+            let sql = format!(
+                "SELECT {O_DELIVERY_COLS}, o.lease_token, w.url, w.secret FROM webhook_outbox o \
+                 JOIN webhooks w ON w.organization_id = o.organization_id \
+                 WHERE o.lease_token = ?1 ORDER BY o.next_attempt_at, o.id"
+            );
+            let claimed = tx
+                .prepare_cached(&sql)?
+                .query_map([&token], claimed_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            tx.commit()?;
+            Ok(claimed)
+        })
+        .await
+    }
+
+    async fn record_delivery_attempt(&self, attempt: NewDeliveryAttempt) -> Result<()> {
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let log = attempt.log_row();
+            let sql =
+                format!("INSERT INTO webhook_attempts ({ATTEMPT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+            tx.prepare_cached(&sql)?.execute(params![
+                log.id,
+                log.delivery_id,
+                log.attempt,
+                log.started_at,
+                log.duration_ms,
+                log.status_code,
+                log.error
+            ])?;
+            let now = now_millis();
+            let id = &attempt.delivery_id;
+            let token = &attempt.lease_token;
+            match attempt.outcome {
+                DeliveryOutcome::Delivered => tx
+                    .prepare_cached(
+                        "UPDATE webhook_outbox SET status = 'delivered', delivered_at = ?2, \
+                         last_error = NULL, lease_until = NULL, lease_token = NULL, updated_at = ?2 \
+                         WHERE id = ?1 AND status <> 'delivered'",
+                    )?
+                    .execute(params![id, now])?,
+                DeliveryOutcome::Retry { next_attempt_at } => tx
+                    .prepare_cached(
+                        "UPDATE webhook_outbox SET next_attempt_at = ?3, last_error = ?4, \
+                         lease_until = NULL, lease_token = NULL, updated_at = ?5 \
+                         WHERE id = ?1 AND status = 'pending' AND lease_token = ?2",
+                    )?
+                    .execute(params![id, token, next_attempt_at, attempt.error, now])?,
+                DeliveryOutcome::GiveUp => tx
+                    .prepare_cached(
+                        "UPDATE webhook_outbox SET status = 'failed', last_error = ?3, \
+                         lease_until = NULL, lease_token = NULL, updated_at = ?4 \
+                         WHERE id = ?1 AND status = 'pending' AND lease_token = ?2",
+                    )?
+                    .execute(params![id, token, attempt.error, now])?,
+            };
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_deliveries(
+        &self,
+        organization_id: &str,
+        action_id: Option<&str>,
+        page: &Page,
+    ) -> Result<Vec<Delivery>> {
+        let org = organization_id.to_owned();
+        let action = action_id.map(str::to_owned);
+        let (after, limit) = (page.after.clone(), sql_limit(page));
+        self.call(move |c| {
+            let cursor: Option<(Millis, String)> = match &after {
+                None => None,
+                Some(id) => Some(
+                    c.prepare_cached(
+                        "SELECT created_at, id FROM webhook_outbox WHERE organization_id = ?1 \
+                         AND id = ?2 AND (?3 IS NULL OR action_id = ?3)",
+                    )?
+                    .query_row(params![org, id, action], |r| Ok((r.get(0)?, r.get(1)?)))?,
+                ),
+            };
+            let (created, cid) = cursor.unzip();
+            let sql = format!(
+                "SELECT {DELIVERY_COLS} FROM webhook_outbox WHERE organization_id = ?1 \
+                 AND (?2 IS NULL OR action_id = ?2) \
+                 AND (?3 IS NULL OR (created_at, id) < (?3, ?4)) \
+                 ORDER BY created_at DESC, id DESC LIMIT ?5"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![org, action, created, cid, limit], delivery_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn list_delivery_attempts(
+        &self,
+        organization_id: &str,
+        delivery_ids: &[String],
+    ) -> Result<Vec<DeliveryAttempt>> {
+        let org = organization_id.to_owned();
+        // The id list travels as one JSON array parameter (json_each), never spliced into SQL.
+        let ids = serde_json::Value::from(delivery_ids.to_vec()).to_string();
+        self.call(move |c| {
+            let sql = format!(
+                "SELECT {ATTEMPT_COLS} FROM webhook_attempts WHERE delivery_id IN ( \
+                     SELECT o.id FROM webhook_outbox o JOIN json_each(?2) j ON j.value = o.id \
+                     WHERE o.organization_id = ?1) \
+                 ORDER BY delivery_id, started_at, id"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![org, ids], attempt_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn retry_delivery(
+        &self,
+        organization_id: &str,
+        id: &str,
+        now: Millis,
+    ) -> Result<Delivery> {
+        let (org, id) = (organization_id.to_owned(), id.to_owned());
+        self.call(move |c| {
+            let sql = format!(
+                "UPDATE webhook_outbox SET status = 'pending', attempts = 0, next_attempt_at = ?3, \
+                 lease_until = NULL, lease_token = NULL, updated_at = ?3 \
+                 WHERE organization_id = ?1 AND id = ?2 AND status = 'failed' \
+                 RETURNING {DELIVERY_COLS}"
+            );
+            match c
+                .prepare_cached(&sql)?
+                .query_row(params![org, id, now], delivery_row)
+                .optional()?
+            {
+                Some(d) => Ok(d),
+                None => {
+                    let existing = get_delivery(c, &org, &id)?;
+                    Err(Error::Conflict(format!(
+                        "delivery {id} is {}, not failed",
+                        existing.status.as_str()
+                    )))
+                }
+            }
         })
         .await
     }

@@ -19,6 +19,7 @@ use tandem::store::sqlite::SqliteStore;
 use tandem::store::{NewUser, Store, UserRole};
 use tandem::stt::realtime::RealtimeConfig;
 use tandem::testing::fake_openai::{http as fake_http, realtime, FakeOpenAi};
+use tandem::webhook::WebhookConfig;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -111,6 +112,17 @@ pub async fn start_full(
     http: HttpConfig,
     script: realtime::State,
 ) -> TestServer {
+    start_with_webhook(dir, db_path, http, script, WebhookConfig::default()).await
+}
+
+/// [`start_full`] with webhook delivery settings (tests use short timeouts and backoff).
+pub async fn start_with_webhook(
+    dir: Arc<tempfile::TempDir>,
+    db_path: &Path,
+    http: HttpConfig,
+    script: realtime::State,
+    webhook: WebhookConfig,
+) -> TestServer {
     let fake = FakeOpenAi::start(script, fake_http::State::default()).await;
     let mut ai = OpenAiConfig::new(fake.base_url(), None);
     ai.initial_backoff = Duration::from_millis(5);
@@ -123,7 +135,9 @@ pub async fn start_full(
         pool: PoolConfig::default(),
     };
     let store = Arc::new(SqliteStore::open(db_path).expect("open sqlite"));
-    let state = AppState::new(store.clone(), auth_config(), http, setup).expect("app state");
+    let state = AppState::new(store.clone(), auth_config(), http, setup)
+        .expect("app state")
+        .with_webhook(webhook);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -196,6 +210,12 @@ impl TestServer {
     /// Creates a new organization with one clinician directly in the store, then logs in
     /// over HTTP.
     pub async fn user_in_new_org(&self, org_name: &str, username: &str) -> Client {
+        self.user_with_role(org_name, username, UserRole::Clinician)
+            .await
+    }
+
+    /// Like [`TestServer::user_in_new_org`], with the given role.
+    pub async fn user_with_role(&self, org_name: &str, username: &str, role: UserRole) -> Client {
         let org = self
             .store
             .create_organization(org_name)
@@ -208,7 +228,7 @@ impl TestServer {
                 username: username.to_owned(),
                 password_hash: hash,
                 preferred_language: "en".into(),
-                role: UserRole::Clinician,
+                role,
             })
             .await
             .expect("create user");
@@ -262,6 +282,27 @@ impl Client {
         self.http
             .patch(format!("{}{path}", self.base))
             .bearer_auth(&self.access_token)
+    }
+
+    pub fn put(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(&self.access_token)
+    }
+
+    pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .delete(format!("{}{path}", self.base))
+            .bearer_auth(&self.access_token)
+    }
+
+    /// The same user talking to another server on the same database (restart tests): the
+    /// token stays valid because every test server signs with [`SECRET`].
+    pub fn on(&self, server: &TestServer) -> Client {
+        Client {
+            base: server.api(""),
+            ..self.clone()
+        }
     }
 
     /// `GET` expecting `status`; returns the JSON body.
@@ -328,4 +369,45 @@ pub async fn stream_recording(audio: &mut Ws) {
             .expect("send audio");
         tokio::time::sleep(Duration::from_millis(1000)).await;
     }
+}
+
+/// The next JSON text frame (skipping pings and binary frames); panics after `within`.
+pub async fn next_json(ws: &mut Ws, within: Duration) -> Value {
+    use futures_util::StreamExt as _;
+    loop {
+        let frame = tokio::time::timeout(within, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("socket open")
+            .expect("frame");
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = frame {
+            return serde_json::from_str(&text).expect("JSON frame");
+        }
+    }
+}
+
+/// A control socket of `user` that has selected `conversation_id`, so it receives the
+/// conversation's pushes; the greeting and the selection reply are consumed.
+pub async fn control_socket(srv: &TestServer, user: &Client, conversation_id: &str) -> Ws {
+    use futures_util::SinkExt as _;
+    let url = format!("ws://{}/ws?token={}", srv.addr, user.access_token);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("control socket");
+    assert_eq!(
+        next_json(&mut ws, Duration::from_secs(5)).await["type"],
+        "system"
+    );
+    let select =
+        json!({"type": "select_conversation", "payload": {"conversationId": conversation_id}});
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        select.to_string(),
+    ))
+    .await
+    .expect("send");
+    assert_eq!(
+        next_json(&mut ws, Duration::from_secs(5)).await["type"],
+        "conversation_selected"
+    );
+    ws
 }
