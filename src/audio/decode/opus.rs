@@ -126,13 +126,11 @@ impl OpusDecoder {
 mod backend {
     use std::ptr::NonNull;
 
-    use unsafe_libopus as lib;
-
     use super::RATE;
 
     /// A libopus decoder state: one heap block, owned here and freed on drop.
     pub(super) struct Backend {
-        state: NonNull<lib::OpusDecoder>,
+        state: NonNull<unsafe_libopus::OpusDecoder>,
         channels: usize,
     }
 
@@ -143,11 +141,12 @@ mod backend {
     impl Backend {
         /// `None` for a channel count libopus rejects (it accepts 1 and 2).
         pub(super) fn new(channels: u16) -> Option<Self> {
-            let mut err = lib::OPUS_OK;
+            let mut err = unsafe_libopus::OPUS_OK;
             // SAFETY: plain values and a valid `err` pointer; libopus validates the rate and the
             // channel count and returns null (nothing allocated) when it rejects them.
-            let state =
-                unsafe { lib::opus_decoder_create(RATE as i32, i32::from(channels), &mut err) };
+            let state = unsafe {
+                unsafe_libopus::opus_decoder_create(RATE as i32, i32::from(channels), &mut err)
+            };
             let state = NonNull::new(state)?;
             Some(Backend {
                 state,
@@ -164,7 +163,7 @@ mod backend {
             // for `len` bytes; libopus writes at most `frame × channels` floats, which is within
             // `out`, and reads nothing outside these two buffers and its state.
             let n = unsafe {
-                lib::opus_decode_float(
+                unsafe_libopus::opus_decode_float(
                     self.state.as_ptr(),
                     packet.as_ptr(),
                     len,
@@ -180,7 +179,7 @@ mod backend {
     impl Drop for Backend {
         fn drop(&mut self) {
             // SAFETY: `state` came from `opus_decoder_create` and is freed exactly once, here.
-            unsafe { lib::opus_decoder_destroy(self.state.as_ptr()) }
+            unsafe { unsafe_libopus::opus_decoder_destroy(self.state.as_ptr()) }
         }
     }
 }
