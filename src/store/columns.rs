@@ -26,3 +26,5 @@ pub(super) const ACTION_COLS: &str =
 pub(super) const DOC_COLS: &str = "id, conversation_id, content, created_at, updated_at";
 pub(super) const AUDIT_COLS: &str =
     "id, organization_id, user_id, action, entity_type, entity_id, at";
+pub(super) const COMMAND_COLS: &str = "id, organization_id, name, description, examples, \
+     parameters, produces_kind, action_type, created_at, updated_at";
