@@ -41,6 +41,12 @@ pub enum ApiError {
     UsernameTaken,
     #[error("origin not allowed")]
     OriginNotAllowed,
+    /// Authenticated, but the caller's role may not do this; the argument says who may.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// A clinic command's name is taken in the organization (names are case-insensitive).
+    #[error("a command named {0:?} already exists in this organization")]
+    CommandExists(String),
     #[error(transparent)]
     Store(#[from] store::Error),
 }
@@ -65,9 +71,11 @@ impl ApiError {
                 auth::Error::Store(e) => store_status(e),
                 auth::Error::Config(_) | auth::Error::Hash(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
-            ApiError::RegistrationClosed | ApiError::OriginNotAllowed => StatusCode::FORBIDDEN,
+            ApiError::RegistrationClosed | ApiError::OriginNotAllowed | ApiError::Forbidden(_) => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::UsernameTaken => StatusCode::CONFLICT,
+            ApiError::UsernameTaken | ApiError::CommandExists(_) => StatusCode::CONFLICT,
             ApiError::Store(e) => store_status(e),
         }
     }
@@ -83,6 +91,8 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::UsernameTaken => "username_taken",
             ApiError::OriginNotAllowed => "origin_not_allowed",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::CommandExists(_) => "command_exists",
             ApiError::Store(e) => e.code(),
         }
     }
@@ -240,6 +250,8 @@ mod tests {
             (ApiError::NotFound("Conversation"), 404, "not_found"),
             (ApiError::UsernameTaken, 409, "username_taken"),
             (ApiError::RegistrationClosed, 403, "registration_closed"),
+            (ApiError::Forbidden("admins only"), 403, "forbidden"),
+            (ApiError::CommandExists("x".into()), 409, "command_exists"),
         ];
         for (e, status, code) in cases {
             assert_eq!(e.status().as_u16(), status, "{e:?}");

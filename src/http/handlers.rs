@@ -369,7 +369,7 @@ pub(super) async fn conversation(
         .map_err(not_found("Conversation"))
 }
 
-fn not_found(what: &'static str) -> impl Fn(store::Error) -> ApiError {
+pub(super) fn not_found(what: &'static str) -> impl Fn(store::Error) -> ApiError {
     move |e| match e {
         store::Error::NotFound => ApiError::NotFound(what),
         e => e.into(),

@@ -18,6 +18,7 @@ use warp::path::FullPath;
 use warp::reply::Response;
 use warp::{Filter, Reply as _};
 
+pub mod commands;
 pub mod cors;
 pub mod error;
 pub mod filters;
@@ -331,6 +332,7 @@ fn api(state: AppState) -> BoxedFilter<(Response,)> {
         list_patients,
         get_patient,
         update_patient,
+        commands::routes(state.clone()),
     ]
     .into_iter()
     .fold(health, |acc, route| acc.or(route).unify().boxed())
@@ -355,6 +357,9 @@ fn route_label(path: &str) -> String {
         "medical-history",
         "summary",
         "end",
+        "commands",
+        "users",
+        "settings",
         "healthz",
         "readyz",
         "metrics",
