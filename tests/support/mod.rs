@@ -180,14 +180,26 @@ impl TestServer {
             .create_organization(org_name)
             .await
             .expect("create org");
+        self.user_with_role(&org.id, username, UserRole::Clinician)
+            .await
+    }
+
+    /// Creates a user with `role` in an existing organization directly in the store (REST
+    /// creates clinicians only), then logs in over HTTP.
+    pub async fn user_with_role(
+        &self,
+        organization_id: &str,
+        username: &str,
+        role: UserRole,
+    ) -> Client {
         let hash = self.state.auth.hash_password(PASSWORD).await.expect("hash");
         self.store
             .create_user(NewUser {
-                organization_id: org.id,
+                organization_id: organization_id.to_owned(),
                 username: username.to_owned(),
                 password_hash: hash,
                 preferred_language: "en".into(),
-                role: UserRole::Clinician,
+                role,
             })
             .await
             .expect("create user");
@@ -234,6 +246,18 @@ impl Client {
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
         self.http
             .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.access_token)
+    }
+
+    pub fn put(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(&self.access_token)
+    }
+
+    pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .delete(format!("{}{path}", self.base))
             .bearer_auth(&self.access_token)
     }
 
