@@ -27,7 +27,11 @@ fn referral() -> Value {
 /// An admin and a clinician of the default organization (where REST registration puts users).
 async fn clinic(srv: &TestServer) -> (Client, Client) {
     let clinician = srv.new_user("dr_lee").await;
-    let org = srv.store.default_organization().await.unwrap();
+    let org = srv
+        .store
+        .default_organization()
+        .await
+        .expect("default organization");
     let admin = srv
         .user_with_role(&org.id, "admin_kim", UserRole::Admin)
         .await;
@@ -35,7 +39,12 @@ async fn clinic(srv: &TestServer) -> (Client, Client) {
 }
 
 async fn create(admin: &Client, body: &Value) -> reqwest::Response {
-    admin.post("/commands").json(body).send().await.unwrap()
+    admin
+        .post("/commands")
+        .json(body)
+        .send()
+        .await
+        .expect("create request")
 }
 
 #[tokio::test]
