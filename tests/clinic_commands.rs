@@ -47,6 +47,20 @@ async fn create(admin: &Client, body: &Value) -> reqwest::Response {
         .expect("create request")
 }
 
+/// Both a `PUT` and a `DELETE` of command `id` by `who` fail with `status` and `code`.
+async fn changes_refused(who: &Client, id: &str, status: u16, code: &str) {
+    let path = format!("/commands/{id}");
+    let res = who
+        .put(&path)
+        .json(&referral())
+        .send()
+        .await
+        .expect("put request");
+    assert_eq!(error_code(res, status).await, code, "PUT");
+    let res = who.delete(&path).send().await.expect("delete request");
+    assert_eq!(error_code(res, status).await, code, "DELETE");
+}
+
 #[tokio::test]
 async fn admins_define_commands_and_clinicians_read_them() {
     let srv = support::start().await;
@@ -97,30 +111,11 @@ async fn admins_define_commands_and_clinicians_read_them() {
         .await
         .unwrap();
     assert_eq!(res.status(), 204);
-    assert_eq!(
-        error_code(
-            clinician
-                .get(&format!("/commands/{id}"))
-                .send()
-                .await
-                .unwrap(),
-            404
-        )
-        .await,
-        "not_found"
-    );
-    assert_eq!(
-        error_code(
-            admin
-                .delete(&format!("/commands/{id}"))
-                .send()
-                .await
-                .unwrap(),
-            404
-        )
-        .await,
-        "not_found"
-    );
+    let path = format!("/commands/{id}");
+    let res = clinician.get(&path).send().await.unwrap();
+    assert_eq!(error_code(res, 404).await, "not_found");
+    let res = admin.delete(&path).send().await.unwrap();
+    assert_eq!(error_code(res, 404).await, "not_found", "deleting twice");
 
     // Every change is audited.
     let org = srv.store.default_organization().await.unwrap();
@@ -152,19 +147,7 @@ async fn only_admins_change_commands() {
 
     let created: Value = create(&admin, &referral()).await.json().await.unwrap();
     let id = created["id"].as_str().unwrap();
-    let res = clinician
-        .put(&format!("/commands/{id}"))
-        .json(&referral())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_code(res, 403).await, "forbidden");
-    let res = clinician
-        .delete(&format!("/commands/{id}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_code(res, 403).await, "forbidden");
+    changes_refused(&clinician, id, 403, "forbidden").await;
     assert_eq!(clinician.get_json("/commands", 200).await, json!([created]));
 
     let res = srv.http.get(srv.api("/commands")).send().await.unwrap();
@@ -192,19 +175,7 @@ async fn other_organizations_see_nothing() {
         let res = who.get(&format!("/commands/{id}")).send().await.unwrap();
         assert_eq!(error_code(res, 404).await, "not_found");
     }
-    let res = other_admin
-        .put(&format!("/commands/{id}"))
-        .json(&referral())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_code(res, 404).await, "not_found");
-    let res = other_admin
-        .delete(&format!("/commands/{id}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_code(res, 404).await, "not_found");
+    changes_refused(&other_admin, id, 404, "not_found").await;
     // The same name is free in another organization.
     assert_eq!(create(&other_admin, &referral()).await.status(), 201);
     assert_eq!(

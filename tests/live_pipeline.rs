@@ -114,6 +114,28 @@ async fn open_audio(
     .await
 }
 
+/// Opens a control socket and selects the conversation, as the original frontend does;
+/// returns the socket and the `conversation_selected` event.
+async fn open_control(
+    srv: &support::TestServer,
+    user: &support::Client,
+    conversation_id: &str,
+) -> (Ws, Value) {
+    let mut control = connect(format!("ws://{}/ws?token={}", srv.addr, user.access_token)).await;
+    assert_eq!(
+        next_event(&mut control, Duration::from_secs(5)).await["type"],
+        "system"
+    );
+    send(
+        &mut control,
+        json!({"type": "select_conversation", "payload": {"conversationId": conversation_id}}),
+    )
+    .await;
+    let selected = next_event(&mut control, Duration::from_secs(5)).await;
+    assert_eq!(selected["type"], "conversation_selected");
+    (control, selected)
+}
+
 /// Every event until `utterances` `processing_completed` events arrived (each within `within`).
 async fn until_completed(ws: &mut Ws, utterances: usize, within: Duration) -> Vec<Value> {
     let mut events = Vec::new();
@@ -130,20 +152,7 @@ async fn until_completed(ws: &mut Ws, utterances: usize, within: Duration) -> Ve
 async fn a_visit_is_transcribed_interpreted_and_stored() {
     let srv = support::start_scripted(script()).await;
     let (user, conversation_id) = start_conversation(&srv).await;
-    let ws_base = format!("ws://{}", srv.addr);
-
-    let mut control = connect(format!("{ws_base}/ws?token={}", user.access_token)).await;
-    assert_eq!(
-        next_event(&mut control, Duration::from_secs(5)).await["type"],
-        "system"
-    );
-    send(
-        &mut control,
-        json!({"type": "select_conversation", "payload": {"conversationId": conversation_id}}),
-    )
-    .await;
-    let selected = next_event(&mut control, Duration::from_secs(5)).await;
-    assert_eq!(selected["type"], "conversation_selected");
+    let (mut control, selected) = open_control(&srv, &user, &conversation_id).await;
     assert_eq!(selected["payload"]["isActive"], true);
     assert_eq!(selected["payload"]["patientLanguage"], "es");
 
@@ -766,20 +775,7 @@ async fn a_command_defined_over_rest_is_offered_and_executed_on_the_next_utteran
     .await;
     let (user, conversation_id) = start_conversation(&srv).await;
     let admin = admin_of(&srv).await;
-    let mut control = connect(format!("ws://{}/ws?token={}", srv.addr, user.access_token)).await;
-    assert_eq!(
-        next_event(&mut control, Duration::from_secs(5)).await["type"],
-        "system"
-    );
-    send(
-        &mut control,
-        json!({"type": "select_conversation", "payload": {"conversationId": conversation_id}}),
-    )
-    .await;
-    assert_eq!(
-        next_event(&mut control, Duration::from_secs(5)).await["type"],
-        "conversation_selected"
-    );
+    let (mut control, _) = open_control(&srv, &user, &conversation_id).await;
     let mut audio = open_audio(&srv, &user, &conversation_id, "").await;
 
     // Before the command exists: the model is offered the built-ins only, nothing happens.
