@@ -297,7 +297,18 @@ async fn invalid_definitions_get_a_422_naming_the_problem() {
             "belongs to a built-in command",
         ),
         (with("produces", json!({"kind": "email"})), "unknown variant"),
-        (with("produces", json!({"kind": "action"})), "actionType"),
+        (
+            with("produces", json!({"kind": "action"})),
+            "produces.actionType is required when kind is \"action\"",
+        ),
+        (
+            with("produces", json!({"kind": "webhook", "actionType": "referral"})),
+            "produces.actionType applies only when kind is \"action\"",
+        ),
+        (
+            with("produces", json!({"kind": "webhook", "url": "https://example.org"})),
+            "unknown field `url`",
+        ),
         (with("parameters", Value::Null), "parameters"),
     ];
     for (body, expected) in cases {

@@ -97,22 +97,39 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
 
 // ---------- wire shapes ----------
 
-/// `produces`: `{"kind":"action","actionType":"referral"}` or `{"kind":"webhook"}`.
+/// `produces`: `{"kind":"action","actionType":"referral"}` or `{"kind":"webhook"}`. A flat
+/// struct rather than a tagged enum because serde ignores unknown fields next to a unit variant,
+/// and a mistyped field here must be an error, not silently dropped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ProducesBody {
-    Action {
-        #[serde(rename = "actionType")]
-        action_type: String,
-    },
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProducesBody {
+    pub kind: ProducesKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_type: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProducesKind {
+    Action,
     Webhook,
 }
 
-impl From<ProducesBody> for CommandProduces {
-    fn from(p: ProducesBody) -> Self {
-        match p {
-            ProducesBody::Action { action_type } => CommandProduces::Action { action_type },
-            ProducesBody::Webhook => CommandProduces::Webhook,
+impl TryFrom<ProducesBody> for CommandProduces {
+    type Error = ApiError;
+
+    fn try_from(p: ProducesBody) -> Result<Self, ApiError> {
+        match (p.kind, p.action_type) {
+            (ProducesKind::Action, Some(action_type)) => {
+                Ok(CommandProduces::Action { action_type })
+            }
+            (ProducesKind::Action, None) => Err(ApiError::InvalidField(
+                "produces.actionType is required when kind is \"action\"".into(),
+            )),
+            (ProducesKind::Webhook, None) => Ok(CommandProduces::Webhook),
+            (ProducesKind::Webhook, Some(_)) => Err(ApiError::InvalidField(
+                "produces.actionType applies only when kind is \"action\"".into(),
+            )),
         }
     }
 }
@@ -120,10 +137,14 @@ impl From<ProducesBody> for CommandProduces {
 impl From<&CommandProduces> for ProducesBody {
     fn from(p: &CommandProduces) -> Self {
         match p {
-            CommandProduces::Action { action_type } => ProducesBody::Action {
-                action_type: action_type.clone(),
+            CommandProduces::Action { action_type } => ProducesBody {
+                kind: ProducesKind::Action,
+                action_type: Some(action_type.clone()),
             },
-            CommandProduces::Webhook => ProducesBody::Webhook,
+            CommandProduces::Webhook => ProducesBody {
+                kind: ProducesKind::Webhook,
+                action_type: None,
+            },
         }
     }
 }
@@ -147,7 +168,7 @@ impl CommandRequest {
             description: self.description,
             examples: self.examples,
             parameters: self.parameters,
-            produces: self.produces.into(),
+            produces: self.produces.try_into()?,
         };
         clinic::validate(&definition).map_err(|e| ApiError::InvalidField(e.to_string()))?;
         Ok(definition)
