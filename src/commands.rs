@@ -8,12 +8,16 @@
 use serde_json::json;
 
 use crate::ai::{Command, FollowUpUnit};
-use crate::store::{self, Action, Millis, NewAction, Store};
+use crate::store::{self, Action, ClinicCommand, Millis, NewAction, Store};
+
+pub mod clinic;
+pub mod schema;
+pub mod wake;
 
 /// What an action-producing command writes, before it has an id.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedAction {
-    pub kind: &'static str,
+    pub kind: String,
     pub status: &'static str,
     pub data: serde_json::Value,
     /// The human acknowledgement sent in `command_executed.message`.
@@ -25,7 +29,7 @@ pub struct PlannedAction {
 pub fn action_for(command: &Command, now: Millis) -> Option<PlannedAction> {
     match command {
         Command::TakeNote { content } => Some(PlannedAction {
-            kind: "note",
+            kind: "note".to_owned(),
             status: "created",
             data: json!({ "content": content }),
             message: "Note saved.".to_owned(),
@@ -37,7 +41,7 @@ pub fn action_for(command: &Command, now: Millis) -> Option<PlannedAction> {
         } => {
             let scheduled_for = follow_up_date(now, *duration, *unit);
             Some(PlannedAction {
-                kind: "followup",
+                kind: "followup".to_owned(),
                 status: "scheduled",
                 data: json!({
                     "duration": duration,
@@ -58,7 +62,7 @@ pub fn action_for(command: &Command, now: Millis) -> Option<PlannedAction> {
             frequency,
             details,
         } => Some(PlannedAction {
-            kind: "prescription",
+            kind: "prescription".to_owned(),
             // A prescription is a draft until the clinician reviews it.
             status: "pending_review",
             data: json!({
@@ -74,7 +78,7 @@ pub fn action_for(command: &Command, now: Millis) -> Option<PlannedAction> {
             details,
             urgency,
         } => Some(PlannedAction {
-            kind: "lab_order",
+            kind: "lab_order".to_owned(),
             status: "pending_review",
             data: json!({
                 "testName": test_name,
@@ -84,6 +88,18 @@ pub fn action_for(command: &Command, now: Millis) -> Option<PlannedAction> {
             message: format!("Lab order for {test_name} drafted for review."),
         }),
         Command::RequestSummary | Command::RequestMedicalHistory | Command::Custom { .. } => None,
+    }
+}
+
+/// The action any command produces: built-ins by [`action_for`], clinic commands by their
+/// definition in `clinic` (the same list the command was detected against).
+pub fn plan(command: &Command, now: Millis, clinic: &[ClinicCommand]) -> Option<PlannedAction> {
+    match command {
+        Command::Custom { name, arguments } => clinic
+            .iter()
+            .find(|c| c.definition.name == *name)
+            .map(|c| clinic::action_for(&c.definition, arguments)),
+        builtin => action_for(builtin, now),
     }
 }
 
@@ -119,7 +135,7 @@ pub async fn execute(
     store
         .insert_action(NewAction {
             conversation_id: conversation_id.to_owned(),
-            kind: planned.kind.to_owned(),
+            kind: planned.kind.clone(),
             status: planned.status.to_owned(),
             data: planned.data.clone(),
         })
@@ -144,7 +160,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (note.kind, note.status),
+            (note.kind.as_str(), note.status),
             ("note", "created"),
             "original Note status"
         );
@@ -160,7 +176,10 @@ mod tests {
             JAN_31,
         )
         .unwrap();
-        assert_eq!((rx.kind, rx.status), ("prescription", "pending_review"));
+        assert_eq!(
+            (rx.kind.as_str(), rx.status),
+            ("prescription", "pending_review")
+        );
         assert_eq!(
             rx.data,
             json!({"medicationName": "metformin", "dosage": "500 mg", "frequency": "twice a day", "details": null})

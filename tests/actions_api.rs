@@ -347,7 +347,9 @@ async fn changes_are_pushed_as_action_updated_on_control_sockets() {
 #[tokio::test]
 async fn webhook_configuration_is_admin_only_and_never_shows_the_secret() {
     let srv = support::start().await;
-    let admin = srv.user_with_role("Clinic", "admin", UserRole::Admin).await;
+    let admin = srv
+        .user_in_new_org_as("Clinic", "admin", UserRole::Admin)
+        .await;
     let org = srv
         .store
         .user_by_username("admin")
@@ -437,7 +439,7 @@ async fn webhook_configuration_is_admin_only_and_never_shows_the_secret() {
 
     // Other organizations see nothing.
     let outsider = srv
-        .user_with_role("Elsewhere", "outsider", UserRole::Admin)
+        .user_in_new_org_as("Elsewhere", "outsider", UserRole::Admin)
         .await;
     let res = outsider.get("/organization/webhook").send().await.unwrap();
     assert_eq!(error_code(res, 404).await, "not_found");

@@ -88,6 +88,28 @@ async fn open_audio(
     .await
 }
 
+/// Opens a control socket and selects the conversation, as the original frontend does;
+/// returns the socket and the `conversation_selected` event.
+async fn open_control(
+    srv: &support::TestServer,
+    user: &support::Client,
+    conversation_id: &str,
+) -> (Ws, Value) {
+    let mut control = connect(format!("ws://{}/ws?token={}", srv.addr, user.access_token)).await;
+    assert_eq!(
+        next_control_event(&mut control, Duration::from_secs(5)).await["type"],
+        "system"
+    );
+    send(
+        &mut control,
+        json!({"type": "select_conversation", "payload": {"conversationId": conversation_id}}),
+    )
+    .await;
+    let selected = next_control_event(&mut control, Duration::from_secs(5)).await;
+    assert_eq!(selected["type"], "conversation_selected");
+    (control, selected)
+}
+
 /// Every event until `utterances` `processing_completed` events arrived (each within `within`).
 async fn until_completed(ws: &mut Ws, utterances: usize, within: Duration) -> Vec<Value> {
     let mut events = Vec::new();
@@ -104,20 +126,7 @@ async fn until_completed(ws: &mut Ws, utterances: usize, within: Duration) -> Ve
 async fn a_visit_is_transcribed_interpreted_and_stored() {
     let srv = support::start_scripted(script()).await;
     let (user, conversation_id) = start_conversation(&srv).await;
-    let ws_base = format!("ws://{}", srv.addr);
-
-    let mut control = connect(format!("{ws_base}/ws?token={}", user.access_token)).await;
-    assert_eq!(
-        next_control_event(&mut control, Duration::from_secs(5)).await["type"],
-        "system"
-    );
-    send(
-        &mut control,
-        json!({"type": "select_conversation", "payload": {"conversationId": conversation_id}}),
-    )
-    .await;
-    let selected = next_control_event(&mut control, Duration::from_secs(5)).await;
-    assert_eq!(selected["type"], "conversation_selected");
+    let (mut control, selected) = open_control(&srv, &user, &conversation_id).await;
     assert_eq!(selected["payload"]["isActive"], true);
     assert_eq!(selected["payload"]["patientLanguage"], "es");
 
@@ -657,6 +666,217 @@ async fn a_tts_stream_cut_mid_way_sends_an_error_and_no_last_frame() {
         2,
         "no retry once audio was sent"
     );
+    audio.close(None).await.unwrap();
+    srv.stop().await;
+}
+
+/// The command-detection requests the fake received: chat calls that offered tools.
+fn command_requests(srv: &support::TestServer) -> Vec<Value> {
+    srv.fake
+        .http
+        .requests_to(tandem::testing::fake_openai::http::CHAT_PATH)
+        .into_iter()
+        .map(|r| r.body)
+        .filter(|b| b["tools"].as_array().is_some_and(|t| !t.is_empty()))
+        .collect()
+}
+
+fn tool_names(request: &Value) -> Vec<&str> {
+    request["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect()
+}
+
+/// What the clinician said, as the command detector sent it to the model.
+fn spoken(request: &Value) -> &str {
+    request["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .and_then(|m| m["content"].as_str())
+        .unwrap()
+}
+
+fn referral_command() -> Value {
+    json!({
+        "name": "refer_patient",
+        "description": "Refer the patient to a specialist.",
+        "examples": ["refer to cardiology"],
+        "parameters": {"type": "object", "properties": {
+            "specialty": {"type": "string"}, "reason": {"type": "string"}},
+            "required": ["specialty"]},
+        "produces": {"kind": "action", "actionType": "referral"}
+    })
+}
+
+async fn admin_of(srv: &support::TestServer) -> support::Client {
+    use tandem::store::Store as _;
+    let org = srv.store.default_organization().await.unwrap();
+    srv.user_with_role(&org.id, "admin_kim", tandem::store::UserRole::Admin)
+        .await
+}
+
+/// Streams the fixture (two utterances), finalizes, and returns the events up to the second
+/// `processing_completed`.
+async fn one_pass(audio: &mut Ws) -> Vec<Value> {
+    support::stream_recording(audio).await;
+    send(audio, json!({"type": "input_audio_buffer.finalize"})).await;
+    until_completed(audio, 2, Duration::from_secs(20)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_defined_over_rest_is_offered_and_executed_on_the_next_utterance() {
+    const REFER: &str = "Refer patient, specialty cardiology, reason chest pain.";
+    const REFER_NO_SPECIALTY: &str = "Please refer patient, reason chest pain.";
+    let english = |text: &str| ScriptLine {
+        text: text.into(),
+        languages: vec!["en".into()],
+    };
+    let srv = support::start_scripted(State::new([
+        english(REFER),
+        ScriptLine {
+            text: PATIENT.into(),
+            languages: vec!["es".into()],
+        },
+        english(REFER),
+        english(REFER_NO_SPECIALTY),
+    ]))
+    .await;
+    let (user, conversation_id) = start_conversation(&srv).await;
+    let admin = admin_of(&srv).await;
+    let (mut control, _) = open_control(&srv, &user, &conversation_id).await;
+    let mut audio = open_audio(&srv, &user, &conversation_id, "").await;
+
+    // Before the command exists: the model is offered the built-ins only, nothing happens.
+    let first = one_pass(&mut audio).await;
+    let before = command_requests(&srv);
+    assert_eq!(before.len(), 1, "one clinician utterance");
+    assert_eq!(tool_names(&before[0]), tandem::ai::BUILTIN_TOOL_NAMES);
+    assert!(!first.iter().any(|e| e["type"] == "command_executed"));
+
+    // Defined over REST while the conversation is live...
+    let res = admin
+        .post("/commands")
+        .json(&referral_command())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+
+    // ...and offered on the very next utterance, then executed.
+    let second = one_pass(&mut audio).await;
+    let after = command_requests(&srv);
+    assert_eq!(after.len(), 3);
+    let offered = &after[1];
+    assert_eq!(spoken(offered), REFER);
+    let names = tool_names(offered);
+    assert_eq!(names.last(), Some(&"refer_patient"), "{names:?}");
+    let tool = offered["tools"].as_array().unwrap().last().unwrap();
+    assert_eq!(tool["function"]["strict"], false);
+    assert_eq!(
+        tool["function"]["parameters"],
+        referral_command()["parameters"]
+    );
+    assert!(tool["function"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("\"refer to cardiology\""));
+
+    let executed: Vec<&Value> = second
+        .iter()
+        .filter(|e| e["type"] == "command_executed")
+        .map(|e| &e["payload"])
+        .collect();
+    assert_eq!(executed.len(), 2, "{executed:?}");
+    assert_eq!(executed[0]["status"], "success");
+    assert_eq!(executed[0]["name"], "refer_patient");
+    assert_eq!(executed[0]["payload"]["type"], "referral");
+    assert_eq!(executed[0]["payload"]["data"]["specialty"], "cardiology");
+    // A required value left out is reported, never executed with a guess.
+    assert_eq!(executed[1]["status"], "incomplete");
+    assert_eq!(executed[1]["name"], "refer_patient");
+    assert_eq!(executed[1]["data"]["missing"], json!(["specialty"]));
+
+    let pushed = next_event(&mut control, Duration::from_secs(5)).await;
+    assert_eq!(pushed["type"], "action_created");
+    assert_eq!(pushed["payload"]["type"], "referral");
+    assert_eq!(pushed["payload"]["status"], "pending_review");
+    assert_eq!(
+        pushed["payload"]["data"],
+        json!({"specialty": "cardiology", "reason": "chest pain"})
+    );
+    let actions = user
+        .get_json(&format!("/conversations/{conversation_id}/actions"), 200)
+        .await;
+    assert_eq!(actions.as_array().unwrap().len(), 1);
+    assert_eq!(actions[0], pushed["payload"]);
+
+    audio.close(None).await.unwrap();
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wake_phrase_gates_detection_and_the_builtin_switch_removes_builtins() {
+    const NO_WAKE: &str = "Take a note: the patient reports chest pain for three days.";
+    const WOKEN: &str = "Hey, Tandem: refer patient, specialty dermatology.";
+    let english = |text: &str| ScriptLine {
+        text: text.into(),
+        languages: vec!["en".into()],
+    };
+    let srv = support::start_scripted(State::new([english(NO_WAKE), english(WOKEN)])).await;
+    let (user, conversation_id) = start_conversation(&srv).await;
+    let admin = admin_of(&srv).await;
+    let res = admin
+        .post("/commands")
+        .json(&referral_command())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let res = user
+        .patch("/users/me/settings")
+        .json(&json!({"builtinCommands": false, "wakePhrase": "Hey Tandem"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    let mut audio = open_audio(&srv, &user, &conversation_id, "").await;
+    let events = one_pass(&mut audio).await;
+
+    // Without the wake phrase there was no model call at all; with it, the phrase is stripped
+    // and only the clinic's command is offered.
+    let requests = command_requests(&srv);
+    assert_eq!(requests.len(), 1, "only the woken utterance was checked");
+    assert_eq!(
+        spoken(&requests[0]),
+        "refer patient, specialty dermatology."
+    );
+    assert_eq!(tool_names(&requests[0]), ["refer_patient"]);
+    let executed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "command_executed")
+        .map(|e| &e["payload"])
+        .collect();
+    assert_eq!(executed.len(), 1, "{executed:?}");
+    assert_eq!(executed[0]["name"], "refer_patient");
+    assert_eq!(executed[0]["payload"]["data"]["specialty"], "dermatology");
+    let actions = user
+        .get_json(&format!("/conversations/{conversation_id}/actions"), 200)
+        .await;
+    let types: Vec<&str> = actions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["referral"], "no note without the wake phrase");
+
     audio.close(None).await.unwrap();
     srv.stop().await;
 }

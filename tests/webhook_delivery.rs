@@ -191,7 +191,7 @@ where
 /// An admin with a webhook pointing at the receiver, and a conversation.
 async fn clinic(srv: &TestServer, receiver: SocketAddr) -> (Client, String) {
     let admin = srv
-        .user_with_role("North Clinic", "admin", UserRole::Admin)
+        .user_in_new_org_as("North Clinic", "admin", UserRole::Admin)
         .await;
     let res = admin
         .put("/organization/webhook")

@@ -212,6 +212,17 @@ pub enum CommandOutcome {
     },
 }
 
+/// Names of the built-in command tools, as sent to the model; clinic-defined commands may not
+/// take them (compared case-insensitively, so the model never sees two near-identical names).
+pub const BUILTIN_TOOL_NAMES: &[&str] = &[
+    "take_note",
+    "schedule_follow_up",
+    "write_prescription",
+    "order_lab",
+    "request_summary",
+    "request_medical_history",
+];
+
 /// A clinic-defined voice command offered to the model next to the built-in tools.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CustomTool {
@@ -246,6 +257,36 @@ impl CommandContext {
             wake_phrase: None,
             custom_tools: Vec::new(),
         }
+    }
+
+    /// The part of `text` that may hold a command: without a wake phrase, the whole text;
+    /// with one, what follows it when the utterance starts with it, else `None`. Words are
+    /// compared case-insensitively and punctuation between them is ignored, so `"Hey, Tandem:
+    /// take a note"` matches `"hey tandem"` and yields `"take a note"`; a wake phrase must end
+    /// on a word boundary (`"hey tandemonium"` does not match).
+    pub fn command_text<'t>(&self, text: &'t str) -> Option<&'t str> {
+        let Some(wake) = &self.wake_phrase else {
+            return Some(text.trim());
+        };
+        let mut rest = text;
+        for wake_word in wake.split(|c: char| !c.is_alphanumeric()) {
+            if wake_word.is_empty() {
+                continue;
+            }
+            let start = rest.find(char::is_alphanumeric)?;
+            let word_len = rest[start..]
+                .find(|c: char| !c.is_alphanumeric())
+                .unwrap_or(rest.len() - start);
+            let word = &rest[start..start + word_len];
+            if !word.to_lowercase().eq(&wake_word.to_lowercase()) {
+                return None;
+            }
+            rest = &rest[start + word_len..];
+        }
+        Some(
+            rest.trim_start_matches(|c: char| !c.is_alphanumeric())
+                .trim_end(),
+        )
     }
 }
 

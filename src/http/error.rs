@@ -48,6 +48,9 @@ pub enum ApiError {
     Forbidden(&'static str),
     #[error("origin not allowed")]
     OriginNotAllowed,
+    /// A clinic command's name is taken in the organization (names are case-insensitive).
+    #[error("a command named {0:?} already exists in this organization")]
+    CommandExists(String),
     #[error(transparent)]
     Store(#[from] store::Error),
     /// A query parameter has an unknown value (e.g. `?format=pdf`).
@@ -94,7 +97,9 @@ impl ApiError {
                 StatusCode::FORBIDDEN
             }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::UsernameTaken | ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::UsernameTaken | ApiError::Conflict(_) | ApiError::CommandExists(_) => {
+                StatusCode::CONFLICT
+            }
             ApiError::Store(e) => store_status(e),
             ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
             ApiError::ConversationActive => StatusCode::CONFLICT,
@@ -119,6 +124,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::OriginNotAllowed => "origin_not_allowed",
+            ApiError::CommandExists(_) => "command_exists",
             ApiError::Store(e) => e.code(),
             ApiError::InvalidQuery(_) => "invalid_query",
             ApiError::ConversationActive => "conversation_active",
@@ -284,7 +290,8 @@ mod tests {
             (ApiError::UsernameTaken, 409, "username_taken"),
             (ApiError::RegistrationClosed, 403, "registration_closed"),
             (ApiError::Conflict("x".into()), 409, "conflict"),
-            (ApiError::Forbidden("x"), 403, "forbidden"),
+            (ApiError::Forbidden("admins only"), 403, "forbidden"),
+            (ApiError::CommandExists("x".into()), 409, "command_exists"),
         ];
         for (e, status, code) in cases {
             assert_eq!(e.status().as_u16(), status, "{e:?}");

@@ -18,8 +18,9 @@ use warp::path::FullPath;
 use warp::reply::Response;
 use warp::{Filter, Reply as _};
 
-pub mod console;
 pub mod actions;
+pub mod commands;
+pub mod console;
 pub mod cors;
 pub mod error;
 pub mod filters;
@@ -356,6 +357,7 @@ fn api(state: AppState) -> BoxedFilter<(Response,)> {
         list_patients,
         get_patient,
         update_patient,
+        commands::routes(state.clone()),
     ]
     .into_iter()
     .fold(health, |acc, route| acc.or(route).unify().boxed())
@@ -486,6 +488,9 @@ fn route_label(path: &str) -> String {
         "webhook",
         "webhook-deliveries",
         "retry",
+        "commands",
+        "users",
+        "settings",
         "healthz",
         "readyz",
         "metrics",

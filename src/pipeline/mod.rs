@@ -148,6 +148,8 @@ const STATUS_DISCONNECTED: u8 = 2;
 pub(crate) struct Live {
     conversation_id: String,
     organization_id: String,
+    /// The clinician who started the conversation; their settings shape command detection.
+    clinician_id: String,
     /// Input of the conversation's STT session; shared by its audio sockets. Bounded (Block).
     stt: mpsc::Sender<SttInput>,
     /// Attached audio sockets; guarded by the registry lock. At 0 the session is closed.
@@ -289,6 +291,7 @@ impl Pipelines {
         let live = Arc::new(Live {
             conversation_id: conversation.id.clone(),
             organization_id: conversation.organization_id.clone(),
+            clinician_id: conversation.user_id.clone(),
             stt: session.audio,
             sockets: Mutex::new(1),
             closing: AtomicBool::new(false),

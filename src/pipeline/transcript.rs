@@ -19,7 +19,7 @@ use super::event::{self, CommandExecuted, ServerEvent};
 use super::hub::Audience;
 use super::speaker::{self, Role, Speaker};
 use super::{lock, Live, Pipelines};
-use crate::ai::{self, CommandContext, CommandOutcome};
+use crate::ai::{self, CommandOutcome};
 use crate::commands;
 use crate::store::{self, Inserted, Message, NewMessage, SenderType};
 use crate::wire::{ActionView, MessageView};
@@ -510,7 +510,28 @@ fn send_tts(
 /// Command branch: detect a voice command in a clinician utterance and execute it.
 async fn run_command(pipelines: &Pipelines, live: &Live, original: &Message, clinician_lang: &str) {
     let id = &live.conversation_id;
-    let ctx = CommandContext::new(clinician_lang);
+    let (ctx, clinic) = match commands::clinic::context(
+        pipelines.store.as_ref(),
+        &live.clinician_id,
+        &live.organization_id,
+        clinician_lang,
+    )
+    .await
+    {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(conversation_id = %id, error = %e, "cannot read command settings");
+            pipelines.publish(
+                id,
+                Audience::Audio,
+                &ServerEvent::error(
+                    e.code(),
+                    "Voice commands were not checked for this utterance: settings are unavailable.",
+                ),
+            );
+            return;
+        }
+    };
     let outcome = match pipelines
         .providers
         .commands
@@ -546,7 +567,7 @@ async fn run_command(pipelines: &Pipelines, live: &Live, original: &Message, cli
             super::visit::request_medical_history(pipelines, live).await
         }
         CommandOutcome::Command(command) => {
-            match commands::action_for(&command, store::now_millis()) {
+            match commands::plan(&command, store::now_millis(), &clinic) {
                 None => CommandExecuted::without_action(
                     "success",
                     command.name(),

@@ -43,3 +43,5 @@ pub(super) const O_DELIVERY_COLS: &str = "o.id, o.organization_id, o.action_id, 
 pub(super) const DELIVERY_NCOLS: usize = 13;
 pub(super) const ATTEMPT_COLS: &str =
     "id, delivery_id, attempt, started_at, duration_ms, status_code, error";
+pub(super) const COMMAND_COLS: &str = "id, organization_id, name, description, examples, \
+     parameters, produces_kind, action_type, created_at, updated_at";

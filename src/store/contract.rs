@@ -11,10 +11,11 @@
 use serde_json::json;
 
 use super::{
-    new_id, next_updated_at, now_millis, Action, ActionChange, ConversationStatus, DeliveryOutcome,
-    DeliveryStatus, DocumentKind, Error, Inserted, NewAction, NewAuditEntry, NewConversation,
-    NewDelivery, NewDeliveryAttempt, NewMessage, NewPatient, NewUser, Organization, Page,
-    PatientUpdate, RefreshToken, SenderType, Store, User, UserRole,
+    new_id, next_updated_at, now_millis, Action, ActionChange, CommandDefinition, CommandProduces,
+    ConversationStatus, DeliveryOutcome, DeliveryStatus, DocumentKind, Error, Inserted, NewAction,
+    NewAuditEntry, NewConversation, NewDelivery, NewDeliveryAttempt, NewMessage, NewPatient,
+    NewUser, Organization, Page, PatientUpdate, RefreshToken, SenderType, Store, User, UserRole,
+    UserSettings,
 };
 
 /// Strings that must round-trip verbatim through every text column.
@@ -47,6 +48,8 @@ pub async fn run(store: &dyn Store) {
     webhook_outbox(store).await;
     audit(store).await;
     verbatim_strings(store).await;
+    clinic_commands(store).await;
+    user_settings(store).await;
 }
 
 /// A fresh organization and a clinician in it.
@@ -1404,4 +1407,137 @@ async fn verbatim_strings(store: &dyn Store) {
     // The tables the strings aimed at are still there.
     assert!(store.count_users().await.unwrap() > 0);
     store.user_by_id(&user.id).await.unwrap();
+}
+
+fn command(name: &str, produces: CommandProduces) -> CommandDefinition {
+    CommandDefinition {
+        name: name.into(),
+        description: "Refer the patient to a specialist.".into(),
+        examples: vec!["refer to cardiology".into(), NASTY[0].into()],
+        parameters: json!({"type": "object", "properties": {"specialty": {"type": "string"}},
+            "required": ["specialty"]}),
+        produces,
+    }
+}
+
+async fn clinic_commands(store: &dyn Store) {
+    let (org, _) = tenant(store).await;
+    let (other, _) = tenant(store).await;
+    let referral = CommandProduces::Action {
+        action_type: "referral".into(),
+    };
+    let refer = store
+        .create_command(&org.id, command("refer_patient", referral.clone()))
+        .await
+        .unwrap();
+    assert_eq!(refer.organization_id, org.id);
+    assert_eq!(refer.created_at, refer.updated_at);
+    assert_eq!(store.get_command(&org.id, &refer.id).await.unwrap(), refer);
+    let hook = store
+        .create_command(&org.id, command("Notify-Billing", CommandProduces::Webhook))
+        .await
+        .unwrap();
+    assert_eq!(hook.definition.produces, CommandProduces::Webhook);
+
+    // Unique per organization, case-insensitively; other organizations may reuse a name.
+    for dup in ["refer_patient", "REFER_PATIENT"] {
+        let r = store
+            .create_command(&org.id, command(dup, CommandProduces::Webhook))
+            .await;
+        assert!(matches!(r, Err(Error::Conflict(_))), "{dup}: {r:?}");
+    }
+    let elsewhere = store
+        .create_command(&other.id, command("refer_patient", referral.clone()))
+        .await
+        .unwrap();
+
+    // Listed by name (byte order: upper case first), scoped to the organization.
+    let listed = store.list_commands(&org.id).await.unwrap();
+    assert_eq!(listed, vec![hook.clone(), refer.clone()]);
+    assert_eq!(
+        store.list_commands(&other.id).await.unwrap(),
+        vec![elsewhere.clone()]
+    );
+    assert_not_found(store.get_command(&other.id, &refer.id).await, "foreign get");
+
+    // A full replacement keeps the id and creation time.
+    let mut changed = command("refer_to_specialist", CommandProduces::Webhook);
+    changed.examples = vec![];
+    changed.parameters = json!({"type": "object", "properties": {}});
+    let updated = store
+        .update_command(&org.id, &refer.id, changed.clone())
+        .await
+        .unwrap();
+    assert_eq!(updated.id, refer.id);
+    assert_eq!(updated.created_at, refer.created_at);
+    assert!(updated.updated_at >= refer.updated_at);
+    assert_eq!(updated.definition, changed);
+    assert_eq!(
+        store.get_command(&org.id, &refer.id).await.unwrap(),
+        updated
+    );
+    let renamed_onto = store
+        .update_command(
+            &org.id,
+            &refer.id,
+            command("notify-billing", referral.clone()),
+        )
+        .await;
+    assert!(
+        matches!(renamed_onto, Err(Error::Conflict(_))),
+        "{renamed_onto:?}"
+    );
+    assert_not_found(
+        store.update_command(&other.id, &refer.id, changed).await,
+        "foreign update",
+    );
+
+    assert_not_found(
+        store.delete_command(&other.id, &refer.id).await,
+        "foreign delete",
+    );
+    store.delete_command(&org.id, &refer.id).await.unwrap();
+    assert_not_found(
+        store.delete_command(&org.id, &refer.id).await,
+        "second delete",
+    );
+    assert_not_found(store.get_command(&org.id, &refer.id).await, "deleted get");
+    assert_eq!(store.list_commands(&org.id).await.unwrap(), vec![hook]);
+    // The freed name can be taken again.
+    store
+        .create_command(&org.id, command("refer_patient", referral))
+        .await
+        .unwrap();
+}
+
+async fn user_settings(store: &dyn Store) {
+    let (_, user) = tenant(store).await;
+    let (_, other) = tenant(store).await;
+    assert_eq!(
+        store.user_settings(&user.id).await.unwrap(),
+        UserSettings::default(),
+        "defaults without a stored row"
+    );
+    assert!(UserSettings::default().builtin_commands);
+    let quiet = UserSettings {
+        builtin_commands: false,
+        wake_phrase: Some("hey tandem".into()),
+    };
+    store.set_user_settings(&user.id, &quiet).await.unwrap();
+    assert_eq!(store.user_settings(&user.id).await.unwrap(), quiet);
+    assert_eq!(
+        store.user_settings(&other.id).await.unwrap(),
+        UserSettings::default(),
+        "per user"
+    );
+    let loud = UserSettings {
+        builtin_commands: true,
+        wake_phrase: None,
+    };
+    store.set_user_settings(&user.id, &loud).await.unwrap();
+    assert_eq!(store.user_settings(&user.id).await.unwrap(), loud);
+    assert_not_found(
+        store.set_user_settings(&new_id(), &quiet).await,
+        "unknown user",
+    );
 }

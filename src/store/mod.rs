@@ -472,6 +472,76 @@ pub struct NewAuditEntry {
     pub entity_id: String,
 }
 
+/// What executing a clinic-defined voice command produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandProduces {
+    /// An action of this (snake_case) type, `pending_review`, whose `data` is the arguments.
+    Action { action_type: String },
+    /// A call to the organization's webhook. Until the outbox is wired, it is recorded as an
+    /// action of type = the command's name, `pending_review` (see docs/api.md).
+    Webhook,
+}
+
+impl CommandProduces {
+    /// The stored `(produces_kind, action_type)` columns.
+    pub(crate) fn to_columns(&self) -> (&'static str, Option<&str>) {
+        match self {
+            CommandProduces::Action { action_type } => ("action", Some(action_type)),
+            CommandProduces::Webhook => ("webhook", None),
+        }
+    }
+
+    /// Reads the stored columns back; `None` for a combination the schema's CHECK forbids.
+    pub(crate) fn from_columns(kind: &str, action_type: Option<String>) -> Option<Self> {
+        match (kind, action_type) {
+            ("action", Some(action_type)) => Some(CommandProduces::Action { action_type }),
+            ("webhook", None) => Some(CommandProduces::Webhook),
+            _ => None,
+        }
+    }
+}
+
+/// A clinic-defined voice command as its organization's admin wrote it (validated by
+/// [`crate::commands::clinic`] before it reaches the store).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandDefinition {
+    /// Tool name; unique per organization, case-insensitively.
+    pub name: String,
+    pub description: String,
+    /// Phrases the clinician says for it; added to the tool description for the model.
+    pub examples: Vec<String>,
+    /// JSON Schema of the arguments object.
+    pub parameters: serde_json::Value,
+    pub produces: CommandProduces,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClinicCommand {
+    pub id: String,
+    pub organization_id: String,
+    pub definition: CommandDefinition,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// A clinician's voice-command switches; a user without a stored row has the defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSettings {
+    /// Whether the built-in command tools are offered (clinic commands always are).
+    pub builtin_commands: bool,
+    /// Normalized (lowercase, single spaces); `None` means every utterance may be a command.
+    pub wake_phrase: Option<String>,
+}
+
+impl Default for UserSettings {
+    fn default() -> Self {
+        UserSettings {
+            builtin_commands: true,
+            wake_phrase: None,
+        }
+    }
+}
+
 /// New rows get their id and timestamps here, once for both backends.
 impl NewUser {
     pub(crate) fn into_row(self) -> User {
@@ -525,6 +595,19 @@ impl NewMessage {
             speaker_source: self.speaker_source,
             speaker_confidence: self.speaker_confidence,
             timings: self.timings,
+        }
+    }
+}
+
+impl CommandDefinition {
+    pub(crate) fn into_row(self, organization_id: &str) -> ClinicCommand {
+        let now = now_millis();
+        ClinicCommand {
+            id: new_id(),
+            organization_id: organization_id.to_owned(),
+            definition: self,
+            created_at: now,
+            updated_at: now,
         }
     }
 }
@@ -730,6 +813,29 @@ pub trait Store: Send + Sync + 'static {
         organization_id: &str,
         patient_id: &str,
     ) -> Result<Option<Document>>;
+
+    // --- clinic commands and clinician settings ---
+    /// `Conflict` if the organization has a command of that name (case-insensitively).
+    async fn create_command(
+        &self,
+        organization_id: &str,
+        definition: CommandDefinition,
+    ) -> Result<ClinicCommand>;
+    /// The organization's commands, by name.
+    async fn list_commands(&self, organization_id: &str) -> Result<Vec<ClinicCommand>>;
+    async fn get_command(&self, organization_id: &str, id: &str) -> Result<ClinicCommand>;
+    /// Replaces the definition; `Conflict` when renamed onto another command's name.
+    async fn update_command(
+        &self,
+        organization_id: &str,
+        id: &str,
+        definition: CommandDefinition,
+    ) -> Result<ClinicCommand>;
+    async fn delete_command(&self, organization_id: &str, id: &str) -> Result<()>;
+    /// The user's settings, or the defaults when none were stored.
+    async fn user_settings(&self, user_id: &str) -> Result<UserSettings>;
+    /// Stores the user's settings whole; `NotFound` for an unknown user.
+    async fn set_user_settings(&self, user_id: &str, settings: &UserSettings) -> Result<()>;
 
     // --- audit ---
     async fn record_audit(&self, entry: NewAuditEntry) -> Result<()>;

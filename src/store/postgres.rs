@@ -22,11 +22,11 @@ use tokio_postgres::{Client, Config, NoTls, Row};
 use super::columns::*;
 use super::{
     new_id, now_millis, Action, ActionChange, AppliedMigration, AuditEntry, ClaimedDelivery,
-    Conversation, ConversationStatus, ConversationWithPatient, Delivery, DeliveryAttempt,
-    DeliveryOutcome, DeliveryStatus, Document, DocumentKind, Error, Inserted, Message, Millis,
-    NewAction, NewAuditEntry, NewConversation, NewDeliveryAttempt, NewMessage, NewPatient, NewUser,
-    Organization, Page, Patient, PatientUpdate, RefreshToken, Result, SenderType, Store, User,
-    UserRole, Webhook,
+    ClinicCommand, CommandDefinition, CommandProduces, Conversation, ConversationStatus,
+    ConversationWithPatient, Delivery, DeliveryAttempt, DeliveryOutcome, DeliveryStatus, Document,
+    DocumentKind, Error, Inserted, Message, Millis, NewAction, NewAuditEntry, NewConversation,
+    NewDeliveryAttempt, NewMessage, NewPatient, NewUser, Organization, Page, Patient,
+    PatientUpdate, RefreshToken, Result, SenderType, Store, User, UserRole, UserSettings, Webhook,
 };
 
 /// Embedded migrations, applied in order on connect; the version is the file's number.
@@ -35,6 +35,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         2,
         include_str!("migrations/postgres/0002_webhook_outbox.sql"),
+    ),
+    (
+        3,
+        include_str!("migrations/postgres/0003_clinic_commands.sql"),
     ),
 ];
 
@@ -407,6 +411,27 @@ fn attempt_row(r: &Row) -> Result<DeliveryAttempt> {
             })
             .transpose()?,
         error: r.try_get(6)?,
+    })
+}
+fn command_row(r: &Row) -> Result<ClinicCommand> {
+    let examples: String = r.try_get(4)?;
+    let examples = serde_json::from_str(&examples)
+        .map_err(|e| Error::Backend(format!("bad JSON in clinic_commands.examples: {e}")))?;
+    let kind: String = r.try_get(6)?;
+    let produces = CommandProduces::from_columns(&kind, r.try_get(7)?)
+        .ok_or_else(|| Error::Backend(format!("unexpected produces_kind {kind:?}")))?;
+    Ok(ClinicCommand {
+        id: r.try_get(0)?,
+        organization_id: r.try_get(1)?,
+        definition: CommandDefinition {
+            name: r.try_get(2)?,
+            description: r.try_get(3)?,
+            examples,
+            parameters: json_col(r, 5)?.unwrap_or(serde_json::Value::Null),
+            produces,
+        },
+        created_at: r.try_get(8)?,
+        updated_at: r.try_get(9)?,
     })
 }
 
@@ -1380,6 +1405,152 @@ impl Store for PostgresStore {
             .as_ref()
             .map(document_row)
             .transpose()
+    }
+    async fn create_command(
+        &self,
+        organization_id: &str,
+        definition: CommandDefinition,
+    ) -> Result<ClinicCommand> {
+        let command = definition.into_row(organization_id);
+        let d = &command.definition;
+        let (kind, action_type) = d.produces.to_columns();
+        let sql = format!(
+            "INSERT INTO clinic_commands ({COMMAND_COLS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        );
+        self.client()
+            .await?
+            .execute(
+                &sql,
+                &[
+                    &command.id,
+                    &command.organization_id,
+                    &d.name,
+                    &d.description,
+                    &json_text(&serde_json::json!(d.examples)),
+                    &json_text(&d.parameters),
+                    &kind,
+                    &action_type,
+                    &command.created_at,
+                    &command.updated_at,
+                ],
+            )
+            .await?;
+        Ok(command)
+    }
+
+    async fn list_commands(&self, organization_id: &str) -> Result<Vec<ClinicCommand>> {
+        let sql = format!(
+            "SELECT {COMMAND_COLS} FROM clinic_commands WHERE organization_id = $1 \
+             ORDER BY name, id"
+        );
+        rows(
+            &self
+                .client()
+                .await?
+                .query(&sql, &[&organization_id])
+                .await?,
+            command_row,
+        )
+    }
+
+    async fn get_command(&self, organization_id: &str, id: &str) -> Result<ClinicCommand> {
+        let sql = format!(
+            "SELECT {COMMAND_COLS} FROM clinic_commands WHERE organization_id = $1 AND id = $2"
+        );
+        one(
+            self.client()
+                .await?
+                .query_opt(&sql, &[&organization_id, &id])
+                .await?,
+            command_row,
+        )
+    }
+
+    async fn update_command(
+        &self,
+        organization_id: &str,
+        id: &str,
+        definition: CommandDefinition,
+    ) -> Result<ClinicCommand> {
+        let (kind, action_type) = definition.produces.to_columns();
+        let sql = format!(
+            "UPDATE clinic_commands SET name = $3, description = $4, examples = $5, \
+             parameters = $6, produces_kind = $7, action_type = $8, updated_at = $9 \
+             WHERE organization_id = $1 AND id = $2 RETURNING {COMMAND_COLS}"
+        );
+        one(
+            self.client()
+                .await?
+                .query_opt(
+                    &sql,
+                    &[
+                        &organization_id,
+                        &id,
+                        &definition.name,
+                        &definition.description,
+                        &json_text(&serde_json::json!(definition.examples)),
+                        &json_text(&definition.parameters),
+                        &kind,
+                        &action_type,
+                        &now_millis(),
+                    ],
+                )
+                .await?,
+            command_row,
+        )
+    }
+
+    async fn delete_command(&self, organization_id: &str, id: &str) -> Result<()> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "DELETE FROM clinic_commands WHERE organization_id = $1 AND id = $2",
+                &[&organization_id, &id],
+            )
+            .await?;
+        if n == 0 {
+            return Err(Error::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn user_settings(&self, user_id: &str) -> Result<UserSettings> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT builtin_commands, wake_phrase FROM user_settings WHERE user_id = $1",
+                &[&user_id],
+            )
+            .await?;
+        match row {
+            Some(r) => Ok(UserSettings {
+                builtin_commands: r.try_get(0)?,
+                wake_phrase: r.try_get(1)?,
+            }),
+            None => Ok(UserSettings::default()),
+        }
+    }
+
+    async fn set_user_settings(&self, user_id: &str, settings: &UserSettings) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO user_settings (user_id, builtin_commands, wake_phrase, updated_at) \
+                 VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (user_id) DO UPDATE SET builtin_commands = excluded.builtin_commands, \
+                 wake_phrase = excluded.wake_phrase, updated_at = excluded.updated_at",
+                &[
+                    &user_id,
+                    &settings.builtin_commands,
+                    &settings.wake_phrase,
+                    &now_millis(),
+                ],
+            )
+            .await?;
+        Ok(())
     }
 
     async fn record_audit(&self, entry: NewAuditEntry) -> Result<()> {

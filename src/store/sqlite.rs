@@ -19,17 +19,21 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, Transactio
 use super::columns::*;
 use super::{
     new_id, now_millis, Action, ActionChange, AppliedMigration, AuditEntry, ClaimedDelivery,
-    Conversation, ConversationStatus, ConversationWithPatient, Delivery, DeliveryAttempt,
-    DeliveryOutcome, DeliveryStatus, Document, DocumentKind, Error, Inserted, Message, Millis,
-    NewAction, NewAuditEntry, NewConversation, NewDeliveryAttempt, NewMessage, NewPatient, NewUser,
-    Organization, Page, Patient, PatientUpdate, RefreshToken, Result, SenderType, Store, User,
-    UserRole, Webhook,
+    ClinicCommand, CommandDefinition, CommandProduces, Conversation, ConversationStatus,
+    ConversationWithPatient, Delivery, DeliveryAttempt, DeliveryOutcome, DeliveryStatus, Document,
+    DocumentKind, Error, Inserted, Message, Millis, NewAction, NewAuditEntry, NewConversation,
+    NewDeliveryAttempt, NewMessage, NewPatient, NewUser, Organization, Page, Patient,
+    PatientUpdate, RefreshToken, Result, SenderType, Store, User, UserRole, UserSettings, Webhook,
 };
 
 /// Embedded migrations, applied in order on open; the version is the file's number.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/sqlite/0001_init.sql")),
     (2, include_str!("migrations/sqlite/0002_webhook_outbox.sql")),
+    (
+        3,
+        include_str!("migrations/sqlite/0003_clinic_commands.sql"),
+    ),
 ];
 
 /// How long a statement waits for another process's lock before giving up as `Unavailable`.
@@ -369,6 +373,33 @@ fn get_delivery(conn: &Connection, organization_id: &str, id: &str) -> Result<De
     Ok(conn
         .prepare_cached(&sql)?
         .query_row(params![organization_id, id], delivery_row)?)
+}
+
+fn command_row(r: &Row<'_>) -> rusqlite::Result<ClinicCommand> {
+    let examples: String = r.get(4)?;
+    let examples = serde_json::from_str(&examples)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(4, Type::Text, Box::new(e)))?;
+    let kind: String = r.get(6)?;
+    let produces = CommandProduces::from_columns(&kind, r.get(7)?).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            6,
+            Type::Text,
+            format!("unexpected produces_kind {kind:?}").into(),
+        )
+    })?;
+    Ok(ClinicCommand {
+        id: r.get(0)?,
+        organization_id: r.get(1)?,
+        definition: CommandDefinition {
+            name: r.get(2)?,
+            description: r.get(3)?,
+            examples,
+            parameters: json_col(r, 5)?.unwrap_or(serde_json::Value::Null),
+            produces,
+        },
+        created_at: r.get(8)?,
+        updated_at: r.get(9)?,
+    })
 }
 
 fn document_row(r: &Row<'_>) -> rusqlite::Result<Document> {
@@ -1304,6 +1335,148 @@ impl Store for SqliteStore {
             Ok(c.prepare_cached(&sql)?
                 .query_row(params![org, patient, document_kind(kind)], document_row)
                 .optional()?)
+        })
+        .await
+    }
+    async fn create_command(
+        &self,
+        organization_id: &str,
+        definition: CommandDefinition,
+    ) -> Result<ClinicCommand> {
+        let command = definition.into_row(organization_id);
+        self.call(move |c| {
+            let d = &command.definition;
+            let (kind, action_type) = d.produces.to_columns();
+            let sql = format!(
+                "INSERT INTO clinic_commands ({COMMAND_COLS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            );
+            c.prepare_cached(&sql)?.execute(params![
+                command.id,
+                command.organization_id,
+                d.name,
+                d.description,
+                json_text(&serde_json::json!(d.examples)),
+                json_text(&d.parameters),
+                kind,
+                action_type,
+                command.created_at,
+                command.updated_at
+            ])?;
+            Ok(command)
+        })
+        .await
+    }
+
+    async fn list_commands(&self, organization_id: &str) -> Result<Vec<ClinicCommand>> {
+        let org = organization_id.to_owned();
+        self.call(move |c| {
+            let sql = format!(
+                "SELECT {COMMAND_COLS} FROM clinic_commands WHERE organization_id = ?1 \
+                 ORDER BY name, id"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map([org], command_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn get_command(&self, organization_id: &str, id: &str) -> Result<ClinicCommand> {
+        let (org, id) = (organization_id.to_owned(), id.to_owned());
+        self.call(move |c| {
+            let sql = format!(
+                "SELECT {COMMAND_COLS} FROM clinic_commands WHERE organization_id = ?1 AND id = ?2"
+            );
+            Ok(c.prepare_cached(&sql)?
+                .query_row(params![org, id], command_row)?)
+        })
+        .await
+    }
+
+    async fn update_command(
+        &self,
+        organization_id: &str,
+        id: &str,
+        definition: CommandDefinition,
+    ) -> Result<ClinicCommand> {
+        let (org, id) = (organization_id.to_owned(), id.to_owned());
+        self.call(move |c| {
+            let (kind, action_type) = definition.produces.to_columns();
+            let sql = format!(
+                "UPDATE clinic_commands SET name = ?3, description = ?4, examples = ?5, \
+                 parameters = ?6, produces_kind = ?7, action_type = ?8, updated_at = ?9 \
+                 WHERE organization_id = ?1 AND id = ?2 RETURNING {COMMAND_COLS}"
+            );
+            Ok(c.prepare_cached(&sql)?.query_row(
+                params![
+                    org,
+                    id,
+                    definition.name,
+                    definition.description,
+                    json_text(&serde_json::json!(definition.examples)),
+                    json_text(&definition.parameters),
+                    kind,
+                    action_type,
+                    now_millis()
+                ],
+                command_row,
+            )?)
+        })
+        .await
+    }
+
+    async fn delete_command(&self, organization_id: &str, id: &str) -> Result<()> {
+        let (org, id) = (organization_id.to_owned(), id.to_owned());
+        self.call(move |c| {
+            let n = c
+                .prepare_cached(
+                    "DELETE FROM clinic_commands WHERE organization_id = ?1 AND id = ?2",
+                )?
+                .execute(params![org, id])?;
+            if n == 0 {
+                return Err(Error::NotFound);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn user_settings(&self, user_id: &str) -> Result<UserSettings> {
+        let user = user_id.to_owned();
+        self.call(move |c| {
+            let row = c
+                .prepare_cached(
+                    "SELECT builtin_commands, wake_phrase FROM user_settings WHERE user_id = ?1",
+                )?
+                .query_row([user], |r| {
+                    Ok(UserSettings {
+                        builtin_commands: r.get(0)?,
+                        wake_phrase: r.get(1)?,
+                    })
+                })
+                .optional()?;
+            Ok(row.unwrap_or_default())
+        })
+        .await
+    }
+
+    async fn set_user_settings(&self, user_id: &str, settings: &UserSettings) -> Result<()> {
+        let (user, settings) = (user_id.to_owned(), settings.clone());
+        self.call(move |c| {
+            c.prepare_cached(
+                "INSERT INTO user_settings (user_id, builtin_commands, wake_phrase, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (user_id) DO UPDATE SET builtin_commands = excluded.builtin_commands, \
+                 wake_phrase = excluded.wake_phrase, updated_at = excluded.updated_at",
+            )?
+            .execute(params![
+                user,
+                settings.builtin_commands,
+                settings.wake_phrase,
+                now_millis()
+            ])?;
+            Ok(())
         })
         .await
     }

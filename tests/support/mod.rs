@@ -210,21 +210,37 @@ impl TestServer {
     /// Creates a new organization with one clinician directly in the store, then logs in
     /// over HTTP.
     pub async fn user_in_new_org(&self, org_name: &str, username: &str) -> Client {
-        self.user_with_role(org_name, username, UserRole::Clinician)
+        self.user_in_new_org_as(org_name, username, UserRole::Clinician)
             .await
     }
 
     /// Like [`TestServer::user_in_new_org`], with the given role.
-    pub async fn user_with_role(&self, org_name: &str, username: &str, role: UserRole) -> Client {
+    pub async fn user_in_new_org_as(
+        &self,
+        org_name: &str,
+        username: &str,
+        role: UserRole,
+    ) -> Client {
         let org = self
             .store
             .create_organization(org_name)
             .await
             .expect("create org");
+        self.user_with_role(&org.id, username, role).await
+    }
+
+    /// Creates a user with `role` in an existing organization directly in the store (REST
+    /// creates clinicians only), then logs in over HTTP.
+    pub async fn user_with_role(
+        &self,
+        organization_id: &str,
+        username: &str,
+        role: UserRole,
+    ) -> Client {
         let hash = self.state.auth.hash_password(PASSWORD).await.expect("hash");
         self.store
             .create_user(NewUser {
-                organization_id: org.id,
+                organization_id: organization_id.to_owned(),
                 username: username.to_owned(),
                 password_hash: hash,
                 preferred_language: "en".into(),
@@ -278,12 +294,6 @@ impl Client {
             .bearer_auth(&self.access_token)
     }
 
-    pub fn patch(&self, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .patch(format!("{}{path}", self.base))
-            .bearer_auth(&self.access_token)
-    }
-
     pub fn put(&self, path: &str) -> reqwest::RequestBuilder {
         self.http
             .put(format!("{}{path}", self.base))
@@ -293,6 +303,12 @@ impl Client {
     pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
         self.http
             .delete(format!("{}{path}", self.base))
+            .bearer_auth(&self.access_token)
+    }
+
+    pub fn patch(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .patch(format!("{}{path}", self.base))
             .bearer_auth(&self.access_token)
     }
 

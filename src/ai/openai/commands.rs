@@ -131,34 +131,11 @@ fn system_prompt(ctx: &CommandContext) -> String {
     )
 }
 
-/// Lowercase letters, digits and single spaces only, for wake-phrase matching.
-fn simplify(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_alphanumeric() {
-                c.to_lowercase().next().unwrap_or(c)
-            } else {
-                ' '
-            }
-        })
-        .collect::<String>()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Pure pre-filter: whether `text` may be a command at all (length and wake phrase).
-fn worth_asking(text: &str, ctx: &CommandContext) -> bool {
-    if text.trim().chars().count() < MIN_COMMAND_CHARS {
-        return false;
-    }
-    match &ctx.wake_phrase {
-        Some(wake) => {
-            let wake = simplify(wake);
-            wake.is_empty() || simplify(text).starts_with(&wake)
-        }
-        None => true,
-    }
+/// Pure pre-filter: the text to ask the model about (wake phrase removed), or `None` when it
+/// cannot be a command (no wake phrase, or too short).
+fn worth_asking<'t>(text: &'t str, ctx: &CommandContext) -> Option<&'t str> {
+    ctx.command_text(text)
+        .filter(|rest| rest.chars().count() >= MIN_COMMAND_CHARS)
 }
 
 /// Pure: the response → outcome; only the first tool call counts.
@@ -309,9 +286,9 @@ fn positive_int(value: Option<&Value>) -> Option<u32> {
 #[async_trait]
 impl CommandDetector for OpenAiCommandDetector {
     async fn detect(&self, text: &str, ctx: &CommandContext) -> Result<CommandOutcome> {
-        if !worth_asking(text, ctx) {
+        let Some(text) = worth_asking(text, ctx) else {
             return Ok(CommandOutcome::None);
-        }
+        };
         let mut tools = if ctx.builtin_enabled {
             builtin_tools()
         } else {
@@ -324,7 +301,7 @@ impl CommandDetector for OpenAiCommandDetector {
         let mut request = ChatRequest::new(
             &self.client.config().chat_model,
             system_prompt(ctx),
-            text.trim().to_owned(),
+            text.to_owned(),
         );
         request.tools = tools;
         request.tool_choice = Some("auto");
@@ -363,17 +340,7 @@ mod tests {
     fn every_builtin_tool_is_strict_and_lists_all_properties() {
         let tools = builtin_tools();
         let names: Vec<&str> = tools.iter().map(|t| t.function.name.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "take_note",
-                "schedule_follow_up",
-                "write_prescription",
-                "order_lab",
-                "request_summary",
-                "request_medical_history"
-            ]
-        );
+        assert_eq!(names, crate::ai::BUILTIN_TOOL_NAMES);
         for tool in &tools {
             let p = &tool.function.parameters;
             assert!(tool.function.strict);
@@ -547,12 +514,36 @@ mod tests {
     }
 
     #[test]
-    fn prefilter_skips_short_text_and_missing_wake_phrase() {
+    fn prefilter_skips_short_text_and_strips_the_wake_phrase() {
         let mut ctx = CommandContext::new("en");
-        assert!(!worth_asking(" ok ", &ctx));
-        assert!(worth_asking("take a note", &ctx));
+        assert_eq!(worth_asking(" ok ", &ctx), None);
+        assert_eq!(worth_asking(" take a note ", &ctx), Some("take a note"));
         ctx.wake_phrase = Some("Hey Tandem".into());
-        assert!(!worth_asking("take a note: cough", &ctx));
-        assert!(worth_asking("Hey, Tandem! take a note: cough", &ctx));
+        assert_eq!(worth_asking("take a note: cough", &ctx), None);
+        assert_eq!(
+            worth_asking("Hey, Tandem! take a note: cough", &ctx),
+            Some("take a note: cough")
+        );
+        assert_eq!(
+            worth_asking("HEY TANDEM: Take a note", &ctx),
+            Some("Take a note")
+        );
+        assert_eq!(worth_asking("hey tandemonium take a note", &ctx), None);
+        assert_eq!(worth_asking("Hey", &ctx), None);
+        assert_eq!(
+            worth_asking("Hey Tandem, ok", &ctx),
+            None,
+            "too short once stripped"
+        );
+        ctx.wake_phrase = Some("doctor's helper".into());
+        assert_eq!(
+            worth_asking("Doctor\u{2019}s helper \u{2014} order a CBC", &ctx),
+            Some("order a CBC")
+        );
+        ctx.wake_phrase = Some("oye tándem".into());
+        assert_eq!(
+            worth_asking("Oye, Tándem: toma una nota", &ctx),
+            Some("toma una nota")
+        );
     }
 }

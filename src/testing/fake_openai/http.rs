@@ -3,7 +3,10 @@
 //! Answers are deterministic functions of the request, so tests assert on exact outputs without
 //! scripting every call: with `tools` the fake picks a tool by keyword rules over the last user
 //! message ("take a note ...", "follow-up in 2 weeks", "prescribe X 500 mg twice a day", "order
-//! a lipid panel", "summary", "medical history"); a translation prompt gets `"[<to>] <text>"`;
+//! a lipid panel", "summary", "medical history"), but first any offered tool that is not built in
+//! (a clinic command) whose name the message says (`refer patient` for `refer_patient`), with
+//! each of its schema's properties read from `<property> <value>` parts after the name
+//! (`..., specialty cardiology, reason chest pain`); a translation prompt gets `"[<to>] <text>"`;
 //! detection, summary and history prompts get fixed shapes; speech gets `FAKE-<FMT>:<text>`.
 //! A FIFO chat script overrides the rules when a test needs an exact answer. Fault injection
 //! (429 with `Retry-After: 0`, 500, a malformed body, a speech body cut mid-stream, per-path
@@ -323,13 +326,15 @@ fn messages_by_role<'a>(body: &'a Value, roles: &'a [&str]) -> impl Iterator<Ite
 /// Pure: the deterministic answer to a chat request.
 fn chat_answer(body: &Value) -> Value {
     let user = messages_by_role(body, &["user"]).last().unwrap_or_default();
-    let tools: Vec<&str> = body["tools"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let offered: Vec<&Value> = body["tools"].as_array().into_iter().flatten().collect();
+    let tools: Vec<&str> = offered
+        .iter()
         .filter_map(|t| t["function"]["name"].as_str())
         .collect();
     if !tools.is_empty() {
+        if let Some((name, args)) = clinic_tool_rule(&user, &offered) {
+            return tool_completion(body, name, &args);
+        }
         return match tool_rule(&user) {
             Some((name, args)) if tools.contains(&name) => tool_completion(body, name, &args),
             _ => text_completion(body, ""),
@@ -506,6 +511,41 @@ fn tool_rule(text: &str) -> Option<(&'static str, Value)> {
     None
 }
 
+/// Pure: the first offered non-built-in tool the message names, with the arguments read from
+/// the tool's own `parameters.properties` (so the fake answers only with what it was sent).
+fn clinic_tool_rule<'t>(text: &str, offered: &[&'t Value]) -> Option<(&'t str, Value)> {
+    let words = |s: &str| s.replace(['_', '-'], " ").to_lowercase();
+    let lower = text.to_lowercase();
+    offered.iter().find_map(|tool| {
+        let function = &tool["function"];
+        let name = function["name"].as_str()?;
+        if crate::ai::BUILTIN_TOOL_NAMES.contains(&name) {
+            return None;
+        }
+        let phrase = words(name);
+        let rest = &lower[lower.find(&phrase)? + phrase.len()..];
+        let mut args = serde_json::Map::new();
+        let properties = function["parameters"]["properties"].as_object();
+        for (key, schema) in properties.into_iter().flatten() {
+            let key_phrase = format!("{} ", words(key));
+            let Some(part) = rest
+                .split([',', ';', '.'])
+                .map(str::trim)
+                .find_map(|part| part.strip_prefix(&key_phrase))
+            else {
+                continue;
+            };
+            let numeric = matches!(schema["type"].as_str(), Some("integer" | "number"));
+            let value = match part.trim().parse::<i64>() {
+                Ok(n) if numeric => json!(n),
+                _ => json!(part.trim()),
+            };
+            args.insert(key.clone(), value);
+        }
+        Some((name, Value::Object(args)))
+    })
+}
+
 fn number_word(token: &str) -> Option<u32> {
     const WORDS: [&str; 12] = [
         "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
@@ -559,6 +599,34 @@ mod tests {
             "request_medical_history"
         );
         assert_eq!(tool_rule("How are you feeling today?"), None);
+    }
+
+    #[test]
+    fn clinic_tools_are_answered_from_the_offered_schema() {
+        let refer = json!({"type": "function", "function": {"name": "refer_patient",
+            "parameters": {"type": "object", "properties": {
+                "specialty": {"type": "string"}, "within_days": {"type": "integer"}}}}});
+        let note = json!({"type": "function", "function": {"name": "take_note"}});
+        let offered = [&note, &refer];
+        assert_eq!(
+            clinic_tool_rule(
+                "Refer patient, specialty cardiology, within days 14.",
+                &offered
+            ),
+            Some((
+                "refer_patient",
+                json!({"specialty": "cardiology", "within_days": 14})
+            ))
+        );
+        assert_eq!(
+            clinic_tool_rule("refer patient", &offered),
+            Some(("refer_patient", json!({})))
+        );
+        assert_eq!(
+            clinic_tool_rule("take a note: refer patient", &[&note]),
+            None
+        );
+        assert_eq!(clinic_tool_rule("How are you?", &offered), None);
     }
 
     #[test]
