@@ -330,7 +330,7 @@ async fn changes_are_pushed_as_action_updated_on_control_sockets() {
     )
     .await;
     let edited: Value = res.json().await.unwrap();
-    let pushed = support::next_json(&mut control, Duration::from_secs(5)).await;
+    let pushed = support::next_control_json(&mut control, Duration::from_secs(5)).await;
     assert_eq!(pushed, json!({"type": "action_updated", "payload": edited}));
 
     let confirmed: Value = post(&user, &format!("/actions/{}/confirm", ids[0]))
@@ -338,7 +338,7 @@ async fn changes_are_pushed_as_action_updated_on_control_sockets() {
         .json()
         .await
         .unwrap();
-    let pushed = support::next_json(&mut control, Duration::from_secs(5)).await;
+    let pushed = support::next_control_json(&mut control, Duration::from_secs(5)).await;
     assert_eq!(pushed["type"], "action_updated");
     assert_eq!(pushed["payload"], confirmed);
     assert_eq!(pushed["payload"]["status"], "confirmed");

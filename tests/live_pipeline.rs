@@ -42,17 +42,6 @@ async fn next_event(ws: &mut Ws, within: Duration) -> Value {
     }
 }
 
-/// The next control-socket event other than the medical-history push, which the creator's
-/// sockets receive whenever its background generation finishes (tests/records.rs covers it).
-async fn next_control_event(ws: &mut Ws, within: Duration) -> Value {
-    loop {
-        let event = next_event(ws, within).await;
-        if event["type"] != "medical_history_data" {
-            return event;
-        }
-    }
-}
-
 async fn send(ws: &mut Ws, event: Value) {
     ws.send(Message::text(event.to_string()))
         .await
@@ -97,7 +86,7 @@ async fn open_control(
 ) -> (Ws, Value) {
     let mut control = connect(format!("ws://{}/ws?token={}", srv.addr, user.access_token)).await;
     assert_eq!(
-        next_control_event(&mut control, Duration::from_secs(5)).await["type"],
+        support::next_control_json(&mut control, Duration::from_secs(5)).await["type"],
         "system"
     );
     send(
@@ -105,7 +94,7 @@ async fn open_control(
         json!({"type": "select_conversation", "payload": {"conversationId": conversation_id}}),
     )
     .await;
-    let selected = next_control_event(&mut control, Duration::from_secs(5)).await;
+    let selected = support::next_control_json(&mut control, Duration::from_secs(5)).await;
     assert_eq!(selected["type"], "conversation_selected");
     (control, selected)
 }
@@ -216,7 +205,7 @@ async fn a_visit_is_transcribed_interpreted_and_stored() {
     );
 
     // The control socket got the action push for the conversation it selected.
-    let pushed = next_control_event(&mut control, Duration::from_secs(5)).await;
+    let pushed = support::next_control_json(&mut control, Duration::from_secs(5)).await;
     assert_eq!(pushed["type"], "action_created");
     assert_eq!(pushed["payload"]["type"], "note");
     assert!(!pushed["payload"]["data"]["content"]
@@ -264,7 +253,7 @@ async fn a_visit_is_transcribed_interpreted_and_stored() {
         json!({"type": "get_messages", "payload": {"conversationId": conversation_id}}),
     )
     .await;
-    let list = next_control_event(&mut control, Duration::from_secs(5)).await;
+    let list = support::next_control_json(&mut control, Duration::from_secs(5)).await;
     assert_eq!(list["type"], "message_list");
     assert_eq!(list["payload"]["messages"].as_array().unwrap().len(), 4);
 

@@ -402,6 +402,17 @@ pub async fn next_json(ws: &mut Ws, within: Duration) -> Value {
     }
 }
 
+/// The next control-socket frame other than the medical-history push, which the creator's
+/// sockets receive whenever its background generation finishes (tests/records.rs covers it).
+pub async fn next_control_json(ws: &mut Ws, within: Duration) -> Value {
+    loop {
+        let event = next_json(ws, within).await;
+        if event["type"] != "medical_history_data" {
+            return event;
+        }
+    }
+}
+
 /// A control socket of `user` that has selected `conversation_id`, so it receives the
 /// conversation's pushes; the greeting and the selection reply are consumed.
 pub async fn control_socket(srv: &TestServer, user: &Client, conversation_id: &str) -> Ws {
@@ -411,7 +422,7 @@ pub async fn control_socket(srv: &TestServer, user: &Client, conversation_id: &s
         .await
         .expect("control socket");
     assert_eq!(
-        next_json(&mut ws, Duration::from_secs(5)).await["type"],
+        next_control_json(&mut ws, Duration::from_secs(5)).await["type"],
         "system"
     );
     let select =
@@ -422,7 +433,7 @@ pub async fn control_socket(srv: &TestServer, user: &Client, conversation_id: &s
     .await
     .expect("send");
     assert_eq!(
-        next_json(&mut ws, Duration::from_secs(5)).await["type"],
+        next_control_json(&mut ws, Duration::from_secs(5)).await["type"],
         "conversation_selected"
     );
     ws
