@@ -24,7 +24,9 @@ use tandem::testing::loadgen::{self, recording::Recording, LoadConfig, ProbeTap,
 use url::Url;
 
 #[derive(Parser, Debug)]
-#[command(about = "Concurrent live conversations against a Tandem server, with the fake provider in this process")]
+#[command(
+    about = "Concurrent live conversations against a Tandem server, with the fake provider in this process"
+)]
 struct Args {
     /// Load levels to run, one after the other (concurrent conversations).
     #[arg(long, value_delimiter = ',', default_value = "10")]

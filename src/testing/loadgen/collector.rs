@@ -201,7 +201,9 @@ impl Collector {
                     Some(connection) => {
                         self.conversation_of.insert(connection, conversation);
                     }
-                    None => self.error("a conversation went live without a provider connection".into()),
+                    None => {
+                        self.error("a conversation went live without a provider connection".into())
+                    }
                 }
             }
             Observation::Sent {
@@ -212,7 +214,9 @@ impl Collector {
             } => {
                 self.m.chunks_sent += 1;
                 self.m.send_lag.push(lag);
-                if let (Some(total), Some(pending)) = (pcm_total, self.pending.get_mut(conversation)) {
+                if let (Some(total), Some(pending)) =
+                    (pcm_total, self.pending.get_mut(conversation))
+                {
                     pending.push_back((total, at));
                 }
             }

@@ -309,7 +309,9 @@ pub async fn run(config: &LoadConfig, target: &Target, tap: &ProbeTap) -> Result
     let n = config.conversations.max(1);
     let recording = Recording::load(&config.fixture, config.timeslice)?;
     let pace = recording.chunk_audio;
-    let count = (config.audio.as_secs_f64() / pace.as_secs_f64()).ceil().max(1.0) as usize;
+    let count = (config.audio.as_secs_f64() / pace.as_secs_f64())
+        .ceil()
+        .max(1.0) as usize;
     let sends: Arc<[recording::Send]> = recording.sends(count)?.into();
 
     let api = browser::Api::new(target.base_url.clone());
@@ -318,11 +320,17 @@ pub async fn run(config: &LoadConfig, target: &Target, tap: &ProbeTap) -> Result
     let password = format!("loadgen-{tag}");
     let mut tokens = Vec::new();
     for u in 0..config.users.clamp(1, n) {
-        tokens.push(api.login(&format!("loadgen-{}-{u}", &tag[..8]), &password).await?);
+        tokens.push(
+            api.login(&format!("loadgen-{}-{u}", &tag[..8]), &password)
+                .await?,
+        );
     }
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
-        ids.push(api.create_conversation(&tokens[i % tokens.len()], i).await?);
+        ids.push(
+            api.create_conversation(&tokens[i % tokens.len()], i)
+                .await?,
+        );
     }
 
     let (observer, collector) = collector::channel(n);
@@ -440,7 +448,12 @@ impl Streamed {
         pace: Duration,
         mut m: Measurements,
     ) -> Report {
-        let wall = self.end.at.duration_since(self.start.at).as_secs_f64().max(1e-3);
+        let wall = self
+            .end
+            .at
+            .duration_since(self.start.at)
+            .as_secs_f64()
+            .max(1e-3);
         let diff = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64()),
             _ => None,

@@ -79,7 +79,8 @@ impl Recording {
             .iter()
             .map(|chunk| {
                 let audio = base64::engine::general_purpose::STANDARD.encode(chunk);
-                let frame = serde_json::json!({"type": "input_audio_buffer.append", "audio": audio});
+                let frame =
+                    serde_json::json!({"type": "input_audio_buffer.append", "audio": audio});
                 Utf8Bytes::from(frame.to_string())
             })
             .collect::<Vec<_>>();
@@ -148,16 +149,16 @@ mod tests {
         assert!((700_000..=748_800).contains(&first_pass), "{first_pass}");
         // The repeat starts with its header, which ends the first pass (its tail is flushed).
         let second_pass = sends[2 * rec.chunk_count() - 1].pcm_total.expect("samples");
-        assert!(second_pass > 2 * first_pass, "{second_pass} vs {first_pass}");
+        assert!(
+            second_pass > 2 * first_pass,
+            "{second_pass} vs {first_pass}"
+        );
     }
 
     #[test]
     fn a_timeslice_recuts_the_byte_stream() {
-        let rec = Recording::load(
-            &Recording::default_dir(),
-            Some(Duration::from_millis(250)),
-        )
-        .expect("fixture");
+        let rec = Recording::load(&Recording::default_dir(), Some(Duration::from_millis(250)))
+            .expect("fixture");
         assert_eq!(rec.chunk_count(), 125);
         assert!((rec.chunk_audio.as_secs_f64() - 0.2496).abs() < 1e-3);
     }

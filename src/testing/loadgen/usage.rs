@@ -16,7 +16,10 @@ fn ticks(n: u64) -> Duration {
 }
 
 fn malformed(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("unexpected {what} format"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("unexpected {what} format"),
+    )
 }
 
 /// User plus system CPU time of process `pid` (all its threads) so far.
