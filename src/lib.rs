@@ -16,7 +16,8 @@
 //! - [`metrics`]: the Prometheus registry.
 //! - [`config`], [`cli`], [`shutdown`]: the binary's edge, composed from per-module configs.
 //! - [`server`]: the composition root that wires the above together and serves.
-//! - `testing` (feature `testing`): the loopback fake OpenAI server for tests and benches.
+//! - `testing` (feature `testing`): the loopback fake OpenAI server and the load generator, for
+//!   tests, benches and examples.
 
 pub mod actions;
 pub mod ai;

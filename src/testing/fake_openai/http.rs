@@ -79,6 +79,8 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct State {
     inner: Mutex<Inner>,
+    /// Keep no request log (long load runs).
+    unrecorded: bool,
 }
 
 impl State {
@@ -87,6 +89,15 @@ impl State {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Keeps no request log ([`State::requests`] stays empty), so a long load run does not
+    /// keep every request body.
+    pub fn unrecorded() -> State {
+        State {
+            unrecorded: true,
+            ..State::default()
+        }
     }
 
     /// The next `count` requests to `path` (e.g. [`CHAT_PATH`]) fail with `fault`.
@@ -155,11 +166,13 @@ async fn handle(
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
     let (delay, fault, scripted, chunk_size) = {
         let mut inner = state.lock();
-        inner.requests.push(RecordedRequest {
-            path: path.to_owned(),
-            authorization,
-            body: parsed.clone().unwrap_or(Value::Null),
-        });
+        if !state.unrecorded {
+            inner.requests.push(RecordedRequest {
+                path: path.to_owned(),
+                authorization,
+                body: parsed.clone().unwrap_or(Value::Null),
+            });
+        }
         let delay = inner.delays.get(path).copied().unwrap_or_default();
         let fault = inner.faults.get_mut(path).and_then(VecDeque::pop_front);
         let scripted = if fault.is_none() && path == CHAT_PATH {

@@ -26,12 +26,34 @@ impl FakeOpenAi {
     /// # Panics
     /// If it cannot bind a loopback port (a broken test machine).
     pub async fn start(realtime: realtime::State, http: http::State) -> FakeOpenAi {
-        let realtime = Arc::new(realtime);
-        let http = Arc::new(http);
-        let routes = realtime::route(realtime.clone()).or(http::routes(http.clone()));
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
             .expect("bind a loopback port for the fake OpenAI server");
+        Self::serve(listener, realtime, http)
+    }
+
+    /// Starts the fake on `addr`, for a server started separately with a fixed
+    /// `TANDEM_OPENAI_BASE_URL`.
+    ///
+    /// # Errors
+    /// The address cannot be bound.
+    pub async fn start_at(
+        addr: SocketAddr,
+        realtime: realtime::State,
+        http: http::State,
+    ) -> std::io::Result<FakeOpenAi> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        Ok(Self::serve(listener, realtime, http))
+    }
+
+    fn serve(
+        listener: tokio::net::TcpListener,
+        realtime: realtime::State,
+        http: http::State,
+    ) -> FakeOpenAi {
+        let realtime = Arc::new(realtime);
+        let http = Arc::new(http);
+        let routes = realtime::route(realtime.clone()).or(http::routes(http.clone()));
         let addr = listener
             .local_addr()
             .expect("local address of a bound socket");

@@ -5,12 +5,15 @@
 //! `speech_stopped`, `committed` with a `previous_item_id` chain, a few `delta`s and `completed`
 //! with the next line of the script. Key decision: the script and fault switches live in a
 //! [`State`] shared by all connections, so a test scripts a conversation, not a socket, and a
-//! reconnecting client continues where the last connection left off.
+//! reconnecting client continues where the last connection left off. Load runs, where every
+//! connection is another conversation, switch to a per-connection cycling script
+//! ([`State::script_per_connection`]), turn the request log off ([`State::unrecorded`]) and
+//! watch arrivals through a [`Probe`] hook ([`State::with_probe`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
@@ -49,11 +52,42 @@ pub struct Handshake {
     pub query: HashMap<String, String>,
 }
 
+/// What the fake saw, reported as it happens to the hook given to [`State::with_probe`]; a
+/// load generator times Tandem's output with it on the fake's own clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// A handshake was accepted (reported before the upgrade is answered, so before the
+    /// client's dial returns). `connection` names the socket in later probes.
+    Connected { connection: usize },
+    /// An `input_audio_buffer.append` was read: `samples` is the total received on this
+    /// connection so far, `at` when the frame was read.
+    Audio {
+        connection: usize,
+        samples: u64,
+        at: Instant,
+    },
+    /// A non-empty transcript is about to be sent as `completed` for `item_id`.
+    Completed {
+        connection: usize,
+        item_id: String,
+        at: Instant,
+    },
+}
+
+/// The hook [`Probe`]s go to. Called on the connection's task, so it must not block.
+pub type ProbeHook = Arc<dyn Fn(Probe) + Send + Sync>;
+
 /// Script, fault switches and request log. Configure with the builder methods before
 /// `FakeOpenAi::start`; read the log from `FakeOpenAi::realtime` afterwards.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct State {
     script: Mutex<VecDeque<ScriptLine>>,
+    /// Every connection answers from its own copy of `script`, cycling (load runs).
+    per_connection: bool,
+    /// Keep the request log and handshakes (tests read them); off for long load runs, where
+    /// every append would be kept.
+    unrecorded: bool,
+    probe: Option<ProbeHook>,
     /// Required bearer token; `None` accepts any (or none).
     api_key: Option<String>,
     /// speaches behaviour: no `delta` events.
@@ -72,6 +106,19 @@ pub struct State {
     appends: AtomicUsize,
     log: Mutex<Vec<Value>>,
     handshakes: Mutex<Vec<Handshake>>,
+    connections: AtomicUsize,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("script", &self.script)
+            .field("per_connection", &self.per_connection)
+            .field("unrecorded", &self.unrecorded)
+            .field("probe", &self.probe.is_some())
+            .field("faults_fired", &self.faults_fired)
+            .finish_non_exhaustive()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -130,6 +177,27 @@ impl State {
         self
     }
 
+    /// Each connection answers from the start of the script and cycles through it, instead of
+    /// all connections sharing one script that then runs dry: a load run's conversations each
+    /// get the whole dialogue, for as long as they speak.
+    pub fn script_per_connection(mut self) -> State {
+        self.per_connection = true;
+        self
+    }
+
+    /// Keeps no request log ([`State::received`] stays empty, handshakes are only counted), so
+    /// memory does not grow with every append of a long run.
+    pub fn unrecorded(mut self) -> State {
+        self.unrecorded = true;
+        self
+    }
+
+    /// Reports every accepted connection, append and transcript to `hook`.
+    pub fn with_probe(mut self, hook: impl Fn(Probe) + Send + Sync + 'static) -> State {
+        self.probe = Some(Arc::new(hook));
+        self
+    }
+
     /// Every client event received, as JSON, in order (over all connections).
     pub fn received(&self) -> Vec<Value> {
         lock(&self.log).clone()
@@ -149,9 +217,9 @@ impl State {
         lock(&self.handshakes).clone()
     }
 
-    /// Number of WebSocket connections accepted.
+    /// Number of WebSocket handshakes (accepted or refused).
     pub fn connection_count(&self) -> usize {
-        lock(&self.handshakes).len()
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// Which faults fired, in order.
@@ -163,11 +231,24 @@ impl State {
         lock(&self.faults_fired).push(fault);
     }
 
-    fn next_line(&self) -> ScriptLine {
-        lock(&self.script).pop_front().unwrap_or(ScriptLine {
+    /// The answer to a connection's `turn`-th utterance (0-based).
+    fn next_line(&self, turn: usize) -> ScriptLine {
+        let mut script = lock(&self.script);
+        let line = if self.per_connection {
+            script.get(turn % script.len().max(1)).cloned()
+        } else {
+            script.pop_front()
+        };
+        line.unwrap_or(ScriptLine {
             text: String::new(),
             languages: vec![],
         })
+    }
+
+    fn probe(&self, probe: impl FnOnce() -> Probe) {
+        if let Some(hook) = &self.probe {
+            hook(probe());
+        }
     }
 }
 
@@ -194,13 +275,18 @@ pub fn route(state: Arc<State>) -> impl Filter<Extract = (impl Reply,), Error = 
                     handshake.authorization.as_deref() == Some(&format!("Bearer {k}"))
                 });
                 let beta = handshake.openai_beta.is_some();
-                lock(&state.handshakes).push(handshake);
+                state.connections.fetch_add(1, Ordering::SeqCst);
+                let id = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+                if !state.unrecorded {
+                    lock(&state.handshakes).push(handshake);
+                }
                 if !authorized {
                     return warp::reply::with_status("invalid api key", StatusCode::UNAUTHORIZED)
                         .into_response();
                 }
+                state.probe(|| Probe::Connected { connection: id });
                 ws.on_upgrade(move |socket| async move {
-                    Connection::new(state, beta).run(socket).await;
+                    Connection::new(state, beta, id).run(socket).await;
                 })
                 .into_response()
             },
@@ -221,9 +307,13 @@ struct Connection {
     current_item: Option<String>,
     previous_item: Option<String>,
     items: usize,
+    /// Non-empty utterances answered on this connection (the per-connection script position).
+    turns: usize,
     id: usize,
 }
 
+/// Connection ids are unique in the process, so item ids never repeat across fakes (Tandem
+/// ignores a transcript whose item id it already stored).
 static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
 
 enum Next {
@@ -235,7 +325,7 @@ enum Next {
 }
 
 impl Connection {
-    fn new(state: Arc<State>, beta: bool) -> Connection {
+    fn new(state: Arc<State>, beta: bool, id: usize) -> Connection {
         Connection {
             state,
             beta,
@@ -248,7 +338,8 @@ impl Connection {
             current_item: None,
             previous_item: None,
             items: 0,
-            id: CONNECTIONS.fetch_add(1, Ordering::Relaxed),
+            turns: 0,
+            id,
         }
     }
 
@@ -269,21 +360,23 @@ impl Connection {
             if message.is_close() {
                 return;
             }
+            let read_at = Instant::now();
             let Ok(text) = message.to_str() else { continue };
-            let raw: Value = match serde_json::from_str(text) {
-                Ok(v) => v,
-                Err(_) => continue,
-            };
-            lock(&self.state.log).push(raw.clone());
             let mut out = Vec::new();
-            let next = match serde_json::from_value::<ClientEvent>(raw) {
-                Ok(event) => self.on_event(event, &mut out).await,
+            let parsed = if self.state.unrecorded {
+                serde_json::from_str::<ClientEvent>(text).map_err(|e| e.to_string())
+            } else {
+                let raw: Value = match serde_json::from_str(text) {
+                    Ok(v) => v,
+                    Err(_) => continue,
+                };
+                lock(&self.state.log).push(raw.clone());
+                serde_json::from_value::<ClientEvent>(raw).map_err(|e| e.to_string())
+            };
+            let next = match parsed {
+                Ok(event) => self.on_event(event, read_at, &mut out).await,
                 Err(e) => {
-                    out.push(error_event(
-                        "invalid_request_error",
-                        "invalid_event",
-                        &e.to_string(),
-                    ));
+                    out.push(error_event("invalid_request_error", "invalid_event", &e));
                     Next::Continue
                 }
             };
@@ -313,7 +406,12 @@ impl Connection {
         }
     }
 
-    async fn on_event(&mut self, event: ClientEvent, out: &mut Vec<Message>) -> Next {
+    async fn on_event(
+        &mut self,
+        event: ClientEvent,
+        read_at: Instant,
+        out: &mut Vec<Message>,
+    ) -> Next {
         match event {
             ClientEvent::SessionUpdate { session } => {
                 let td = match &session {
@@ -333,7 +431,7 @@ impl Connection {
                 ));
                 self.maybe_malformed(out);
             }
-            ClientEvent::Append { audio } => return self.on_append(&audio, out).await,
+            ClientEvent::Append { audio } => return self.on_append(&audio, read_at, out).await,
             ClientEvent::Commit => {
                 if self.buffered < 2400 {
                     out.push(error_event(
@@ -382,7 +480,7 @@ impl Connection {
         }
     }
 
-    async fn on_append(&mut self, audio: &str, out: &mut Vec<Message>) -> Next {
+    async fn on_append(&mut self, audio: &str, read_at: Instant, out: &mut Vec<Message>) -> Next {
         let Some(samples) = decode_append(audio) else {
             out.push(error_event(
                 "invalid_request_error",
@@ -408,6 +506,12 @@ impl Connection {
         let base = self.received;
         self.received += samples.len() as u64;
         self.buffered += samples.len() as u64;
+        let (connection, received) = (self.id, self.received);
+        self.state.probe(|| Probe::Audio {
+            connection,
+            samples: received,
+            at: read_at,
+        });
         for event in self.vad.push(&samples) {
             match event {
                 VadEvent::SpeechStart { at } => {
@@ -461,7 +565,8 @@ impl Connection {
             previous_item_id: self.previous_item.replace(item_id.clone()),
         }));
         let line = if self.speech_in_buffer {
-            self.state.next_line()
+            self.turns += 1;
+            self.state.next_line(self.turns - 1)
         } else {
             ScriptLine {
                 text: String::new(),
@@ -481,6 +586,14 @@ impl Connection {
         }
         if !self.state.completed_delay.is_zero() {
             tokio::time::sleep(self.state.completed_delay).await;
+        }
+        if !line.text.is_empty() {
+            let connection = self.id;
+            self.state.probe(|| Probe::Completed {
+                connection,
+                item_id: item_id.clone(),
+                at: Instant::now(),
+            });
         }
         out.push(event_msg(&ServerEvent::TranscriptionCompleted {
             item_id,
