@@ -90,12 +90,25 @@ pub async fn start_full(
     http: HttpConfig,
     script: realtime::State,
 ) -> TestServer {
+    start_tuned(dir, db_path, http, script, |_, _| {}).await
+}
+
+/// Like [`start_full`], with `tune` adjusting the provider settings (short timeouts, retries)
+/// after the test defaults are applied.
+pub async fn start_tuned(
+    dir: Arc<tempfile::TempDir>,
+    db_path: &Path,
+    http: HttpConfig,
+    script: realtime::State,
+    tune: impl FnOnce(&mut OpenAiConfig, &mut RealtimeConfig),
+) -> TestServer {
     let fake = FakeOpenAi::start(script, fake_http::State::default()).await;
     let mut ai = OpenAiConfig::new(fake.base_url(), None);
     ai.initial_backoff = Duration::from_millis(5);
     ai.max_backoff = Duration::from_millis(20);
-    let providers =
-        server::openai_providers(ai, RealtimeConfig::new(fake.base_url())).expect("providers");
+    let mut stt = RealtimeConfig::new(fake.base_url());
+    tune(&mut ai, &mut stt);
+    let providers = server::openai_providers(ai, stt).expect("providers");
     let setup = PipelineSetup {
         providers,
         config: PipelineConfig::default(),

@@ -68,6 +68,13 @@ pub struct State {
     expire_after_appends: Option<usize>,
     /// Send a malformed frame (and an unknown event type) once, after the session update.
     malformed_once: AtomicBool,
+    /// The connection that receives this many appends (counted over all connections) goes
+    /// mute: it keeps reading but never answers again, as a hung provider would.
+    stall_after_appends: Option<usize>,
+    /// While set, every connection reads and never answers.
+    stall_always: AtomicBool,
+    /// Refuse handshakes with HTTP 503 (a provider outage) while set.
+    refusing: AtomicBool,
     faults_fired: Mutex<Vec<&'static str>>,
     appends: AtomicUsize,
     log: Mutex<Vec<Value>>,
@@ -128,6 +135,23 @@ impl State {
     pub fn malformed_frame_once(self) -> State {
         self.malformed_once.store(true, Ordering::SeqCst);
         self
+    }
+
+    /// Go mute (read, never answer) on the connection that receives the `n`th append.
+    pub fn stall_after_appends(mut self, n: usize) -> State {
+        self.stall_after_appends = Some(n);
+        self
+    }
+
+    /// Every connection, present and future, stops answering (until [`State::set_stall_always`]
+    /// turns it off again).
+    pub fn set_stall_always(&self, on: bool) {
+        self.stall_always.store(on, Ordering::SeqCst);
+    }
+
+    /// While `on`, handshakes are refused with HTTP 503 (a provider outage).
+    pub fn set_refusing(&self, on: bool) {
+        self.refusing.store(on, Ordering::SeqCst);
     }
 
     /// Every client event received, as JSON, in order (over all connections).
@@ -199,6 +223,14 @@ pub fn route(state: Arc<State>) -> impl Filter<Extract = (impl Reply,), Error = 
                     return warp::reply::with_status("invalid api key", StatusCode::UNAUTHORIZED)
                         .into_response();
                 }
+                if state.refusing.load(Ordering::SeqCst) {
+                    state.fire("refused");
+                    return warp::reply::with_status(
+                        "upstream unavailable",
+                        StatusCode::SERVICE_UNAVAILABLE,
+                    )
+                    .into_response();
+                }
                 ws.on_upgrade(move |socket| async move {
                     Connection::new(state, beta).run(socket).await;
                 })
@@ -222,6 +254,8 @@ struct Connection {
     previous_item: Option<String>,
     items: usize,
     id: usize,
+    /// A stall fault hit this connection: it reads and never answers.
+    mute: bool,
 }
 
 static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
@@ -249,6 +283,7 @@ impl Connection {
             previous_item: None,
             items: 0,
             id: CONNECTIONS.fetch_add(1, Ordering::Relaxed),
+            mute: false,
         }
     }
 
@@ -395,6 +430,11 @@ impl Connection {
         if self.state.drop_after_appends == Some(appends) {
             self.state.fire("drop_after_appends");
             return Next::Drop;
+        }
+        if self.state.stall_after_appends == Some(appends) {
+            self.state.fire("stall");
+            self.mute = true;
+            return Next::Continue;
         }
         if self.state.expire_after_appends == Some(appends) {
             self.state.fire("session_expired");

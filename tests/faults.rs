@@ -1,0 +1,423 @@
+//! Faults, end to end over loopback (issue #6): the real server, a real browser recording and
+//! the fake provider with fault injection. The rule every test checks: nothing transcribed is
+//! lost. Stored messages are complete, the client is told with an `error` event carrying a
+//! stable code, and the next utterance works.
+//!
+//! Audio is streamed faster than real time (the fake's VAD counts samples, not seconds), and a
+//! fault is switched off only between utterances: [`Call::stream_until_utterance`] stops
+//! sending as soon as the first utterance's captions arrive, so the second is not spoken until
+//! the test has checked the first and changed the fake.
+
+// Helpers outside #[test] fns are not covered by allow-unwrap-in-tests; a panic is the report.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{json, Value};
+use tandem::server::HttpConfig;
+use tandem::testing::fake_openai::http::{Fault, CHAT_PATH, SPEECH_PATH};
+use tandem::testing::fake_openai::realtime::{ScriptLine, State};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const CLINICIAN: &str =
+    "Take a note: the patient reports chest pain for three days. Schedule a follow-up in two weeks.";
+const PATIENT: &str = "Me duele el pecho desde hace tres días y tomo metformina dos veces al día.";
+
+/// Generous bound on waiting for one event; nothing asserts on time.
+const EVENT_WAIT: Duration = Duration::from_secs(20);
+/// Pause between chunks: faster than the recording's 1 s, slow enough that each chunk's events
+/// arrive before the next chunk is sent.
+const CHUNK_GAP: Duration = Duration::from_millis(150);
+
+fn script() -> State {
+    State::new([
+        ScriptLine {
+            text: CLINICIAN.into(),
+            languages: vec!["en".into()],
+        },
+        ScriptLine {
+            text: PATIENT.into(),
+            languages: vec!["es".into()],
+        },
+    ])
+}
+
+/// The Chromium MediaRecorder chunks (1 s each) of a two-utterance recording.
+fn chunks() -> Vec<Vec<u8>> {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/chrome-webm-opus-1000ms");
+    (0..)
+        .map_while(|i| std::fs::read(dir.join(format!("chunk-{i:03}.bin"))).ok())
+        .collect()
+}
+
+async fn connect(url: String) -> Ws {
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket connect")
+        .0
+}
+
+/// The next JSON text frame; `None` once the socket closed; panics after `within`.
+async fn next_event(ws: &mut Ws, within: Duration) -> Option<Value> {
+    loop {
+        let frame = tokio::time::timeout(within, ws.next())
+            .await
+            .expect("an event in time");
+        match frame {
+            Some(Ok(Message::Text(text))) => {
+                return Some(serde_json::from_str(&text).expect("JSON event"))
+            }
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, event: Value) {
+    ws.send(Message::text(event.to_string()))
+        .await
+        .expect("send");
+}
+
+fn is_error(e: &Value, code: &str) -> bool {
+    e["type"] == "error" && e["code"] == code
+}
+
+fn originals(stored: &[Value]) -> Vec<&str> {
+    stored
+        .iter()
+        .filter(|m| m["senderType"] != "translation")
+        .map(|m| m["originalText"].as_str().unwrap())
+        .collect()
+}
+
+/// A logged-in clinician with one active conversation (patient language `es`).
+struct Visit {
+    user: support::Client,
+    id: String,
+}
+
+impl Visit {
+    async fn start(srv: &support::TestServer) -> Visit {
+        let user = srv.new_user("dr_fault").await;
+        let c = user
+            .create_conversation("Ana", "García", "1980-04-02")
+            .await;
+        Visit {
+            user,
+            id: c["id"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// Opens an audio socket and waits for its greeting.
+    async fn open_audio(&self, srv: &support::TestServer) -> Call {
+        let mut ws = connect(format!(
+            "ws://{}/transcription?conversationId={}&token={}",
+            srv.addr, self.id, self.user.access_token
+        ))
+        .await;
+        let hello = next_event(&mut ws, EVENT_WAIT).await.unwrap();
+        assert_eq!(hello["type"], "backend_connected", "{hello}");
+        Call {
+            ws,
+            chunks: chunks(),
+            sent: 0,
+            events: Vec::new(),
+        }
+    }
+
+    /// Polls the stored messages until `count` rows exist (or ~20 s passed).
+    async fn stored(&self, count: usize) -> Vec<Value> {
+        let mut stored = Vec::new();
+        for _ in 0..100 {
+            let page = self
+                .user
+                .get_json(&format!("/conversations/{}/messages", self.id), 200)
+                .await;
+            stored = page["messages"].as_array().unwrap().clone();
+            if stored.len() >= count {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        stored
+    }
+}
+
+/// One audio socket streaming the recording, with every event it received.
+struct Call {
+    ws: Ws,
+    chunks: Vec<Vec<u8>>,
+    /// Chunks sent so far.
+    sent: usize,
+    events: Vec<Value>,
+}
+
+impl Call {
+    async fn send_chunk(&mut self) {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&self.chunks[self.sent]);
+        send(
+            &mut self.ws,
+            json!({"type": "input_audio_buffer.append", "audio": b64}),
+        )
+        .await;
+        self.sent += 1;
+    }
+
+    /// Collects events until none arrives for `idle`.
+    async fn collect_idle(&mut self, idle: Duration) {
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout(idle, self.ws.next()).await {
+            if let Message::Text(text) = frame {
+                self.events.push(serde_json::from_str(&text).unwrap());
+            }
+        }
+    }
+
+    /// Streams chunks until a new utterance's first caption arrives (the provider committed
+    /// it), then returns without sending more.
+    async fn stream_until_utterance(&mut self) {
+        let seen = self.captions();
+        while self.sent < self.chunks.len() {
+            self.send_chunk().await;
+            self.collect_idle(CHUNK_GAP).await;
+            if self.captions() > seen {
+                return;
+            }
+        }
+        panic!("no new utterance in the recording");
+    }
+
+    /// Streams the rest of the recording, then `finalize`.
+    async fn stream_rest(&mut self) {
+        while self.sent < self.chunks.len() {
+            self.send_chunk().await;
+            self.collect_idle(Duration::from_millis(20)).await;
+        }
+        send(&mut self.ws, json!({"type": "input_audio_buffer.finalize"})).await;
+    }
+
+    fn captions(&self) -> usize {
+        self.events
+            .iter()
+            .filter(|e| e["type"] == "transcript_delta")
+            .map(|e| e["payload"]["itemId"].as_str().unwrap_or_default())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    }
+
+    fn count(&self, ty: &str) -> usize {
+        self.events.iter().filter(|e| e["type"] == ty).count()
+    }
+
+    /// Reads until `n` `processing_completed` events arrived in total.
+    async fn until_completed(&mut self, n: usize) {
+        while self.count("processing_completed") < n {
+            match next_event(&mut self.ws, EVENT_WAIT).await {
+                Some(e) => self.events.push(e),
+                None => panic!("socket closed; events: {:?}", self.types()),
+            }
+        }
+    }
+
+    /// Reads until an event matches `pred`; returns it.
+    async fn until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(e) = self.events.iter().find(|e| pred(e)) {
+            return e.clone();
+        }
+        loop {
+            match next_event(&mut self.ws, EVENT_WAIT).await {
+                Some(e) => {
+                    self.events.push(e.clone());
+                    if pred(&e) {
+                        return e;
+                    }
+                }
+                None => panic!("socket closed; events: {:?}", self.types()),
+            }
+        }
+    }
+
+    fn types(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .map(|e| match e["code"].as_str() {
+                Some(code) => format!("error:{code}"),
+                None => e["type"].as_str().unwrap_or_default().to_owned(),
+            })
+            .collect()
+    }
+
+    /// Events from index `from` on.
+    fn since(&self, from: usize) -> &[Value] {
+        &self.events[from..]
+    }
+
+    async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+async fn start_scripted_tuned(
+    state: State,
+    tune: impl FnOnce(&mut tandem::ai::openai::OpenAiConfig, &mut tandem::stt::realtime::RealtimeConfig),
+) -> support::TestServer {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let path = dir.path().join("tandem.db");
+    support::start_tuned(dir, &path, HttpConfig::default(), state, tune).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP providers: 429, 500 and timeouts on every call an utterance makes.
+
+/// Utterance 1 meets `fault` on every chat call (translation, command detection) and every
+/// speech call; utterance 2 meets a healthy provider.
+async fn provider_failure_case(fault: Fault, code: &str) {
+    let srv = support::start_scripted(script()).await;
+    let visit = Visit::start(&srv).await;
+    let mut call = visit.open_audio(&srv).await;
+    srv.fake.http.fail_next(CHAT_PATH, 1000, fault);
+    srv.fake.http.fail_next(SPEECH_PATH, 1000, fault);
+
+    call.stream_until_utterance().await;
+    call.until_completed(1).await;
+    let stored = call
+        .events
+        .iter()
+        .find(|e| e["type"] == "new_message")
+        .expect("the transcript was stored and sent")["payload"]
+        .clone();
+    assert_eq!(stored["originalText"], CLINICIAN);
+    for stage in [
+        "Translation failed",
+        "Command detection failed",
+        "Speech synthesis failed",
+    ] {
+        let told = call
+            .events
+            .iter()
+            .find(|e| e["type"] == "error" && e["message"].as_str().unwrap().starts_with(stage))
+            .unwrap_or_else(|| panic!("{stage}: not told; {:?}", call.types()));
+        assert_eq!(told["code"], code, "{told}");
+    }
+    assert_eq!(call.count("tts_audio"), 0);
+    assert_eq!(call.count("new_message"), 1, "no translation row");
+    // Every call was retried (1 + max_retries = 3 attempts): two chat calls, one speech call.
+    assert_eq!(srv.fake.http.requests_to(CHAT_PATH).len(), 6);
+    assert_eq!(srv.fake.http.requests_to(SPEECH_PATH).len(), 3);
+
+    srv.fake.http.clear_faults();
+    let mark = call.events.len();
+    call.stream_rest().await;
+    call.until_completed(2).await;
+    let next = call.since(mark);
+    assert!(
+        !next.iter().any(|e| e["type"] == "error"),
+        "the next utterance is clean: {:?}",
+        call.types()
+    );
+    assert!(next
+        .iter()
+        .any(|e| e["type"] == "new_message" && e["payload"]["senderType"] == "translation"));
+    assert!(next.iter().any(|e| e["type"] == "tts_audio"));
+
+    let rows = visit.stored(3).await;
+    assert_eq!(originals(&rows), [CLINICIAN, PATIENT]);
+    assert_eq!(rows.len(), 3, "both originals and the second's translation");
+    call.close().await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_429_on_every_http_call_is_reported_and_the_next_utterance_works() {
+    provider_failure_case(Fault::RateLimited, "provider_rate_limited").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_500_on_every_http_call_is_reported_and_the_next_utterance_works() {
+    provider_failure_case(Fault::ServerError, "provider_status").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_providers_time_out_and_the_next_utterance_works() {
+    let srv = start_scripted_tuned(script(), |ai, _| {
+        ai.request_timeout = Duration::from_millis(300);
+        ai.tts_timeout = Duration::from_millis(300);
+        ai.max_retries = 1;
+    })
+    .await;
+    let visit = Visit::start(&srv).await;
+    let mut call = visit.open_audio(&srv).await;
+    srv.fake.http.set_delay(CHAT_PATH, Duration::from_secs(3));
+    srv.fake.http.set_delay(SPEECH_PATH, Duration::from_secs(3));
+
+    call.stream_until_utterance().await;
+    call.until_completed(1).await;
+    assert_eq!(
+        call.events
+            .iter()
+            .find(|e| e["type"] == "new_message")
+            .unwrap()["payload"]["originalText"],
+        CLINICIAN
+    );
+    let timeouts = call
+        .events
+        .iter()
+        .filter(|e| is_error(e, "provider_timeout"))
+        .count();
+    assert_eq!(
+        timeouts,
+        3,
+        "translation, commands and speech: {:?}",
+        call.types()
+    );
+
+    srv.fake.http.set_delay(CHAT_PATH, Duration::ZERO);
+    srv.fake.http.set_delay(SPEECH_PATH, Duration::ZERO);
+    let mark = call.events.len();
+    call.stream_rest().await;
+    call.until_completed(2).await;
+    assert!(!call.since(mark).iter().any(|e| e["type"] == "error"));
+    assert!(call.since(mark).iter().any(|e| e["type"] == "tts_audio"));
+    let rows = visit.stored(3).await;
+    assert_eq!(originals(&rows), [CLINICIAN, PATIENT]);
+    call.close().await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_language_fallback_keeps_the_local_guess() {
+    // "Sí." with no provider hint is too short to decide locally: the LLM fallback is asked,
+    // fails, and the local guess decides. The transcript is stored either way.
+    let srv = support::start_scripted(State::new(["Sí.", PATIENT])).await;
+    let visit = Visit::start(&srv).await;
+    let mut call = visit.open_audio(&srv).await;
+    srv.fake.http.fail_next(CHAT_PATH, 3, Fault::ServerError);
+    call.stream_until_utterance().await;
+    call.until_completed(1).await;
+    let requests = srv.fake.http.requests_to(CHAT_PATH);
+    let first = requests[0].body.to_string();
+    assert!(
+        requests.len() > 3 && requests[..3].iter().all(|r| r.body.to_string() == first),
+        "three attempts of the detection call, then the rest"
+    );
+    let message = call.until(|e| e["type"] == "new_message").await;
+    assert_eq!(message["payload"]["originalText"], "Sí.");
+    assert_eq!(message["payload"]["senderType"], "patient");
+    let mark = call.events.len();
+    call.stream_rest().await;
+    call.until_completed(2).await;
+    assert!(!call.since(mark).iter().any(|e| e["type"] == "error"));
+    assert_eq!(originals(&visit.stored(4).await), ["Sí.", PATIENT]);
+    call.close().await;
+    srv.stop().await;
+}
