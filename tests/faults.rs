@@ -67,12 +67,10 @@ async fn connect(url: String) -> Ws {
         .0
 }
 
-/// The next JSON text frame; `None` once the socket closed; panics after `within`.
+/// The next JSON text frame; `None` once the socket closed or after `within`.
 async fn next_event(ws: &mut Ws, within: Duration) -> Option<Value> {
     loop {
-        let frame = tokio::time::timeout(within, ws.next())
-            .await
-            .expect("an event in time");
+        let frame = tokio::time::timeout(within, ws.next()).await.ok()?;
         match frame {
             Some(Ok(Message::Text(text))) => {
                 return Some(serde_json::from_str(&text).expect("JSON event"))
@@ -126,7 +124,7 @@ impl Visit {
             srv.addr, self.id, self.user.access_token
         ))
         .await;
-        let hello = next_event(&mut ws, EVENT_WAIT).await.unwrap();
+        let hello = next_event(&mut ws, EVENT_WAIT).await.expect("a greeting");
         assert_eq!(hello["type"], "backend_connected", "{hello}");
         Call {
             ws,
@@ -172,6 +170,16 @@ impl Call {
         )
         .await;
         self.sent += 1;
+    }
+
+    /// Sends the first chunk again (more audio after the end of the recording).
+    async fn send_chunk_again(&mut self) {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&self.chunks[0]);
+        send(
+            &mut self.ws,
+            json!({"type": "input_audio_buffer.append", "audio": b64}),
+        )
+        .await;
     }
 
     /// Collects events until none arrives for `idle`.
@@ -224,7 +232,7 @@ impl Call {
         while self.count("processing_completed") < n {
             match next_event(&mut self.ws, EVENT_WAIT).await {
                 Some(e) => self.events.push(e),
-                None => panic!("socket closed; events: {:?}", self.types()),
+                None => panic!("socket closed or silent; events: {:?}", self.types()),
             }
         }
     }
@@ -242,7 +250,7 @@ impl Call {
                         return e;
                     }
                 }
-                None => panic!("socket closed; events: {:?}", self.types()),
+                None => panic!("socket closed or silent; events: {:?}", self.types()),
             }
         }
     }
@@ -418,6 +426,126 @@ async fn a_failing_language_fallback_keeps_the_local_guess() {
     call.until_completed(2).await;
     assert!(!call.since(mark).iter().any(|e| e["type"] == "error"));
     assert_eq!(originals(&visit.stored(4).await), ["Sí.", PATIENT]);
+    call.close().await;
+    srv.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The speech-to-text socket.
+
+fn fast_stt(stt: &mut tandem::stt::realtime::RealtimeConfig) {
+    stt.watchdog = Duration::from_millis(400);
+    stt.reconnect.initial_delay = Duration::from_millis(10);
+    stt.reconnect.max_delay = Duration::from_millis(40);
+    stt.reconnect.max_retries = 3;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_expired_and_malformed_frames_lose_nothing() {
+    let srv = start_scripted_tuned(
+        script()
+            .malformed_frame_once()
+            .session_expired_after_appends(30),
+        |_, stt| fast_stt(stt),
+    )
+    .await;
+    let visit = Visit::start(&srv).await;
+    let mut call = visit.open_audio(&srv).await;
+    call.stream_rest().await;
+    call.until_completed(2).await;
+    assert_eq!(
+        srv.fake.realtime.faults_fired(),
+        ["malformed_frame", "session_expired"]
+    );
+    assert!(call.events.iter().any(|e| is_error(e, "stt_warning")));
+    assert!(call.events.iter().any(|e| is_error(e, "stt_reconnecting")));
+    let rows = visit.stored(4).await;
+    assert_eq!(originals(&rows), [CLINICIAN, PATIENT], "each exactly once");
+    assert_eq!(rows.len(), 4);
+    call.close().await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_provider_trips_the_watchdog_and_the_replay_transcribes_everything() {
+    // The first connection goes mute a few frames into the recording: no events, no close.
+    let srv = start_scripted_tuned(script().stall_after_appends(3), |_, stt| fast_stt(stt)).await;
+    let visit = Visit::start(&srv).await;
+    let mut call = visit.open_audio(&srv).await;
+    call.stream_rest().await;
+    call.until_completed(2).await;
+    assert_eq!(srv.fake.realtime.faults_fired(), ["stall"]);
+    assert!(
+        srv.fake.realtime.connection_count() >= 2,
+        "the watchdog reconnected"
+    );
+    assert!(call.events.iter().any(|e| is_error(e, "stt_reconnecting")));
+    let rows = visit.stored(4).await;
+    assert_eq!(originals(&rows), [CLINICIAN, PATIENT]);
+    assert_eq!(rows.len(), 4);
+    call.close().await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_outage_gives_up_tells_the_client_and_a_new_socket_recovers() {
+    let srv = start_scripted_tuned(script(), |_, stt| fast_stt(stt)).await;
+    let visit = Visit::start(&srv).await;
+    let mut call = visit.open_audio(&srv).await;
+    call.stream_until_utterance().await;
+    call.until_completed(1).await;
+
+    // The provider goes away: the open connection is hung and new ones are refused.
+    srv.fake.realtime.set_refusing(true);
+    srv.fake.realtime.set_stall_always(true);
+    call.stream_rest().await;
+    let failed = call.until(|e| is_error(e, "stt_failed")).await;
+    assert!(failed["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Transcription failed"));
+    call.until(|e| e["type"] == "openai_disconnected").await;
+    assert!(srv.fake.realtime.faults_fired().contains(&"refused"));
+    // More audio on this socket is refused with a reason, not dropped silently.
+    call.send_chunk_again().await;
+    call.until(|e| is_error(e, "session_ended")).await;
+    assert_eq!(originals(&visit.stored(2).await), [CLINICIAN]);
+    call.close().await;
+
+    // The provider is back: a new socket starts a new session and transcribes.
+    srv.fake.realtime.set_refusing(false);
+    srv.fake.realtime.set_stall_always(false);
+    let mut again = visit.open_audio(&srv).await;
+    again.stream_rest().await;
+    again.until_completed(1).await;
+    let rows = visit.stored(4).await;
+    assert_eq!(originals(&rows), [CLINICIAN, PATIENT]);
+    again.close().await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_accepts_but_never_answers_is_given_up_on() {
+    let srv = start_scripted_tuned(script(), |_, stt| fast_stt(stt)).await;
+    let visit = Visit::start(&srv).await;
+    let mut call = visit.open_audio(&srv).await;
+    call.stream_until_utterance().await;
+    call.until_completed(1).await;
+
+    // Every connection, the open one and each reconnect, is accepted and then hangs.
+    srv.fake.realtime.set_stall_always(true);
+    call.stream_rest().await;
+    call.until(|e| is_error(e, "stt_failed")).await;
+    let reconnects = call
+        .events
+        .iter()
+        .filter(|e| is_error(e, "stt_reconnecting"))
+        .count();
+    assert!(
+        (1..=4).contains(&reconnects),
+        "bounded by the retry policy: {reconnects}"
+    );
+    assert_eq!(originals(&visit.stored(2).await), [CLINICIAN]);
     call.close().await;
     srv.stop().await;
 }

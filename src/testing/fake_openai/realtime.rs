@@ -310,6 +310,9 @@ impl Connection {
                 Err(_) => continue,
             };
             lock(&self.state.log).push(raw.clone());
+            if self.mute || self.state.stall_always.load(Ordering::SeqCst) {
+                continue;
+            }
             let mut out = Vec::new();
             let next = match serde_json::from_value::<ClientEvent>(raw) {
                 Ok(event) => self.on_event(event, &mut out).await,
