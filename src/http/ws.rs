@@ -87,6 +87,21 @@ impl Outgoing {
         self.client.send(event.to_frame());
     }
 
+    /// The client's next message; `None` once the socket closed or the client was evicted for
+    /// lagging, so the reader stops too and the connection is released.
+    pub async fn next_message(
+        &self,
+        stream: &mut SplitStream<WebSocket>,
+    ) -> Option<Result<Message, warp::Error>> {
+        tokio::select! {
+            message = stream.next() => message,
+            () = self.client.evicted() => {
+                tracing::info!("dropping a websocket client that stopped reading");
+                None
+            }
+        }
+    }
+
     /// Leaves the hub, flushes what is queued, sends the close frame if one is given, and
     /// waits for the writer to finish.
     pub async fn finish(self, close: Option<CloseRequest>) {
@@ -101,9 +116,26 @@ impl Outgoing {
     }
 }
 
-/// Drains a client's queue onto the socket until the queue closes or a close is requested.
-/// `pacing` spaces frames out for the original frontend, which keeps only the latest frame per
-/// socket and loses one that arrives a few milliseconds after another.
+/// Sends one message unless the client is evicted while the send waits (a peer that stopped
+/// reading blocks it forever); a send that can complete at once still goes out, so a client
+/// that reads still gets its `lagged` error and close. `false` when the socket is gone or the
+/// client evicted.
+async fn send_unless_evicted(
+    sink: &mut SplitSink<WebSocket, Message>,
+    message: Message,
+    client: &ClientRx,
+) -> bool {
+    tokio::select! {
+        biased;
+        sent = sink.send(message) => sent.is_ok(),
+        () = client.state.evicted() => false,
+    }
+}
+
+/// Drains a client's queue onto the socket until the queue closes, a close is requested or
+/// the client is evicted. `pacing` spaces frames out for the original frontend, which keeps
+/// only the latest frame per socket and loses one that arrives a few milliseconds after
+/// another.
 async fn write_frames(
     mut sink: SplitSink<WebSocket, Message>,
     mut client: ClientRx,
@@ -117,12 +149,12 @@ async fn write_frames(
             request = &mut close => {
                 // Frames queued before the close (e.g. the error explaining it) go first.
                 while let Ok(frame) = client.frames.try_recv() {
-                    if sink.send(Message::text(frame.to_string())).await.is_err() {
+                    if !send_unless_evicted(&mut sink, Message::text(frame.to_string()), &client).await {
                         break;
                     }
                 }
                 let (code, reason) = request.unwrap_or((close::GOING_AWAY, "closing"));
-                let _ = sink.send(Message::close_with(code, reason)).await;
+                send_unless_evicted(&mut sink, Message::close_with(code, reason), &client).await;
                 break;
             }
             frame = client.frames.recv() => frame,
@@ -135,31 +167,34 @@ async fn write_frames(
                 "lagged",
                 format!("{lost} events were dropped because this client is reading too slowly."),
             );
-            if sink
-                .send(Message::text(lagged.to_frame().to_string()))
-                .await
-                .is_err()
+            if !send_unless_evicted(
+                &mut sink,
+                Message::text(lagged.to_frame().to_string()),
+                &client,
+            )
+            .await
             {
                 break;
             }
             if reported > MAX_DROPPED {
-                let _ = sink
-                    .send(Message::close_with(
-                        close::TRY_AGAIN_LATER,
-                        "client too slow",
-                    ))
-                    .await;
+                let too_slow = Message::close_with(close::TRY_AGAIN_LATER, "client too slow");
+                send_unless_evicted(&mut sink, too_slow, &client).await;
                 break;
             }
         }
-        if sink.send(Message::text(frame.to_string())).await.is_err() {
+        if !send_unless_evicted(&mut sink, Message::text(frame.to_string()), &client).await {
             break;
         }
         if !pacing.is_zero() {
             tokio::time::sleep(pacing).await;
         }
     }
-    let _ = sink.close().await;
+    // An evicted peer does not read, so a close handshake would never finish: just drop.
+    tokio::select! {
+        biased;
+        _ = sink.close() => {}
+        () = client.state.evicted() => {}
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,6 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use futures_util::StreamExt as _;
 use serde::Deserialize;
 use warp::http::HeaderMap;
 use warp::ws::WebSocket;
@@ -84,7 +83,7 @@ pub async fn serve(socket: WebSocket, state: AppState, headers: HeaderMap, query
     tracing::info!(%conversation_id, user_id = %principal.user_id, "audio socket attached");
 
     let mut closing = None;
-    while let Some(message) = stream.next().await {
+    while let Some(message) = out.next_message(&mut stream).await {
         let message = match message {
             Ok(m) => m,
             Err(e) => {
