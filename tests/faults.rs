@@ -20,6 +20,7 @@ use base64::Engine as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
 use tandem::server::HttpConfig;
+use tandem::store::Store as _;
 use tandem::testing::fake_openai::http::{Fault, CHAT_PATH, SPEECH_PATH};
 use tandem::testing::fake_openai::realtime::{ScriptLine, State};
 use tokio::net::TcpStream;
@@ -546,6 +547,147 @@ async fn a_provider_that_accepts_but_never_answers_is_given_up_on() {
         "bounded by the retry policy: {reconnects}"
     );
     assert_eq!(originals(&visit.stored(2).await), [CLINICIAN]);
+    call.close().await;
+    srv.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client sockets.
+
+fn long_script() -> State {
+    State::new([
+        CLINICIAN,
+        PATIENT,
+        "Any allergies to medication?",
+        "No, ninguna alergia.",
+        "Take a deep breath, please.",
+        "Muy bien, gracias.",
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audio_socket_closed_and_reopened_mid_recording_loses_nothing() {
+    let srv = support::start_scripted(long_script()).await;
+    let visit = Visit::start(&srv).await;
+    let mut first = visit.open_audio(&srv).await;
+    first.stream_until_utterance().await;
+    first.until_completed(1).await;
+    // Into the second utterance, then the connection is gone (no finalize, as the original
+    // frontend on a network change).
+    for _ in 0..2 {
+        first.send_chunk().await;
+    }
+    first.close().await;
+
+    // The browser reconnects at once and its new MediaRecorder starts a new recording.
+    let mut second = visit.open_audio(&srv).await;
+    second.stream_rest().await;
+
+    // Both recordings' speech: the first socket's (its last turn cut short by the close) and
+    // the second's. Poll until the fake's answers and the stored rows agree.
+    let (mut stored, mut expected) = (Vec::new(), Vec::new());
+    for _ in 0..100 {
+        expected = srv.fake.realtime.transcribed();
+        let rows = visit.stored(0).await;
+        stored = originals(&rows).into_iter().map(str::to_owned).collect();
+        if expected.len() >= 4 && stored.len() == expected.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        expected.len() >= 4,
+        "the first socket's speech and the second's: {expected:?}"
+    );
+    stored.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(stored, expected, "every transcript stored exactly once");
+    second.close().await;
+    srv.stop().await;
+}
+
+/// A control socket with a tiny receive buffer, so the server's writes to it block as soon as
+/// the kernel buffers fill.
+async fn sluggish_control(srv: &support::TestServer, token: &str) -> Ws {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(srv.addr).await.unwrap();
+    let url = format!("ws://{}/ws?token={token}", srv.addr);
+    tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap()
+        .0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_socket_that_never_reads_is_dropped_and_blocks_nobody() {
+    let srv = support::start_scripted(script()).await;
+    let visit = Visit::start(&srv).await;
+    // A long conversation makes every `message_list` reply large (~200 KB).
+    for i in 0..200 {
+        srv.store
+            .insert_message(tandem::store::NewMessage {
+                conversation_id: visit.id.clone(),
+                sender_type: tandem::store::SenderType::Clinician,
+                original_text: format!("{i}: {}", "lorem ipsum dolor sit amet ".repeat(40)),
+                translated_text: None,
+                language: "en".into(),
+                is_final: true,
+                original_message_id: None,
+                stt_item_id: None,
+                speaker_source: None,
+                speaker_confidence: None,
+                timings: None,
+            })
+            .await
+            .unwrap();
+    }
+    let control =
+        |srv: &support::TestServer| srv.state.ws_connections.get(&[("socket", "control")]);
+    let mut lagging = sluggish_control(&srv, &visit.user.access_token).await;
+    let ask = json!({"type": "get_messages", "payload": {"conversationId": visit.id}});
+    for _ in 0..300 {
+        lagging.send(Message::text(ask.to_string())).await.unwrap();
+    }
+
+    // Meanwhile another client is served and the pipeline runs.
+    let mut healthy = connect(format!(
+        "ws://{}/ws?token={}",
+        srv.addr, visit.user.access_token
+    ))
+    .await;
+    assert_eq!(
+        next_event(&mut healthy, EVENT_WAIT).await.unwrap()["type"],
+        "system"
+    );
+    send(&mut healthy, ask.clone()).await;
+    let list = next_event(&mut healthy, EVENT_WAIT).await.unwrap();
+    assert_eq!(list["type"], "message_list");
+    let mut call = visit.open_audio(&srv).await;
+    call.stream_rest().await;
+    call.until_completed(2).await;
+
+    // The lagging socket is dropped per the hub policy: its connection is closed.
+    let mut waited = 0;
+    while control(&srv) > 1 && waited < 200 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert_eq!(control(&srv), 1, "only the healthy control socket is left");
+    // What the lagging client finally reads ends (a close or a reset), never hangs.
+    let mut frames = 0;
+    loop {
+        match tokio::time::timeout(EVENT_WAIT, lagging.next()).await {
+            Ok(Some(Ok(Message::Text(_)))) => frames += 1,
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => break,
+            Ok(Some(Ok(_))) => {}
+            Err(_) => panic!("the lagging socket was never closed ({frames} frames read)"),
+        }
+    }
+    assert!(
+        frames < 300,
+        "replies were dropped, not all queued: {frames}"
+    );
     call.close().await;
     srv.stop().await;
 }

@@ -76,6 +76,8 @@ pub struct State {
     /// Refuse handshakes with HTTP 503 (a provider outage) while set.
     refusing: AtomicBool,
     faults_fired: Mutex<Vec<&'static str>>,
+    /// Non-empty transcripts sent in `completed` events, over all connections.
+    transcribed: Mutex<Vec<String>>,
     appends: AtomicUsize,
     log: Mutex<Vec<Value>>,
     handshakes: Mutex<Vec<Handshake>>,
@@ -176,6 +178,11 @@ impl State {
     /// Number of WebSocket connections accepted.
     pub fn connection_count(&self) -> usize {
         lock(&self.handshakes).len()
+    }
+
+    /// Every non-empty transcript sent, in order: what a client must find stored.
+    pub fn transcribed(&self) -> Vec<String> {
+        lock(&self.transcribed).clone()
     }
 
     /// Which faults fired, in order.
@@ -524,6 +531,9 @@ impl Connection {
         }
         if !self.state.completed_delay.is_zero() {
             tokio::time::sleep(self.state.completed_delay).await;
+        }
+        if !line.text.is_empty() {
+            lock(&self.state.transcribed).push(line.text.clone());
         }
         out.push(event_msg(&ServerEvent::TranscriptionCompleted {
             item_id,
