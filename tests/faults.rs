@@ -102,6 +102,7 @@ fn originals(stored: &[Value]) -> Vec<&str> {
 
 /// A logged-in clinician with one active conversation (patient language `es`).
 struct Visit {
+    addr: std::net::SocketAddr,
     user: support::Client,
     id: String,
 }
@@ -109,20 +110,25 @@ struct Visit {
 impl Visit {
     async fn start(srv: &support::TestServer) -> Visit {
         let user = srv.new_user("dr_fault").await;
+        Visit::create(srv.addr, user).await
+    }
+
+    async fn create(addr: std::net::SocketAddr, user: support::Client) -> Visit {
         let c = user
             .create_conversation("Ana", "García", "1980-04-02")
             .await;
         Visit {
+            addr,
             user,
             id: c["id"].as_str().unwrap().to_owned(),
         }
     }
 
     /// Opens an audio socket and waits for its greeting.
-    async fn open_audio(&self, srv: &support::TestServer) -> Call {
+    async fn open_audio(&self) -> Call {
         let mut ws = connect(format!(
             "ws://{}/transcription?conversationId={}&token={}",
-            srv.addr, self.id, self.user.access_token
+            self.addr, self.id, self.user.access_token
         ))
         .await;
         let hello = next_event(&mut ws, EVENT_WAIT).await.expect("a greeting");
@@ -293,7 +299,7 @@ async fn start_scripted_tuned(
 async fn provider_failure_case(fault: Fault, code: &str) {
     let srv = support::start_scripted(script()).await;
     let visit = Visit::start(&srv).await;
-    let mut call = visit.open_audio(&srv).await;
+    let mut call = visit.open_audio().await;
     srv.fake.http.fail_next(CHAT_PATH, 1000, fault);
     srv.fake.http.fail_next(SPEECH_PATH, 1000, fault);
 
@@ -365,7 +371,7 @@ async fn slow_providers_time_out_and_the_next_utterance_works() {
     })
     .await;
     let visit = Visit::start(&srv).await;
-    let mut call = visit.open_audio(&srv).await;
+    let mut call = visit.open_audio().await;
     srv.fake.http.set_delay(CHAT_PATH, Duration::from_secs(3));
     srv.fake.http.set_delay(SPEECH_PATH, Duration::from_secs(3));
 
@@ -409,7 +415,7 @@ async fn a_failing_language_fallback_keeps_the_local_guess() {
     // fails, and the local guess decides. The transcript is stored either way.
     let srv = support::start_scripted(State::new(["Sí.", PATIENT])).await;
     let visit = Visit::start(&srv).await;
-    let mut call = visit.open_audio(&srv).await;
+    let mut call = visit.open_audio().await;
     srv.fake.http.fail_next(CHAT_PATH, 3, Fault::ServerError);
     call.stream_until_utterance().await;
     call.until_completed(1).await;
@@ -451,7 +457,7 @@ async fn session_expired_and_malformed_frames_lose_nothing() {
     )
     .await;
     let visit = Visit::start(&srv).await;
-    let mut call = visit.open_audio(&srv).await;
+    let mut call = visit.open_audio().await;
     call.stream_rest().await;
     call.until_completed(2).await;
     assert_eq!(
@@ -472,7 +478,7 @@ async fn a_hung_provider_trips_the_watchdog_and_the_replay_transcribes_everythin
     // The first connection goes mute a few frames into the recording: no events, no close.
     let srv = start_scripted_tuned(script().stall_after_appends(3), |_, stt| fast_stt(stt)).await;
     let visit = Visit::start(&srv).await;
-    let mut call = visit.open_audio(&srv).await;
+    let mut call = visit.open_audio().await;
     call.stream_rest().await;
     call.until_completed(2).await;
     assert_eq!(srv.fake.realtime.faults_fired(), ["stall"]);
@@ -492,7 +498,7 @@ async fn a_hung_provider_trips_the_watchdog_and_the_replay_transcribes_everythin
 async fn a_provider_outage_gives_up_tells_the_client_and_a_new_socket_recovers() {
     let srv = start_scripted_tuned(script(), |_, stt| fast_stt(stt)).await;
     let visit = Visit::start(&srv).await;
-    let mut call = visit.open_audio(&srv).await;
+    let mut call = visit.open_audio().await;
     call.stream_until_utterance().await;
     call.until_completed(1).await;
 
@@ -516,7 +522,7 @@ async fn a_provider_outage_gives_up_tells_the_client_and_a_new_socket_recovers()
     // The provider is back: a new socket starts a new session and transcribes.
     srv.fake.realtime.set_refusing(false);
     srv.fake.realtime.set_stall_always(false);
-    let mut again = visit.open_audio(&srv).await;
+    let mut again = visit.open_audio().await;
     again.stream_rest().await;
     again.until_completed(1).await;
     let rows = visit.stored(4).await;
@@ -529,7 +535,7 @@ async fn a_provider_outage_gives_up_tells_the_client_and_a_new_socket_recovers()
 async fn a_provider_that_accepts_but_never_answers_is_given_up_on() {
     let srv = start_scripted_tuned(script(), |_, stt| fast_stt(stt)).await;
     let visit = Visit::start(&srv).await;
-    let mut call = visit.open_audio(&srv).await;
+    let mut call = visit.open_audio().await;
     call.stream_until_utterance().await;
     call.until_completed(1).await;
 
@@ -569,7 +575,7 @@ fn long_script() -> State {
 async fn an_audio_socket_closed_and_reopened_mid_recording_loses_nothing() {
     let srv = support::start_scripted(long_script()).await;
     let visit = Visit::start(&srv).await;
-    let mut first = visit.open_audio(&srv).await;
+    let mut first = visit.open_audio().await;
     first.stream_until_utterance().await;
     first.until_completed(1).await;
     // Into the second utterance, then the connection is gone (no finalize, as the original
@@ -580,7 +586,7 @@ async fn an_audio_socket_closed_and_reopened_mid_recording_loses_nothing() {
     first.close().await;
 
     // The browser reconnects at once and its new MediaRecorder starts a new recording.
-    let mut second = visit.open_audio(&srv).await;
+    let mut second = visit.open_audio().await;
     second.stream_rest().await;
 
     // Both recordings' speech: the first socket's (its last turn cut short by the close) and
@@ -663,7 +669,7 @@ async fn a_control_socket_that_never_reads_is_dropped_and_blocks_nobody() {
     send(&mut healthy, ask.clone()).await;
     let list = next_event(&mut healthy, EVENT_WAIT).await.unwrap();
     assert_eq!(list["type"], "message_list");
-    let mut call = visit.open_audio(&srv).await;
+    let mut call = visit.open_audio().await;
     call.stream_rest().await;
     call.until_completed(2).await;
 
@@ -690,4 +696,246 @@ async fn a_control_socket_that_never_reads_is_dropped_and_blocks_nobody() {
     );
     call.close().await;
     srv.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The process: SIGTERM drains, SIGKILL loses nothing that was reported.
+
+/// The `tandem` binary serving on an ephemeral port over `db`, with the fake as its provider.
+struct Process {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Process {
+    fn start(db: &std::path::Path, fake: &tandem::testing::fake_openai::FakeOpenAi) -> Process {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .env_clear()
+            .env("TANDEM_LISTEN", "127.0.0.1:0")
+            .env("TANDEM_DATABASE", db)
+            .env(
+                "TANDEM_JWT_SECRET",
+                "faults-process-test-secret-0123456789abcdef",
+            )
+            .env("TANDEM_OPENAI_BASE_URL", fake.base_url().as_str())
+            .env("TANDEM_SHUTDOWN_GRACE_SECS", "5")
+            .env("TANDEM_CONTROL_PACING_MS", "0")
+            .env("TANDEM_LOG_FORMAT", "json")
+            .env("TANDEM_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn the tandem binary");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Keeps draining the log so the process never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let message = serde_json::from_str::<Value>(&line)
+                    .ok()
+                    .and_then(|v| v["fields"]["message"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                if let Some(addr) = message.split("serving on http://").nth(1) {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server logs its address")
+            .parse()
+            .unwrap();
+        Process { child, addr }
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    /// Waits for the exit (polling, so the runtime keeps serving the sockets).
+    async fn exit_status(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the process did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Registers (if needed) and logs in a clinician.
+    async fn user(&self, username: &str) -> support::Client {
+        let http = reqwest::Client::new();
+        let base = format!("http://{}/api/v1", self.addr);
+        let credentials = json!({"username": username, "password": support::PASSWORD});
+        http.post(format!("{base}/auth/register"))
+            .json(&credentials)
+            .send()
+            .await
+            .unwrap();
+        let body: Value = http
+            .post(format!("{base}/auth/login"))
+            .json(&credentials)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        support::Client {
+            base,
+            http,
+            user_id: body["userId"].as_str().unwrap().to_owned(),
+            access_token: body["accessToken"].as_str().unwrap().to_owned(),
+            refresh_token: body["refreshToken"].as_str().unwrap().to_owned(),
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `PRAGMA integrity_check` plus the invariants of complete rows: every message has text and a
+/// language, and every translation points at a stored original. Returns the message ids.
+fn consistent_store(db: &std::path::Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let orphans: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM messages t WHERE t.original_message_id IS NOT NULL \
+             AND NOT EXISTS (SELECT 1 FROM messages o WHERE o.id = t.original_message_id)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(orphans, 0, "translations without their original");
+    let incomplete: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM messages WHERE original_text = '' OR language = ''",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(incomplete, 0, "half-written messages");
+    let mut ids = conn.prepare("SELECT id FROM messages").unwrap();
+    let ids = ids
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    ids
+}
+
+async fn process_fake() -> tandem::testing::fake_openai::FakeOpenAi {
+    tandem::testing::fake_openai::FakeOpenAi::start(
+        script(),
+        tandem::testing::fake_openai::http::State::default(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_utterance_finishes_it_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tandem.db");
+    let fake = process_fake().await;
+    // Translation and speech take a while, so the utterance is mid-flight at the signal.
+    fake.http.set_delay(CHAT_PATH, Duration::from_millis(800));
+    fake.http.set_delay(SPEECH_PATH, Duration::from_millis(300));
+    let mut process = Process::start(&db, &fake);
+    let user = process.user("dr_term").await;
+    let visit = Visit::create(process.addr, user).await;
+    let mut call = visit.open_audio().await;
+    call.stream_until_utterance().await;
+    let original = call.until(|e| e["type"] == "new_message").await["payload"].clone();
+
+    process.signal(libc::SIGTERM);
+    let status = process.exit_status(Duration::from_secs(20)).await;
+    assert!(status.success(), "exit status {status:?}");
+
+    // The in-flight utterance finished before the exit: its translation and completion were
+    // delivered, and its row got its timings (written last).
+    call.collect_idle(Duration::from_millis(200)).await;
+    assert!(
+        call.events
+            .iter()
+            .any(|e| e["type"] == "new_message"
+                && e["payload"]["originalMessageId"] == original["id"]),
+        "translation delivered: {:?}",
+        call.types()
+    );
+    assert_eq!(call.count("processing_completed"), 1, "{:?}", call.types());
+    let ids = consistent_store(&db);
+    assert_eq!(ids.len(), 2, "the original and its translation");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let timings: Option<String> = conn
+        .query_row(
+            "SELECT timings FROM messages WHERE id = ?1",
+            [original["id"].as_str().unwrap()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(timings.is_some_and(|t| t.contains("sent_ms")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_then_restart_keeps_every_message_the_client_saw() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tandem.db");
+    let fake = process_fake().await;
+    fake.http.set_delay(CHAT_PATH, Duration::from_millis(300));
+    let process = Process::start(&db, &fake);
+    let user = process.user("dr_kill").await;
+    let visit = Visit::create(process.addr, user).await;
+    let mut call = visit.open_audio().await;
+    call.stream_until_utterance().await;
+    call.until_completed(1).await;
+    call.stream_until_utterance().await;
+    call.until(|e| e["type"] == "new_message" && e["payload"]["originalText"] == PATIENT)
+        .await;
+
+    process.signal(libc::SIGKILL);
+    drop(process);
+    let seen: Vec<String> = call
+        .events
+        .iter()
+        .filter(|e| e["type"] == "new_message")
+        .map(|e| e["payload"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(seen.len() >= 3, "both originals and the first translation");
+
+    let stored = consistent_store(&db);
+    for id in &seen {
+        assert!(stored.contains(id), "message {id} was reported but lost");
+    }
+    // The store opens again (migrations, WAL recovery) and serves the conversation.
+    let restarted = Process::start(&db, &fake);
+    let user = restarted.user("dr_kill").await;
+    let page = user
+        .get_json(&format!("/conversations/{}/messages", visit.id), 200)
+        .await;
+    let listed: Vec<&str> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    for id in &seen {
+        assert!(listed.contains(&id.as_str()), "{id} listed after restart");
+    }
 }
