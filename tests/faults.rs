@@ -284,7 +284,7 @@ impl Call {
 
 async fn start_scripted_tuned(
     state: State,
-    tune: impl FnOnce(&mut tandem::ai::openai::OpenAiConfig, &mut tandem::stt::realtime::RealtimeConfig),
+    tune: impl FnOnce(&mut support::Tuning),
 ) -> support::TestServer {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let path = dir.path().join("tandem.db");
@@ -364,10 +364,10 @@ async fn provider_500_on_every_http_call_is_reported_and_the_next_utterance_work
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_providers_time_out_and_the_next_utterance_works() {
-    let srv = start_scripted_tuned(script(), |ai, _| {
-        ai.request_timeout = Duration::from_millis(300);
-        ai.tts_timeout = Duration::from_millis(300);
-        ai.max_retries = 1;
+    let srv = start_scripted_tuned(script(), |t| {
+        t.ai.request_timeout = Duration::from_millis(300);
+        t.ai.tts_timeout = Duration::from_millis(300);
+        t.ai.max_retries = 1;
     })
     .await;
     let visit = Visit::start(&srv).await;
@@ -453,7 +453,7 @@ async fn session_expired_and_malformed_frames_lose_nothing() {
         script()
             .malformed_frame_once()
             .session_expired_after_appends(30),
-        |_, stt| fast_stt(stt),
+        |t| fast_stt(&mut t.stt),
     )
     .await;
     let visit = Visit::start(&srv).await;
@@ -476,7 +476,7 @@ async fn session_expired_and_malformed_frames_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_provider_trips_the_watchdog_and_the_replay_transcribes_everything() {
     // The first connection goes mute a few frames into the recording: no events, no close.
-    let srv = start_scripted_tuned(script().stall_after_appends(3), |_, stt| fast_stt(stt)).await;
+    let srv = start_scripted_tuned(script().stall_after_appends(3), |t| fast_stt(&mut t.stt)).await;
     let visit = Visit::start(&srv).await;
     let mut call = visit.open_audio().await;
     call.stream_rest().await;
@@ -496,7 +496,7 @@ async fn a_hung_provider_trips_the_watchdog_and_the_replay_transcribes_everythin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_outage_gives_up_tells_the_client_and_a_new_socket_recovers() {
-    let srv = start_scripted_tuned(script(), |_, stt| fast_stt(stt)).await;
+    let srv = start_scripted_tuned(script(), |t| fast_stt(&mut t.stt)).await;
     let visit = Visit::start(&srv).await;
     let mut call = visit.open_audio().await;
     call.stream_until_utterance().await;
@@ -533,7 +533,7 @@ async fn a_provider_outage_gives_up_tells_the_client_and_a_new_socket_recovers()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_that_accepts_but_never_answers_is_given_up_on() {
-    let srv = start_scripted_tuned(script(), |_, stt| fast_stt(stt)).await;
+    let srv = start_scripted_tuned(script(), |t| fast_stt(&mut t.stt)).await;
     let visit = Visit::start(&srv).await;
     let mut call = visit.open_audio().await;
     call.stream_until_utterance().await;
@@ -938,4 +938,81 @@ async fn sigkill_then_restart_keeps_every_message_the_client_saw() {
     for id in &seen {
         assert!(listed.contains(&id.as_str()), "{id} listed after restart");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The store.
+
+/// Another process holding SQLite's write lock (a backup tool, the CLI in a transaction).
+fn take_write_lock(db: &std::path::Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    conn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_store_retries_then_hands_the_transcript_to_the_client() {
+    let srv = start_scripted_tuned(script(), |t| {
+        t.sqlite_busy_timeout = Duration::from_millis(50);
+    })
+    .await;
+    let visit = Visit::start(&srv).await;
+    let mut call = visit.open_audio().await;
+
+    // Locked for the whole retry window: the transcript cannot be stored.
+    let lock = take_write_lock(&srv.db_path);
+    call.stream_until_utterance().await;
+    let unsaved = call.until(|e| is_error(e, "store_unavailable")).await;
+    assert_eq!(unsaved["payload"]["originalText"], CLINICIAN, "{unsaved}");
+    assert_eq!(unsaved["payload"]["senderType"], "user");
+    assert_eq!(unsaved["payload"]["language"], "en");
+    assert_eq!(unsaved["payload"]["conversationId"], visit.id.as_str());
+    assert!(unsaved["payload"]["sttItemId"].is_string());
+    assert_eq!(call.count("new_message"), 0, "nothing claims to be stored");
+    drop(lock);
+
+    // The lock is gone: the next utterance is stored and interpreted as usual.
+    let mark = call.events.len();
+    call.stream_rest().await;
+    call.until(|e| e["type"] == "processing_completed").await;
+    assert!(
+        !call.since(mark).iter().any(|e| e["type"] == "error"),
+        "{:?}",
+        call.types()
+    );
+    let rows = visit.stored(2).await;
+    assert_eq!(originals(&rows), [PATIENT]);
+    call.close().await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_briefly_locked_store_is_retried_and_nothing_is_reported_lost() {
+    let srv = start_scripted_tuned(script(), |t| {
+        t.sqlite_busy_timeout = Duration::from_millis(50);
+    })
+    .await;
+    let visit = Visit::start(&srv).await;
+    let mut call = visit.open_audio().await;
+    let lock = take_write_lock(&srv.db_path);
+    call.stream_until_utterance().await;
+    // Released well inside the retry window (three attempts, 100 + 200 ms apart).
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    drop(lock);
+    call.until_completed(1).await;
+    assert!(
+        !call.events.iter().any(|e| is_error(e, "store_unavailable")),
+        "{:?}",
+        call.types()
+    );
+    assert_eq!(
+        call.events
+            .iter()
+            .find(|e| e["type"] == "new_message")
+            .unwrap()["payload"]["originalText"],
+        CLINICIAN
+    );
+    assert_eq!(originals(&visit.stored(1).await), [CLINICIAN]);
+    call.close().await;
+    srv.stop().await;
 }

@@ -90,31 +90,49 @@ pub async fn start_full(
     http: HttpConfig,
     script: realtime::State,
 ) -> TestServer {
-    start_tuned(dir, db_path, http, script, |_, _| {}).await
+    start_tuned(dir, db_path, http, script, |_| {}).await
 }
 
-/// Like [`start_full`], with `tune` adjusting the provider settings (short timeouts, retries)
-/// after the test defaults are applied.
+/// Settings a fault test shortens (timeouts, retries), applied over the test defaults.
+pub struct Tuning {
+    pub ai: OpenAiConfig,
+    pub stt: RealtimeConfig,
+    /// How long SQLite waits for another connection's lock.
+    pub sqlite_busy_timeout: Duration,
+}
+
+/// Like [`start_full`], with `tune` adjusting the settings.
 pub async fn start_tuned(
     dir: Arc<tempfile::TempDir>,
     db_path: &Path,
     http: HttpConfig,
     script: realtime::State,
-    tune: impl FnOnce(&mut OpenAiConfig, &mut RealtimeConfig),
+    tune: impl FnOnce(&mut Tuning),
 ) -> TestServer {
     let fake = FakeOpenAi::start(script, fake_http::State::default()).await;
     let mut ai = OpenAiConfig::new(fake.base_url(), None);
     ai.initial_backoff = Duration::from_millis(5);
     ai.max_backoff = Duration::from_millis(20);
-    let mut stt = RealtimeConfig::new(fake.base_url());
-    tune(&mut ai, &mut stt);
+    let mut tuning = Tuning {
+        ai,
+        stt: RealtimeConfig::new(fake.base_url()),
+        sqlite_busy_timeout: Duration::from_secs(5),
+    };
+    tune(&mut tuning);
+    let Tuning {
+        ai,
+        stt,
+        sqlite_busy_timeout,
+    } = tuning;
     let providers = server::openai_providers(ai, stt).expect("providers");
     let setup = PipelineSetup {
         providers,
         config: PipelineConfig::default(),
         pool: PoolConfig::default(),
     };
-    let store = Arc::new(SqliteStore::open(db_path).expect("open sqlite"));
+    let store = Arc::new(
+        SqliteStore::open_with_busy_timeout(db_path, sqlite_busy_timeout).expect("open sqlite"),
+    );
     let state = AppState::new(store.clone(), auth_config(), http, setup).expect("app state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
