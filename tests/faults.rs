@@ -20,7 +20,6 @@ use base64::Engine as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
 use tandem::server::HttpConfig;
-use tandem::store::Store as _;
 use tandem::testing::fake_openai::http::{Fault, CHAT_PATH, SPEECH_PATH};
 use tandem::testing::fake_openai::realtime::{ScriptLine, State};
 use tokio::net::TcpStream;
@@ -420,9 +419,8 @@ async fn a_failing_language_fallback_keeps_the_local_guess() {
     call.stream_until_utterance().await;
     call.until_completed(1).await;
     let requests = srv.fake.http.requests_to(CHAT_PATH);
-    let first = requests[0].body.to_string();
     assert!(
-        requests.len() > 3 && requests[..3].iter().all(|r| r.body.to_string() == first),
+        requests.len() > 3 && requests[..3].iter().all(|r| r.body == requests[0].body),
         "three attempts of the detection call, then the rest"
     );
     let message = call.until(|e| e["type"] == "new_message").await;
@@ -1014,5 +1012,64 @@ async fn a_briefly_locked_store_is_retried_and_nothing_is_reported_lost() {
     );
     assert_eq!(originals(&visit.stored(1).await), [CLINICIAN]);
     call.close().await;
+    srv.stop().await;
+}
+
+/// Postgres stopped and started again mid-test (`pg_ctl` through `.ci/postgres.sh`): requests
+/// during the outage get 503 `store_unavailable`, and the store reconnects by itself.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_is_503_during_the_outage_then_reconnects() {
+    let url = std::env::var("TANDEM_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "the `postgres` feature is on but TANDEM_TEST_DATABASE_URL is unset; start one with \
+             eval \"$(.ci/postgres.sh start)\""
+        )
+    });
+    let schema = format!("faults_{}", tandem::store::new_id().replace('-', ""));
+    let store = tandem::store::postgres::PostgresStore::connect_with_schema(&url, &schema)
+        .await
+        .unwrap();
+    let store: Arc<dyn tandem::store::Store> = Arc::new(store);
+    let srv = start_scripted_tuned(script(), |t| t.store = Some(store)).await;
+    let user = srv.new_user("dr_pg").await;
+    let created = user
+        .create_conversation("Ana", "García", "1980-04-02")
+        .await;
+    let ctl = |action: &str| {
+        let status = std::process::Command::new(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/postgres.sh"),
+        )
+        .arg(action)
+        .status()
+        .unwrap();
+        assert!(status.success(), ".ci/postgres.sh {action}");
+    };
+
+    ctl("halt");
+    let res = user.get("/conversations").send().await.unwrap();
+    assert_eq!(
+        support::error_code(res, 503).await,
+        "store_unavailable",
+        "a clear error during the outage"
+    );
+    let ready = srv.http.get(srv.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+
+    ctl("resume");
+    // The next calls reconnect; no restart of Tandem.
+    let mut listed = Value::Null;
+    for _ in 0..50 {
+        let res = user.get("/conversations").send().await.unwrap();
+        if res.status() == 200 {
+            listed = res.json().await.unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        listed.to_string().contains(created["id"].as_str().unwrap()),
+        "the conversation from before the restart: {listed}"
+    );
     srv.stop().await;
 }

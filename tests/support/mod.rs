@@ -41,7 +41,8 @@ pub fn auth_config() -> AuthConfig {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub state: AppState,
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<dyn Store>,
+    /// The SQLite file (unused when [`Tuning::store`] put another store in).
     pub db_path: PathBuf,
     /// Keeps the temp directory (and the database) alive as long as the server handle.
     pub dir: Arc<tempfile::TempDir>,
@@ -99,6 +100,8 @@ pub struct Tuning {
     pub stt: RealtimeConfig,
     /// How long SQLite waits for another connection's lock.
     pub sqlite_busy_timeout: Duration,
+    /// Serve this store instead of the SQLite file (the Postgres fault tests).
+    pub store: Option<Arc<dyn Store>>,
 }
 
 /// Like [`start_full`], with `tune` adjusting the settings.
@@ -117,12 +120,14 @@ pub async fn start_tuned(
         ai,
         stt: RealtimeConfig::new(fake.base_url()),
         sqlite_busy_timeout: Duration::from_secs(5),
+        store: None,
     };
     tune(&mut tuning);
     let Tuning {
         ai,
         stt,
         sqlite_busy_timeout,
+        store,
     } = tuning;
     let providers = server::openai_providers(ai, stt).expect("providers");
     let setup = PipelineSetup {
@@ -130,9 +135,11 @@ pub async fn start_tuned(
         config: PipelineConfig::default(),
         pool: PoolConfig::default(),
     };
-    let store = Arc::new(
-        SqliteStore::open_with_busy_timeout(db_path, sqlite_busy_timeout).expect("open sqlite"),
-    );
+    let store = store.unwrap_or_else(|| {
+        Arc::new(
+            SqliteStore::open_with_busy_timeout(db_path, sqlite_busy_timeout).expect("open sqlite"),
+        )
+    });
     let state = AppState::new(store.clone(), auth_config(), http, setup).expect("app state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
