@@ -46,6 +46,8 @@ pub struct AppState {
     pub pipelines: Arc<Pipelines>,
     /// `tandem_ws_connections{socket}`: open control and audio sockets.
     pub ws_connections: Gauge,
+    /// Closes the open sockets at shutdown, after the pipeline drained.
+    pub sockets: crate::http::ws::SocketShutdown,
 }
 
 /// What the live pipeline is built from: providers (real or fake), its settings, and the
@@ -117,14 +119,16 @@ impl AppState {
             metrics,
             pipelines,
             ws_connections,
+            sockets: crate::http::ws::SocketShutdown::default(),
         })
     }
 }
 
-/// Serves HTTP (REST, ops and, later, the WebSockets) on `listener` until `shutdown`
-/// completes. Then it stops accepting, lets in-flight requests finish for up to
-/// [`HttpConfig::drain_timeout`], and returns; requests still running after the deadline are
-/// abandoned (the runtime's shutdown drops them).
+/// Serves HTTP (REST, ops and the WebSockets) on `listener` until `shutdown` completes. Then it
+/// stops accepting, lets in-flight requests finish and the live conversations drain for up to
+/// [`HttpConfig::drain_timeout`], then closes every socket (each flushes its queued events and
+/// sends 1001, again within the deadline), and returns; work still running after the deadlines
+/// is abandoned (the runtime's shutdown drops it).
 pub async fn run(
     listener: TcpListener,
     state: AppState,
@@ -132,10 +136,11 @@ pub async fn run(
 ) {
     let drain_timeout = state.http.drain_timeout;
     let pipelines = state.pipelines.clone();
+    let sockets = state.sockets.clone();
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");
     }
-    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let (signalled_tx, mut signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutdown signal received; draining connections");
@@ -146,15 +151,22 @@ pub async fn run(
         .graceful(signal)
         .run();
     tokio::pin!(server);
-    tokio::select! {
-        () = &mut server => return,
-        _ = signalled_rx => {}
+    // The signal future runs inside warp's, so warp can see it and finish its graceful
+    // shutdown (nothing in flight) in the very poll that fired it: a finished server is a
+    // shutdown to drain whenever the signal was sent, not only when the signal branch wins.
+    let server_done = tokio::select! {
+        biased;
+        _ = &mut signalled_rx => false,
+        () = &mut server => true,
+    };
+    if server_done && signalled_rx.try_recv().is_err() {
+        return;
     }
     // Upgraded WebSockets are not connections warp waits for, so the live conversations are
     // drained alongside the HTTP requests: each STT session commits, delivers its last
     // transcript, and that utterance is processed before the deadline.
     let http = async {
-        if tokio::time::timeout(drain_timeout, server).await.is_err() {
+        if !server_done && tokio::time::timeout(drain_timeout, server).await.is_err() {
             tracing::warn!(
                 ?drain_timeout,
                 "drain deadline passed; abandoning open connections"
@@ -162,5 +174,7 @@ pub async fn run(
         }
     };
     tokio::join!(http, pipelines.shutdown(drain_timeout));
+    // Last: the drained utterances' events are queued; each socket flushes them and closes.
+    sockets.close_all(drain_timeout).await;
     tracing::info!("server drained");
 }

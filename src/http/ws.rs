@@ -9,6 +9,8 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use warp::http::HeaderMap;
 use warp::ws::{Message, WebSocket};
 
@@ -51,6 +53,35 @@ pub fn authenticate(auth: &Authenticator, headers: &HeaderMap, query: &str) -> O
 /// A close code and its reason.
 pub type CloseRequest = (u16, &'static str);
 
+/// What server shutdown needs from the open sockets: warp does not wait for upgraded
+/// connections, so without this the process could exit with events (a drained utterance's
+/// translation) still queued for a client. Shutdown first drains the pipeline, then asks every
+/// socket to close: each flushes its queue and sends 1001, and shutdown waits for the writers.
+#[derive(Clone, Default)]
+pub struct SocketShutdown {
+    /// Cancelled once: every socket reader stops and its socket closes gracefully.
+    closing: CancellationToken,
+    /// Every socket's writer task, so shutdown can wait for the flushes.
+    writers: TaskTracker,
+}
+
+impl SocketShutdown {
+    /// Closes every socket and waits up to `deadline` for their queues to be written out.
+    pub async fn close_all(&self, deadline: Duration) {
+        self.closing.cancel();
+        self.writers.close();
+        if tokio::time::timeout(deadline, self.writers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.writers.len(),
+                "sockets still flushing at the drain deadline"
+            );
+        }
+    }
+}
+
 /// The outgoing half of a socket: its hub queue and the task writing that queue to the socket.
 pub struct Outgoing {
     /// The socket's queue: for direct replies and for subscribing it to events.
@@ -59,6 +90,8 @@ pub struct Outgoing {
     hub: Arc<Hub>,
     close: oneshot::Sender<CloseRequest>,
     writer: JoinHandle<()>,
+    /// Server shutdown: stop reading and close.
+    closing: CancellationToken,
 }
 
 /// Splits an upgraded socket into its incoming stream and a hub-fed [`Outgoing`] half.
@@ -66,17 +99,21 @@ pub fn split(
     socket: WebSocket,
     hub: &Arc<Hub>,
     pacing: Duration,
+    shutdown: &SocketShutdown,
 ) -> (SplitStream<WebSocket>, Outgoing) {
     let (sink, stream) = socket.split();
     let (id, client, client_rx) = hub.client();
     let (close, close_rx) = oneshot::channel();
-    let writer = tokio::spawn(write_frames(sink, client_rx, pacing, close_rx));
+    let writer = shutdown
+        .writers
+        .spawn(write_frames(sink, client_rx, pacing, close_rx));
     let outgoing = Outgoing {
         client,
         id,
         hub: Arc::clone(hub),
         close,
         writer,
+        closing: shutdown.closing.clone(),
     };
     (stream, outgoing)
 }
@@ -87,14 +124,16 @@ impl Outgoing {
         self.client.send(event.to_frame());
     }
 
-    /// The client's next message; `None` once the socket closed or the client was evicted for
-    /// lagging, so the reader stops too and the connection is released.
+    /// The client's next message; `None` once the socket closed, the server is shutting down,
+    /// or the client was evicted for lagging (so the reader stops too and the connection is
+    /// released).
     pub async fn next_message(
         &self,
         stream: &mut SplitStream<WebSocket>,
     ) -> Option<Result<Message, warp::Error>> {
         tokio::select! {
             message = stream.next() => message,
+            () = self.closing.cancelled() => None,
             () = self.client.evicted() => {
                 tracing::info!("dropping a websocket client that stopped reading");
                 None

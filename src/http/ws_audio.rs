@@ -42,7 +42,7 @@ struct ClientMessage {
 /// Serves one audio socket until it closes.
 pub async fn serve(socket: WebSocket, state: AppState, headers: HeaderMap, query: String) {
     let hub = state.pipelines.hub().clone();
-    let (mut stream, out) = ws::split(socket, &hub, Duration::ZERO);
+    let (mut stream, out) = ws::split(socket, &hub, Duration::ZERO, &state.sockets);
     let (principal, conversation) = match admit(&state, &headers, &query).await {
         Ok(admitted) => admitted,
         Err(refusal) => {

@@ -32,7 +32,7 @@ struct Request {
 /// Serves one control socket until it closes.
 pub async fn serve(socket: WebSocket, state: AppState, headers: HeaderMap, query: String) {
     let hub = state.pipelines.hub().clone();
-    let (mut stream, out) = ws::split(socket, &hub, state.http.control_pacing);
+    let (mut stream, out) = ws::split(socket, &hub, state.http.control_pacing, &state.sockets);
     let Some(principal) = ws::authenticate(&state.auth, &headers, &query) else {
         out.finish(Some((close::UNAUTHORIZED, "Invalid or missing token")))
             .await;
