@@ -4,6 +4,8 @@
 #   eval "$(.ci/postgres.sh start)"   # starts (or reuses) it; prints `export TANDEM_TEST_DATABASE_URL=...`
 #   cargo test --features postgres --test store_contract
 #   .ci/postgres.sh stop              # stops it and deletes its data directory
+#   .ci/postgres.sh halt | resume     # stops it keeping the data / starts it again on its port
+#                                     # (the fault tests restart the database mid-test)
 #
 # Only the export line goes to stdout (so `eval` works); progress goes to stderr.
 # The cluster runs as the `postgres` system user when invoked as root (initdb refuses root),
@@ -73,6 +75,15 @@ wait_ready() {
     die "server on port $port not ready after 30 s; see $DIR/server.log"
 }
 
+launch() {
+    local port=$1
+    log "starting on 127.0.0.1:$port"
+    as_owner "$PG_CTL" -D "$DATA" -l "$DIR/server.log" -w -t 60 \
+        -o "-p $port -k $DIR -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+        start >&2 || { cat "$DIR/server.log" >&2; die "pg_ctl start failed"; }
+    wait_ready "$port"
+}
+
 start() {
     if running && [ -f "$PORT_FILE" ]; then
         local port; port=$(cat "$PORT_FILE")
@@ -91,12 +102,8 @@ start() {
         as_owner "$INITDB" -D "$DATA" -U postgres --auth=trust --encoding=UTF8 --locale=C.UTF-8 \
             >"$DIR/initdb.log" 2>&1 || { cat "$DIR/initdb.log" >&2; die "initdb failed"; }
         local port; port=$(free_port)
-        log "starting on 127.0.0.1:$port"
-        as_owner "$PG_CTL" -D "$DATA" -l "$DIR/server.log" -w -t 60 \
-            -o "-p $port -k $DIR -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
-            start >&2 || { cat "$DIR/server.log" >&2; die "pg_ctl start failed"; }
+        launch "$port"
         echo "$port" >"$PORT_FILE"
-        wait_ready "$port"
     fi
     local port; port=$(cat "$PORT_FILE")
     if ! "$PSQL" -h 127.0.0.1 -p "$port" -U postgres -d postgres -tAc \
@@ -118,6 +125,8 @@ stop() {
 case "${1:-}" in
     start) start ;;
     stop) stop ;;
+    halt) running || die "not running"; as_owner "$PG_CTL" -D "$DATA" -m fast -w stop >&2 ;;
+    resume) [ -f "$PORT_FILE" ] || die "never started"; running || launch "$(cat "$PORT_FILE")" ;;
     url) [ -f "$PORT_FILE" ] && running || die "not running"; echo "export TANDEM_TEST_DATABASE_URL=$(url "$(cat "$PORT_FILE")")" ;;
-    *) echo "usage: $0 start|stop|url" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop|halt|resume|url" >&2; exit 2 ;;
 esac

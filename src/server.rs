@@ -51,6 +51,8 @@ pub struct AppState {
     pub ws_connections: Gauge,
     /// Settings of the webhook delivery worker [`run`] starts.
     pub webhook: Arc<WebhookConfig>,
+    /// Closes the open sockets at shutdown, after the pipeline drained.
+    pub sockets: crate::http::ws::SocketShutdown,
 }
 
 /// What the live pipeline is built from: providers (real or fake), its settings, and the
@@ -126,6 +128,7 @@ impl AppState {
             pipelines,
             ws_connections,
             webhook: Arc::new(WebhookConfig::default()),
+            sockets: crate::http::ws::SocketShutdown::default(),
         })
     }
 
@@ -165,9 +168,11 @@ fn start_delivery_worker(state: &AppState, stop: CancellationToken) -> Option<Ab
 }
 
 /// Serves HTTP (REST, ops and the WebSockets) on `listener`, and runs the webhook delivery
-/// worker, until `shutdown` completes. Then it stops accepting, lets in-flight requests finish for up to
-/// [`HttpConfig::drain_timeout`], and returns; requests still running after the deadline are
-/// abandoned (the runtime's shutdown drops them).
+/// worker, until `shutdown` completes. Then it stops accepting, lets in-flight requests finish
+/// and the live conversations drain for up to [`HttpConfig::drain_timeout`], then closes every
+/// socket (each flushes its queued events and sends 1001, again within the deadline), and
+/// returns; work still running after the deadlines is abandoned (the runtime's shutdown drops
+/// it).
 pub async fn run(
     listener: TcpListener,
     state: AppState,
@@ -177,10 +182,11 @@ pub async fn run(
     let pipelines = state.pipelines.clone();
     let stop_deliveries = CancellationToken::new();
     let deliveries = start_delivery_worker(&state, stop_deliveries.clone());
+    let sockets = state.sockets.clone();
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");
     }
-    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let (signalled_tx, mut signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutdown signal received; draining connections");
@@ -191,15 +197,22 @@ pub async fn run(
         .graceful(signal)
         .run();
     tokio::pin!(server);
-    tokio::select! {
-        () = &mut server => return,
-        _ = signalled_rx => {}
+    // The signal future runs inside warp's, so warp can see it and finish its graceful
+    // shutdown (nothing in flight) in the very poll that fired it: a finished server is a
+    // shutdown to drain whenever the signal was sent, not only when the signal branch wins.
+    let server_done = tokio::select! {
+        biased;
+        _ = &mut signalled_rx => false,
+        () = &mut server => true,
+    };
+    if server_done && signalled_rx.try_recv().is_err() {
+        return;
     }
     // Upgraded WebSockets are not connections warp waits for, so the live conversations are
     // drained alongside the HTTP requests: each STT session commits, delivers its last
     // transcript, and that utterance is processed before the deadline.
     let http = async {
-        if tokio::time::timeout(drain_timeout, server).await.is_err() {
+        if !server_done && tokio::time::timeout(drain_timeout, server).await.is_err() {
             tracing::warn!(
                 ?drain_timeout,
                 "drain deadline passed; abandoning open connections"
@@ -220,5 +233,7 @@ pub async fn run(
         }
     };
     tokio::join!(http, pipelines.shutdown(drain_timeout), worker);
+    // Last: the drained utterances' events are queued; each socket flushes them and closes.
+    sockets.close_all(drain_timeout).await;
     tracing::info!("server drained");
 }

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use support::{error_code, Client, TestServer};
 use tandem::ai::{Command, FollowUpUnit, LabUrgency};
 use tandem::commands;
-use tandem::store::{now_millis, Store as _, UserRole};
+use tandem::store::{now_millis, UserRole};
 
 /// Stores the actions the pipeline would create for these commands, as the pipeline does.
 async fn pipeline_actions(srv: &TestServer, conversation_id: &str) -> Vec<Value> {

@@ -5,7 +5,7 @@ mod support;
 
 use serde_json::{json, Value};
 use support::{error_code, Client, TestServer};
-use tandem::store::{Store as _, UserRole};
+use tandem::store::UserRole;
 
 fn referral() -> Value {
     json!({

@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use support::{error_code, start, start_on, start_with, PASSWORD, SECRET};
 use tandem::server::HttpConfig;
-use tandem::store::{NewAction, NewMessage, SenderType, Store};
+use tandem::store::{NewAction, NewMessage, SenderType};
 
 fn now_secs() -> u64 {
     SystemTime::now()

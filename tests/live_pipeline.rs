@@ -704,7 +704,6 @@ fn referral_command() -> Value {
 }
 
 async fn admin_of(srv: &support::TestServer) -> support::Client {
-    use tandem::store::Store as _;
     let org = srv.store.default_organization().await.unwrap();
     srv.user_with_role(&org.id, "admin_kim", tandem::store::UserRole::Admin)
         .await

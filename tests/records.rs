@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
 use tandem::ai::SYNTHETIC_HISTORY_HEADER;
-use tandem::store::{NewMessage, SenderType, Store};
+use tandem::store::{NewMessage, SenderType};
 use tandem::testing::fake_openai::http::{Fault, ScriptedReply, CHAT_PATH};
 use tandem::testing::fake_openai::realtime::{ScriptLine, State};
 use tokio::net::TcpStream;

@@ -9,6 +9,8 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use warp::http::HeaderMap;
 use warp::ws::{Message, WebSocket};
 
@@ -53,6 +55,35 @@ pub fn authenticate(auth: &Authenticator, headers: &HeaderMap, query: &str) -> O
 /// A close code and its reason.
 pub type CloseRequest = (u16, &'static str);
 
+/// What server shutdown needs from the open sockets: warp does not wait for upgraded
+/// connections, so without this the process could exit with events (a drained utterance's
+/// translation) still queued for a client. Shutdown first drains the pipeline, then asks every
+/// socket to close: each flushes its queue and sends 1001, and shutdown waits for the writers.
+#[derive(Clone, Default)]
+pub struct SocketShutdown {
+    /// Cancelled once: every socket reader stops and its socket closes gracefully.
+    closing: CancellationToken,
+    /// Every socket's writer task, so shutdown can wait for the flushes.
+    writers: TaskTracker,
+}
+
+impl SocketShutdown {
+    /// Closes every socket and waits up to `deadline` for their queues to be written out.
+    pub async fn close_all(&self, deadline: Duration) {
+        self.closing.cancel();
+        self.writers.close();
+        if tokio::time::timeout(deadline, self.writers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.writers.len(),
+                "sockets still flushing at the drain deadline"
+            );
+        }
+    }
+}
+
 /// The outgoing half of a socket: its hub queue and the task writing that queue to the socket.
 pub struct Outgoing {
     /// The socket's queue: for direct replies and for subscribing it to events.
@@ -61,6 +92,8 @@ pub struct Outgoing {
     hub: Arc<Hub>,
     close: oneshot::Sender<CloseRequest>,
     writer: JoinHandle<()>,
+    /// Server shutdown: stop reading and close.
+    closing: CancellationToken,
 }
 
 /// Splits an upgraded socket into its incoming stream and a hub-fed [`Outgoing`] half.
@@ -68,17 +101,21 @@ pub fn split(
     socket: WebSocket,
     hub: &Arc<Hub>,
     pacing: Duration,
+    shutdown: &SocketShutdown,
 ) -> (SplitStream<WebSocket>, Outgoing) {
     let (sink, stream) = socket.split();
     let (id, client, client_rx) = hub.client();
     let (close, close_rx) = oneshot::channel();
-    let writer = tokio::spawn(write_frames(sink, client_rx, pacing, close_rx));
+    let writer = shutdown
+        .writers
+        .spawn(write_frames(sink, client_rx, pacing, close_rx));
     let outgoing = Outgoing {
         client,
         id,
         hub: Arc::clone(hub),
         close,
         writer,
+        closing: shutdown.closing.clone(),
     };
     (stream, outgoing)
 }
@@ -87,6 +124,23 @@ impl Outgoing {
     /// Queues an event for this socket only.
     pub fn send(&self, event: &ServerEvent) {
         self.client.send(event.to_frame());
+    }
+
+    /// The client's next message; `None` once the socket closed, the server is shutting down,
+    /// or the client was evicted for lagging (so the reader stops too and the connection is
+    /// released).
+    pub async fn next_message(
+        &self,
+        stream: &mut SplitStream<WebSocket>,
+    ) -> Option<Result<Message, warp::Error>> {
+        tokio::select! {
+            message = stream.next() => message,
+            () = self.closing.cancelled() => None,
+            () = self.client.evicted() => {
+                tracing::info!("dropping a websocket client that stopped reading");
+                None
+            }
+        }
     }
 
     /// Leaves the hub, flushes what is queued, sends the close frame if one is given, and
@@ -103,9 +157,26 @@ impl Outgoing {
     }
 }
 
-/// Drains a client's queue onto the socket until the queue closes or a close is requested.
-/// `pacing` spaces frames out for the original frontend, which keeps only the latest frame per
-/// socket and loses one that arrives a few milliseconds after another.
+/// Sends one message unless the client is evicted while the send waits (a peer that stopped
+/// reading blocks it forever); a send that can complete at once still goes out, so a client
+/// that reads still gets its `lagged` error and close. `false` when the socket is gone or the
+/// client evicted.
+async fn send_unless_evicted(
+    sink: &mut SplitSink<WebSocket, Message>,
+    message: Message,
+    client: &ClientRx,
+) -> bool {
+    tokio::select! {
+        biased;
+        sent = sink.send(message) => sent.is_ok(),
+        () = client.state.evicted() => false,
+    }
+}
+
+/// Drains a client's queue onto the socket until the queue closes, a close is requested or
+/// the client is evicted. `pacing` spaces frames out for the original frontend, which keeps
+/// only the latest frame per socket and loses one that arrives a few milliseconds after
+/// another.
 async fn write_frames(
     mut sink: SplitSink<WebSocket, Message>,
     mut client: ClientRx,
@@ -119,12 +190,12 @@ async fn write_frames(
             request = &mut close => {
                 // Frames queued before the close (e.g. the error explaining it) go first.
                 while let Ok(frame) = client.frames.try_recv() {
-                    if sink.send(Message::text(frame.to_string())).await.is_err() {
+                    if !send_unless_evicted(&mut sink, Message::text(frame.to_string()), &client).await {
                         break;
                     }
                 }
                 let (code, reason) = request.unwrap_or((close::GOING_AWAY, "closing"));
-                let _ = sink.send(Message::close_with(code, reason)).await;
+                send_unless_evicted(&mut sink, Message::close_with(code, reason), &client).await;
                 break;
             }
             frame = client.frames.recv() => frame,
@@ -137,31 +208,34 @@ async fn write_frames(
                 "lagged",
                 format!("{lost} events were dropped because this client is reading too slowly."),
             );
-            if sink
-                .send(Message::text(lagged.to_frame().to_string()))
-                .await
-                .is_err()
+            if !send_unless_evicted(
+                &mut sink,
+                Message::text(lagged.to_frame().to_string()),
+                &client,
+            )
+            .await
             {
                 break;
             }
             if reported > MAX_DROPPED {
-                let _ = sink
-                    .send(Message::close_with(
-                        close::TRY_AGAIN_LATER,
-                        "client too slow",
-                    ))
-                    .await;
+                let too_slow = Message::close_with(close::TRY_AGAIN_LATER, "client too slow");
+                send_unless_evicted(&mut sink, too_slow, &client).await;
                 break;
             }
         }
-        if sink.send(Message::text(frame.to_string())).await.is_err() {
+        if !send_unless_evicted(&mut sink, Message::text(frame.to_string()), &client).await {
             break;
         }
         if !pacing.is_zero() {
             tokio::time::sleep(pacing).await;
         }
     }
-    let _ = sink.close().await;
+    // An evicted peer does not read, so a close handshake would never finish: just drop.
+    tokio::select! {
+        biased;
+        _ = sink.close() => {}
+        () = client.state.evicted() => {}
+    }
 }
 
 #[cfg(test)]

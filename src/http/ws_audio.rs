@@ -13,7 +13,6 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use futures_util::StreamExt as _;
 use serde::Deserialize;
 use warp::http::HeaderMap;
 use warp::ws::WebSocket;
@@ -43,7 +42,7 @@ struct ClientMessage {
 /// Serves one audio socket until it closes.
 pub async fn serve(socket: WebSocket, state: AppState, headers: HeaderMap, query: String) {
     let hub = state.pipelines.hub().clone();
-    let (mut stream, out) = ws::split(socket, &hub, Duration::ZERO);
+    let (mut stream, out) = ws::split(socket, &hub, Duration::ZERO, &state.sockets);
     let (principal, conversation) = match admit(&state, &headers, &query).await {
         Ok(admitted) => admitted,
         Err(refusal) => {
@@ -105,7 +104,7 @@ pub async fn serve(socket: WebSocket, state: AppState, headers: HeaderMap, query
     let mut closing = None;
     loop {
         let message = tokio::select! {
-            message = stream.next() => message,
+            message = out.next_message(&mut stream) => message,
             // The visit ended: stop reading; closing below drains what was received.
             () = input.ended() => {
                 closing = Some((close::NORMAL, "Conversation ended"));

@@ -6,7 +6,6 @@
 //! and each waits for its own answer), while asking about a conversation subscribes *all* of
 //! the user's control sockets to its pushes ([`crate::pipeline::hub::Hub::mark_interest`]).
 
-use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde_json::Value;
 use warp::http::HeaderMap;
@@ -34,7 +33,7 @@ struct Request {
 /// Serves one control socket until it closes.
 pub async fn serve(socket: WebSocket, state: AppState, headers: HeaderMap, query: String) {
     let hub = state.pipelines.hub().clone();
-    let (mut stream, out) = ws::split(socket, &hub, state.http.control_pacing);
+    let (mut stream, out) = ws::split(socket, &hub, state.http.control_pacing, &state.sockets);
     let Some(principal) = ws::authenticate(&state.auth, &headers, &query) else {
         out.finish(Some((close::UNAUTHORIZED, "Invalid or missing token")))
             .await;
@@ -48,7 +47,7 @@ pub async fn serve(socket: WebSocket, state: AppState, headers: HeaderMap, query
             principal.username
         ),
     });
-    while let Some(message) = stream.next().await {
+    while let Some(message) = out.next_message(&mut stream).await {
         let message = match message {
             Ok(m) => m,
             Err(e) => {

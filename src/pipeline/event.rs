@@ -68,6 +68,9 @@ pub enum ServerEvent {
         code: &'static str,
         message: String,
         text: String,
+        /// A transcript the store could not save, handed to the client so it is not lost.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        payload: Option<UnsavedTranscript>,
     },
     /// A summary (interim or final) was written; the structured form of `summary_data`.
     #[serde(rename = "summary_ready")]
@@ -75,6 +78,18 @@ pub enum ServerEvent {
     /// The visit ended (`POST …/end`); sent on audio sockets just before they are closed.
     #[serde(rename = "conversation_ended")]
     ConversationEnded { payload: ConversationEnded },
+}
+
+/// What was said in an utterance whose row could not be stored (`error` `store_unavailable`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnsavedTranscript {
+    pub conversation_id: String,
+    /// The speech-to-text item, so a client (or a retry) can tell utterances apart.
+    pub stt_item_id: Option<String>,
+    pub sender_type: crate::store::SenderType,
+    pub original_text: String,
+    pub language: String,
 }
 
 impl ServerEvent {
@@ -85,6 +100,22 @@ impl ServerEvent {
             code,
             text: message.clone(),
             message,
+            payload: None,
+        }
+    }
+
+    /// An `error` event that carries the transcript the store could not save.
+    pub fn unsaved(
+        code: &'static str,
+        message: impl Into<String>,
+        transcript: UnsavedTranscript,
+    ) -> Self {
+        let message = message.into();
+        ServerEvent::Error {
+            code,
+            text: message.clone(),
+            message,
+            payload: Some(transcript),
         }
     }
 

@@ -2,14 +2,16 @@
 //!
 //! Design decision: every client has its own small bounded queue and the hub only ever
 //! `try_send`s into it. A slow client loses frames (and is told so, then dropped if it keeps
-//! lagging); it never slows the pipeline or the other clients. Frames are serialized once and
-//! shared as `Arc<str>`.
+//! lagging); it never slows the pipeline or the other clients. Dropping is an eviction the
+//! socket's tasks wait on ([`ClientTx::evicted`]), because a peer that stopped reading leaves
+//! the writer stuck in a send that never completes and would otherwise be held forever. Frames
+//! are serialized once and shared as `Arc<str>`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 /// Frames a client may have queued before it counts as lagging. Large enough for a burst of
 /// one utterance's events (original, translation, TTS, command, completion) many times over.
@@ -41,9 +43,38 @@ pub struct ClientRx {
 pub struct ClientState {
     dropped: AtomicU32,
     reported: AtomicU32,
+    /// Woken when `dropped` passes [`MAX_DROPPED`]: the client is evicted.
+    eviction: Notify,
 }
 
 impl ClientState {
+    /// Counts a frame the client lost; past [`MAX_DROPPED`] it is evicted. Returns the count.
+    fn count_drop(&self) -> u32 {
+        let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if dropped > MAX_DROPPED {
+            self.eviction.notify_waiters();
+        }
+        dropped
+    }
+
+    fn is_evicted(&self) -> bool {
+        self.dropped.load(Ordering::Relaxed) > MAX_DROPPED
+    }
+
+    /// Resolves once the client is evicted (never, for a client that keeps up).
+    pub async fn evicted(&self) {
+        loop {
+            let woken = self.eviction.notified();
+            tokio::pin!(woken);
+            // Registered before the check, so an eviction between the two is not missed.
+            woken.as_mut().enable();
+            if self.is_evicted() {
+                return;
+            }
+            woken.await;
+        }
+    }
+
     /// Frames dropped since the last call, so the writer can send one `lagged` error for them.
     pub fn take_unreported_drops(&self) -> u32 {
         let dropped = self.dropped.load(Ordering::Relaxed);
@@ -209,7 +240,7 @@ fn deliver(client: &Client, frame: &Arc<str>, conversation_id: &str, d: &mut Del
         }
         Err(mpsc::error::TrySendError::Full(_)) => {
             d.dropped += 1;
-            let dropped = client.state.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            let dropped = client.state.count_drop();
             if dropped > MAX_DROPPED {
                 tracing::warn!(
                     conversation_id,
@@ -246,15 +277,20 @@ impl ClientTx {
     }
 
     /// Queues a direct reply (e.g. `message_list`); a full queue counts as a drop, like a
-    /// publish.
+    /// publish, and can evict the client.
     pub fn send(&self, frame: Arc<str>) -> bool {
         match self.tx.try_send(frame) {
             Ok(()) => true,
             Err(_) => {
-                self.state.dropped.fetch_add(1, Ordering::Relaxed);
+                self.state.count_drop();
                 false
             }
         }
+    }
+
+    /// Resolves once the client lost more than [`MAX_DROPPED`] frames: its socket must close.
+    pub async fn evicted(&self) {
+        self.state.evicted().await;
     }
 }
 
@@ -305,6 +341,30 @@ mod tests {
         assert_eq!(hub.subscriber_count("c", Audience::Audio), 1);
         assert_eq!(slow_rx.state.take_unreported_drops(), MAX_DROPPED + 1);
         assert_eq!(slow_rx.state.take_unreported_drops(), 0);
+        // The eviction is observable, also by a waiter that arrives late.
+        tokio::time::timeout(std::time::Duration::from_secs(5), slow_tx.evicted())
+            .await
+            .expect("evicted");
+    }
+
+    #[tokio::test]
+    async fn direct_replies_to_a_full_queue_evict_the_client() {
+        let hub = Hub::new();
+        let (_, tx, _rx) = hub.client();
+        let waiter = {
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.evicted().await })
+        };
+        for _ in 0..CLIENT_QUEUE {
+            assert!(tx.send(frame("x")));
+        }
+        for _ in 0..=MAX_DROPPED {
+            assert!(!tx.send(frame("x")));
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter was woken")
+            .expect("waiter task");
     }
 
     #[tokio::test]

@@ -542,7 +542,9 @@ impl AudioInput {
 
 /// Moves one socket's decoded PCM into the conversation's STT session, in order. Holding each
 /// [`Output`] until its frames are accepted keeps the chunk's DSP credit taken, which is what
-/// makes a slow STT session push back on the socket.
+/// makes a slow STT session push back on the socket. Ends with the socket's stream or with the
+/// session: an idle socket must not keep a finished conversation's task alive (shutdown waits
+/// for these tasks).
 async fn forward(
     mut outputs: mpsc::Receiver<Output>,
     stt: mpsc::Sender<SttInput>,
@@ -550,7 +552,14 @@ async fn forward(
     client: ClientTx,
     end_of_input: mpsc::Sender<()>,
 ) {
-    while let Some(mut output) = outputs.recv().await {
+    loop {
+        let mut output = tokio::select! {
+            output = outputs.recv() => match output {
+                Some(output) => output,
+                None => return,
+            },
+            () = stt.closed() => return tell_session_ended(&client),
+        };
         if let Err(e) = &output.result {
             tracing::info!(code = e.code(), error = %e, "audio chunk rejected");
             client.send(ServerEvent::error(e.code(), e.to_string()).to_frame());
@@ -560,17 +569,7 @@ async fn forward(
         if !paused.load(Ordering::Relaxed) {
             for frame in frames {
                 if stt.send(SttInput::Audio(frame.samples)).await.is_err() {
-                    // The session gave up (its failure was already published): say that this
-                    // socket's audio is no longer transcribed instead of dropping it silently.
-                    client.send(
-                        ServerEvent::error(
-                            Error::SessionEnded.code(),
-                            "Transcription has stopped; audio is no longer being transcribed. \
-                             Reconnect the microphone to start a new session.",
-                        )
-                        .to_frame(),
-                    );
-                    return;
+                    return tell_session_ended(&client);
                 }
             }
         }
@@ -578,6 +577,20 @@ async fn forward(
             let _ = end_of_input.send(()).await;
         }
     }
+}
+
+/// The session ended (gave up, or the server is shutting down; its reason was already
+/// published): say that this socket's audio is no longer transcribed instead of dropping it
+/// silently.
+fn tell_session_ended(client: &ClientTx) {
+    client.send(
+        ServerEvent::error(
+            Error::SessionEnded.code(),
+            "Transcription has stopped; audio is no longer being transcribed. \
+             Reconnect the microphone to start a new session.",
+        )
+        .to_frame(),
+    );
 }
 
 /// Reads a conversation's STT events: captions and status go to clients, transcripts into

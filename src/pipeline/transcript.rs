@@ -15,7 +15,7 @@ use base64::Engine as _;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
-use super::event::{self, CommandExecuted, ServerEvent};
+use super::event::{self, CommandExecuted, ServerEvent, UnsavedTranscript};
 use super::hub::Audience;
 use super::speaker::{self, Role, Speaker};
 use super::{lock, Live, Pipelines};
@@ -98,24 +98,20 @@ async fn process(pipelines: &Pipelines, live: &Live, u: Utterance) {
     )
     .await;
 
-    let original = match store_message(
-        pipelines,
-        NewMessage {
-            conversation_id: id.clone(),
-            sender_type: speaker.role.sender_type(),
-            original_text: text.to_owned(),
-            translated_text: None,
-            language: speaker.language.clone(),
-            is_final: true,
-            original_message_id: None,
-            stt_item_id: Some(u.item_id.clone()),
-            speaker_source: Some(speaker.source.as_str().to_owned()),
-            speaker_confidence: Some(speaker.confidence),
-            timings: None,
-        },
-    )
-    .await
-    {
+    let message = NewMessage {
+        conversation_id: id.clone(),
+        sender_type: speaker.role.sender_type(),
+        original_text: text.to_owned(),
+        translated_text: None,
+        language: speaker.language.clone(),
+        is_final: true,
+        original_message_id: None,
+        stt_item_id: Some(u.item_id.clone()),
+        speaker_source: Some(speaker.source.as_str().to_owned()),
+        speaker_confidence: Some(speaker.confidence),
+        timings: None,
+    };
+    let original = match store_message(pipelines, &message).await {
         Ok(Inserted::New(m)) => m,
         Ok(Inserted::Existing(_)) => {
             tracing::debug!(conversation_id = %id, item_id = %u.item_id, "transcript already processed");
@@ -123,10 +119,22 @@ async fn process(pipelines: &Pipelines, live: &Live, u: Utterance) {
         }
         Err(e) => {
             tracing::error!(conversation_id = %id, error = %e, "could not store a transcript");
+            // The row is lost to the store, not to the clinician: the words go out with the
+            // error, so the client can still show (and keep) them.
             pipelines.publish(
                 id,
                 Audience::Audio,
-                &ServerEvent::error(e.code(), "The transcript could not be saved."),
+                &ServerEvent::unsaved(
+                    e.code(),
+                    "The transcript could not be saved; its text is attached.",
+                    UnsavedTranscript {
+                        conversation_id: message.conversation_id,
+                        stt_item_id: message.stt_item_id,
+                        sender_type: message.sender_type,
+                        original_text: message.original_text,
+                        language: message.language,
+                    },
+                ),
             );
             return;
         }
@@ -230,7 +238,7 @@ async fn follow_patient_language(pipelines: &Pipelines, live: &Live, spoken: &st
 /// Retries transient store failures: a transcript must not be lost to a busy database.
 async fn store_message(
     pipelines: &Pipelines,
-    message: NewMessage,
+    message: &NewMessage,
 ) -> Result<Inserted<Message>, store::Error> {
     let mut attempt = 1;
     loop {
@@ -452,7 +460,7 @@ async fn store_translation(
     let id = &original.conversation_id;
     let row = store_message(
         pipelines,
-        NewMessage {
+        &NewMessage {
             conversation_id: id.clone(),
             sender_type: SenderType::Translation,
             original_text: translated.to_owned(),

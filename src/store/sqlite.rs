@@ -62,8 +62,17 @@ impl SqliteStore {
     /// database was migrated by a newer Tandem (unknown versions); `Unavailable` if another
     /// process holds the lock longer than the busy timeout.
     pub fn open(path: &Path) -> Result<SqliteStore> {
+        SqliteStore::open_with_busy_timeout(path, BUSY_TIMEOUT)
+    }
+
+    /// [`SqliteStore::open`] with another busy timeout: how long a statement waits for a lock
+    /// held by another connection before it fails as `Unavailable` (short in fault tests).
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open`].
+    pub fn open_with_busy_timeout(path: &Path, busy_timeout: Duration) -> Result<SqliteStore> {
         let mut conn = Connection::open(path)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.busy_timeout(busy_timeout)?;
         let mode: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {

@@ -63,7 +63,8 @@ pub fn auth_config() -> AuthConfig {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub state: AppState,
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<dyn Store>,
+    /// The SQLite file (unused when [`Tuning::store`] put another store in).
     pub db_path: PathBuf,
     /// Keeps the temp directory (and the database) alive as long as the server handle.
     pub dir: Arc<tempfile::TempDir>,
@@ -112,7 +113,7 @@ pub async fn start_full(
     http: HttpConfig,
     script: realtime::State,
 ) -> TestServer {
-    start_with_webhook(dir, db_path, http, script, WebhookConfig::default()).await
+    start_tuned(dir, db_path, http, script, |_| {}).await
 }
 
 /// [`start_full`] with webhook delivery settings (tests use short timeouts and backoff).
@@ -123,18 +124,58 @@ pub async fn start_with_webhook(
     script: realtime::State,
     webhook: WebhookConfig,
 ) -> TestServer {
+    start_tuned(dir, db_path, http, script, |t| t.webhook = webhook).await
+}
+
+/// Settings a fault test shortens (timeouts, retries), applied over the test defaults.
+pub struct Tuning {
+    pub ai: OpenAiConfig,
+    pub stt: RealtimeConfig,
+    /// How long SQLite waits for another connection's lock.
+    pub sqlite_busy_timeout: Duration,
+    /// Serve this store instead of the SQLite file (the Postgres fault tests).
+    pub store: Option<Arc<dyn Store>>,
+    pub webhook: WebhookConfig,
+}
+
+/// Like [`start_full`], with `tune` adjusting the settings.
+pub async fn start_tuned(
+    dir: Arc<tempfile::TempDir>,
+    db_path: &Path,
+    http: HttpConfig,
+    script: realtime::State,
+    tune: impl FnOnce(&mut Tuning),
+) -> TestServer {
     let fake = FakeOpenAi::start(script, fake_http::State::default()).await;
     let mut ai = OpenAiConfig::new(fake.base_url(), None);
     ai.initial_backoff = Duration::from_millis(5);
     ai.max_backoff = Duration::from_millis(20);
-    let providers =
-        server::openai_providers(ai, RealtimeConfig::new(fake.base_url())).expect("providers");
+    let mut tuning = Tuning {
+        ai,
+        stt: RealtimeConfig::new(fake.base_url()),
+        sqlite_busy_timeout: Duration::from_secs(5),
+        store: None,
+        webhook: WebhookConfig::default(),
+    };
+    tune(&mut tuning);
+    let Tuning {
+        ai,
+        stt,
+        sqlite_busy_timeout,
+        store,
+        webhook,
+    } = tuning;
+    let providers = server::openai_providers(ai, stt).expect("providers");
     let setup = PipelineSetup {
         providers,
         config: PipelineConfig::default(),
         pool: PoolConfig::default(),
     };
-    let store = Arc::new(SqliteStore::open(db_path).expect("open sqlite"));
+    let store = store.unwrap_or_else(|| {
+        Arc::new(
+            SqliteStore::open_with_busy_timeout(db_path, sqlite_busy_timeout).expect("open sqlite"),
+        )
+    });
     let state = AppState::new(store.clone(), auth_config(), http, setup)
         .expect("app state")
         .with_webhook(webhook);

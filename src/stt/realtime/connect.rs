@@ -8,8 +8,11 @@
 //!
 //! Recoverable: close codes 1001/1005/1006/1011/1012/1013/1015, transport errors, a closed
 //! socket, `session_expired`, the watchdog, handshake timeouts and HTTP 408/429/5xx. Fatal:
-//! HTTP 401/403 (and other 4xx), other close codes, exhausted retries; they end the session with
-//! `Failed { item_id: None, .. }`, `Status(Disconnected)` and `Closed`.
+//! HTTP 401/403 (and other 4xx), other close codes, exhausted retries, and a provider that
+//! accepts every connection but trips the watchdog more than `max_retries` times in a row with
+//! no transcript in between (a successful dial alone is not progress, or a hung provider would
+//! be redialled forever); they end the session with `Failed { item_id: None, .. }`,
+//! `Status(Disconnected)` and `Closed`.
 
 use std::sync::Arc;
 
@@ -87,6 +90,7 @@ impl SpeechToText for RealtimeStt {
             input_open: true,
             events: events_tx,
             close_deadline: None,
+            watchdog_trips: 0,
         };
         tokio::spawn(driver.run(socket));
         Ok(SttSession { audio, events })
@@ -172,6 +176,8 @@ struct Driver {
     events: mpsc::Sender<SttEvent>,
     /// After close: give up waiting for the last transcripts at this instant.
     close_deadline: Option<Instant>,
+    /// Watchdog trips since the last transcript; over `reconnect.max_retries` is fatal.
+    watchdog_trips: u32,
 }
 
 impl Driver {
@@ -396,6 +402,14 @@ impl Driver {
                         return Ended::Closed;
                     }
                     if self.session.awaiting_server() && now >= last_server + self.cfg.watchdog {
+                        self.watchdog_trips += 1;
+                        if self.watchdog_trips > self.cfg.reconnect.max_retries {
+                            return Ended::Fatal(Error::Unavailable {
+                                attempts: self.watchdog_trips,
+                                reason: "the provider accepts connections but stops answering"
+                                    .into(),
+                            });
+                        }
                         return Ended::Lost("watchdog: no answer from the provider".into());
                     }
                     self.session.on_tick(now, &mut out);
@@ -432,6 +446,9 @@ impl Driver {
         for action in actions {
             match action {
                 Action::Emit(event) => {
+                    if matches!(event, SttEvent::Final { .. }) {
+                        self.watchdog_trips = 0;
+                    }
                     if !self.emit(event).await {
                         return false;
                     }

@@ -107,6 +107,11 @@ impl State {
         queue.extend(std::iter::repeat_n(fault, count));
     }
 
+    /// Forgets every queued fault, so later requests are answered normally.
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
+    }
+
     /// Every later request to `path` waits `delay` before answering (zero removes it).
     pub fn set_delay(&self, path: &str, delay: Duration) {
         self.lock().delays.insert(path.to_owned(), delay);

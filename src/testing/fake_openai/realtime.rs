@@ -102,7 +102,16 @@ pub struct State {
     expire_after_appends: Option<usize>,
     /// Send a malformed frame (and an unknown event type) once, after the session update.
     malformed_once: AtomicBool,
+    /// The connection that receives this many appends (counted over all connections) goes
+    /// mute: it keeps reading but never answers again, as a hung provider would.
+    stall_after_appends: Option<usize>,
+    /// While set, every connection reads and never answers.
+    stall_always: AtomicBool,
+    /// Refuse handshakes with HTTP 503 (a provider outage) while set.
+    refusing: AtomicBool,
     faults_fired: Mutex<Vec<&'static str>>,
+    /// Non-empty transcripts sent in `completed` events, over all connections.
+    transcribed: Mutex<Vec<String>>,
     appends: AtomicUsize,
     log: Mutex<Vec<Value>>,
     handshakes: Mutex<Vec<Handshake>>,
@@ -198,6 +207,23 @@ impl State {
         self
     }
 
+    /// Go mute (read, never answer) on the connection that receives the `n`th append.
+    pub fn stall_after_appends(mut self, n: usize) -> State {
+        self.stall_after_appends = Some(n);
+        self
+    }
+
+    /// Every connection, present and future, stops answering (until [`State::set_stall_always`]
+    /// turns it off again).
+    pub fn set_stall_always(&self, on: bool) {
+        self.stall_always.store(on, Ordering::SeqCst);
+    }
+
+    /// While `on`, handshakes are refused with HTTP 503 (a provider outage).
+    pub fn set_refusing(&self, on: bool) {
+        self.refusing.store(on, Ordering::SeqCst);
+    }
+
     /// Every client event received, as JSON, in order (over all connections).
     pub fn received(&self) -> Vec<Value> {
         lock(&self.log).clone()
@@ -220,6 +246,11 @@ impl State {
     /// Number of WebSocket handshakes (accepted or refused).
     pub fn connection_count(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Every non-empty transcript sent, in order: what a client must find stored.
+    pub fn transcribed(&self) -> Vec<String> {
+        lock(&self.transcribed).clone()
     }
 
     /// Which faults fired, in order.
@@ -284,6 +315,14 @@ pub fn route(state: Arc<State>) -> impl Filter<Extract = (impl Reply,), Error = 
                     return warp::reply::with_status("invalid api key", StatusCode::UNAUTHORIZED)
                         .into_response();
                 }
+                if state.refusing.load(Ordering::SeqCst) {
+                    state.fire("refused");
+                    return warp::reply::with_status(
+                        "upstream unavailable",
+                        StatusCode::SERVICE_UNAVAILABLE,
+                    )
+                    .into_response();
+                }
                 state.probe(|| Probe::Connected { connection: id });
                 ws.on_upgrade(move |socket| async move {
                     Connection::new(state, beta, id).run(socket).await;
@@ -310,6 +349,8 @@ struct Connection {
     /// Non-empty utterances answered on this connection (the per-connection script position).
     turns: usize,
     id: usize,
+    /// A stall fault hit this connection: it reads and never answers.
+    mute: bool,
 }
 
 /// Connection ids are unique in the process, so item ids never repeat across fakes (Tandem
@@ -340,6 +381,7 @@ impl Connection {
             items: 0,
             turns: 0,
             id,
+            mute: false,
         }
     }
 
@@ -373,6 +415,9 @@ impl Connection {
                 lock(&self.state.log).push(raw.clone());
                 serde_json::from_value::<ClientEvent>(raw).map_err(|e| e.to_string())
             };
+            if self.mute || self.state.stall_always.load(Ordering::SeqCst) {
+                continue;
+            }
             let next = match parsed {
                 Ok(event) => self.on_event(event, read_at, &mut out).await,
                 Err(e) => {
@@ -494,6 +539,11 @@ impl Connection {
             self.state.fire("drop_after_appends");
             return Next::Drop;
         }
+        if self.state.stall_after_appends == Some(appends) {
+            self.state.fire("stall");
+            self.mute = true;
+            return Next::Continue;
+        }
         if self.state.expire_after_appends == Some(appends) {
             self.state.fire("session_expired");
             out.push(error_event(
@@ -594,6 +644,7 @@ impl Connection {
                 item_id: item_id.clone(),
                 at: Instant::now(),
             });
+            lock(&self.state.transcribed).push(line.text.clone());
         }
         out.push(event_msg(&ServerEvent::TranscriptionCompleted {
             item_id,
