@@ -12,12 +12,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
+use support::ws::{connect, next_event, send, stream_recording, until_completed, Ws};
 use tandem::testing::fake_openai::realtime::{ScriptLine, State};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const CLINICIAN: &str =
     "Take a note: the patient reports chest pain for three days. Schedule a follow-up in two weeks.";
@@ -36,41 +33,6 @@ fn script() -> State {
     ])
 }
 
-fn chunks() -> Vec<Vec<u8>> {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/chrome-webm-opus-1000ms");
-    (0..)
-        .map_while(|i| std::fs::read(dir.join(format!("chunk-{i:03}.bin"))).ok())
-        .collect()
-}
-
-async fn connect(url: String) -> Ws {
-    tokio_tungstenite::connect_async(url)
-        .await
-        .expect("websocket connect")
-        .0
-}
-
-/// The next JSON text frame, skipping captions; panics after `within`.
-async fn next_event(ws: &mut Ws, within: Duration) -> Value {
-    loop {
-        let frame = tokio::time::timeout(within, ws.next())
-            .await
-            .expect("an event in time")
-            .expect("socket open")
-            .expect("frame");
-        if let Message::Text(text) = frame {
-            return serde_json::from_str(&text).expect("JSON event");
-        }
-    }
-}
-
-async fn send(ws: &mut Ws, event: Value) {
-    ws.send(Message::text(event.to_string()))
-        .await
-        .expect("send");
-}
-
 async fn start_conversation(srv: &support::TestServer) -> (support::Client, String) {
     let user = srv.new_user("dr_lee").await;
     let res = user
@@ -83,20 +45,6 @@ async fn start_conversation(srv: &support::TestServer) -> (support::Client, Stri
     let conversation: Value = res.json().await.unwrap();
     let id = conversation["id"].as_str().unwrap().to_owned();
     (user, id)
-}
-
-/// Streams the fixture's chunks as the original frontend does: one base64 `append` per
-/// MediaRecorder chunk, one per second.
-async fn stream_recording(audio: &mut Ws) {
-    for chunk in chunks() {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&chunk);
-        send(
-            audio,
-            json!({"type": "input_audio_buffer.append", "audio": b64}),
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-    }
 }
 
 /// Opens the conversation's audio socket as the original frontend does (`extra` is appended
@@ -112,18 +60,6 @@ async fn open_audio(
         srv.addr, user.access_token
     ))
     .await
-}
-
-/// Every event until `utterances` `processing_completed` events arrived (each within `within`).
-async fn until_completed(ws: &mut Ws, utterances: usize, within: Duration) -> Vec<Value> {
-    let mut events = Vec::new();
-    let mut completed = 0;
-    while completed < utterances {
-        let e = next_event(ws, within).await;
-        completed += usize::from(e["type"] == "processing_completed");
-        events.push(e);
-    }
-    events
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

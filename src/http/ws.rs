@@ -1,6 +1,8 @@
 //! What the two WebSockets share: authentication after the upgrade (so a bad token gets the
-//! original's close code 4001 instead of a bare HTTP error the browser cannot read) and the
-//! writer task that drains a client's hub queue onto the socket.
+//! original's close code 4001 instead of a bare HTTP error the browser cannot read), the
+//! writer task that drains a client's hub queue onto the socket, and how a bad client frame is
+//! answered ([`Problem`] for a frame the socket can read but not act on, [`ReadFailure`] for one
+//! the protocol layer refused).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +23,8 @@ use crate::pipeline::hub::{ClientId, ClientRx, ClientTx, Hub, MAX_DROPPED};
 pub mod close {
     /// Missing or invalid token (original backend).
     pub const UNAUTHORIZED: u16 = 4001;
+    /// A text frame that is not UTF-8 (RFC 6455 "invalid frame payload data").
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// Missing `conversationId`, unknown or ended conversation (policy violation).
     pub const POLICY: u16 = 1008;
     /// A frame over the configured size.
@@ -50,6 +54,82 @@ pub fn authenticate(auth: &Authenticator, headers: &HeaderMap, query: &str) -> O
 
 /// A close code and its reason.
 pub type CloseRequest = (u16, &'static str);
+
+/// A client frame the socket read but cannot act on; answered with an `error` event and the
+/// socket stays open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Stable snake_case code, as in REST error bodies.
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Problem {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn event(&self) -> ServerEvent {
+        ServerEvent::error(self.code, self.message.clone())
+    }
+}
+
+/// Parses a JSON text frame with REST's classification: broken JSON (syntax, truncation,
+/// nesting past serde_json's recursion limit) is `bad_json`; a valid document of the wrong
+/// shape (missing `type`, wrong field type) is `invalid_field`.
+///
+/// # Errors
+/// A [`Problem`] with one of those two codes.
+pub fn parse_frame<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Problem> {
+    serde_json::from_str(text).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => Problem::new("invalid_field", e.to_string()),
+        _ => Problem::new("bad_json", "Messages must be JSON objects with a type."),
+    })
+}
+
+/// How much of a client-chosen string an error message quotes back.
+const ECHO_CHARS: usize = 64;
+
+/// `value` quoted for an error message, cut to [`ECHO_CHARS`] so a huge bogus `type` is not
+/// mirrored back in full.
+pub fn quote(value: &str) -> String {
+    match value.char_indices().nth(ECHO_CHARS) {
+        Some((cut, _)) => format!("{:?}…", &value[..cut]),
+        None => format!("{value:?}"),
+    }
+}
+
+/// A read the WebSocket layer refused: the socket is closed with `close` after an `error`
+/// event with `code`, so a client learns why instead of seeing a bare disconnect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadFailure {
+    pub code: &'static str,
+    pub message: &'static str,
+    pub close: CloseRequest,
+}
+
+/// Classifies a socket read error. `None` means the connection itself is gone (reset,
+/// protocol violation after which nothing can be sent): there is no one left to tell.
+pub fn read_failure(error: &warp::Error) -> Option<ReadFailure> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let inner = std::error::Error::source(error)?.downcast_ref::<WsError>()?;
+    match inner {
+        WsError::Capacity(_) => Some(ReadFailure {
+            code: "frame_too_large",
+            message: "A frame exceeded the size limit.",
+            close: (close::TOO_BIG, "Frame too large"),
+        }),
+        WsError::Utf8(_) => Some(ReadFailure {
+            code: "invalid_utf8",
+            message: "Text frames must be valid UTF-8.",
+            close: (close::INVALID_PAYLOAD, "Invalid UTF-8"),
+        }),
+        _ => None,
+    }
+}
 
 /// The outgoing half of a socket: its hub queue and the task writing that queue to the socket.
 pub struct Outgoing {

@@ -22,9 +22,14 @@ use tandem::testing::fake_openai::{http as fake_http, realtime, FakeOpenAi};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod ws;
+
 /// The HS256 secret every test server uses, so tests can mint their own tokens.
 pub const SECRET: &[u8] = b"tandem-integration-test-secret-0123456789";
 pub const PASSWORD: &str = "correct horse battery";
+/// The provider API key every test server is configured with (the fake accepts any), so
+/// tests can check it never leaks.
+pub const API_KEY: &str = "sk-tandem-test-0f1e2d3c4b5a69788796a5b4c3d2e1f0";
 
 /// Auth config for tests: the fixed secret and a cheap argon2 cost (hashes stay argon2id PHC).
 pub fn auth_config() -> AuthConfig {
@@ -91,11 +96,12 @@ pub async fn start_full(
     script: realtime::State,
 ) -> TestServer {
     let fake = FakeOpenAi::start(script, fake_http::State::default()).await;
-    let mut ai = OpenAiConfig::new(fake.base_url(), None);
+    let mut ai = OpenAiConfig::new(fake.base_url(), Some(API_KEY.to_owned()));
     ai.initial_backoff = Duration::from_millis(5);
     ai.max_backoff = Duration::from_millis(20);
-    let providers =
-        server::openai_providers(ai, RealtimeConfig::new(fake.base_url())).expect("providers");
+    let mut stt = RealtimeConfig::new(fake.base_url());
+    stt.api_key = Some(API_KEY.to_owned());
+    let providers = server::openai_providers(ai, stt).expect("providers");
     let setup = PipelineSetup {
         providers,
         config: PipelineConfig::default(),
