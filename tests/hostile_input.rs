@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use support::ws::{close_code, connect, next_error, next_event, send, Ws};
 use support::{Client, TestServer};
 use tandem::server::HttpConfig;
+use tandem::store::Store as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -663,9 +664,11 @@ async fn the_audio_socket_answers_bad_frames_and_stays_up() {
         format!("token={token}"),
         format!("conversationId=&token={token}"),
     ] {
+        let refused = refusal(connect(format!("{base}?{query}")).await).await;
         assert_eq!(
-            refusal(connect(format!("{base}?{query}")).await).await.1,
-            Some(1008)
+            refused,
+            (Some("invalid_field".into()), Some(1008)),
+            "{query}"
         );
     }
     for (what, header, query) in [
@@ -686,14 +689,15 @@ async fn the_audio_socket_answers_bad_frames_and_stays_up() {
         ),
     ] {
         let ws = connect_with_header(&format!("{base}?{query}"), &header).await;
-        assert_eq!(refusal(ws).await.1, Some(4001), "{what}");
+        let refused = refusal(ws).await;
+        assert_eq!(refused, (Some("unauthorized".into()), Some(4001)), "{what}");
     }
     // A token sent as the first message instead of on the URL.
     let mut ws = connect(format!("{base}?conversationId={c}")).await;
     let _ = ws
         .send(Message::text(json!({"token": token}).to_string()))
         .await;
-    assert_eq!(refusal(ws).await.1, Some(4001));
+    assert_eq!(refusal(ws).await, (Some("unauthorized".into()), Some(4001)));
 
     // A valid header with a forged ?token=: the header wins, the socket works.
     let mut ws = connect_with_header(
@@ -843,15 +847,21 @@ async fn the_control_socket_answers_bad_frames_and_stays_up() {
             ),
         ] {
             let ws = connect_with_header(&format!("{base}{query}"), &header).await;
-            assert_eq!(refusal(ws).await.1, Some(4001), "{path}: {what}");
+            let refused = refusal(ws).await;
+            assert_eq!(
+                refused,
+                (Some("unauthorized".into()), Some(4001)),
+                "{path}: {what}"
+            );
         }
         let mut ws = connect(base.clone()).await;
         let _ = ws
             .send(Message::text(json!({"token": token}).to_string()))
             .await;
+        let refused = refusal(ws).await;
         assert_eq!(
-            refusal(ws).await.1,
-            Some(4001),
+            refused,
+            (Some("unauthorized".into()), Some(4001)),
             "{path}: token in a message"
         );
         let mut ws =
@@ -873,5 +883,288 @@ async fn the_control_socket_answers_bad_frames_and_stays_up() {
         assert_eq!(selected["payload"]["conversationId"], c.as_str());
     }
     assert_healthy(&srv, &user, &c).await;
+    srv.stop().await;
+}
+
+// ---------------------------------------------------------------- authentication
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn mint(secret: &[u8], claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Access tokens that must all be refused, with the code each gets, for `user` in `org`.
+/// `good` is a correctly minted token, to show the minting itself is right.
+fn bad_tokens(user_id: &str, org: &str) -> (String, Vec<(&'static str, String, &'static str)>) {
+    let claims = |iss: &str, aud: &str, exp: u64| {
+        json!({
+            "sub": user_id, "id": user_id, "username": "victim", "org": org,
+            "role": "clinician", "iss": iss, "aud": aud, "exp": exp,
+            "iat": now_secs() - 10, "jti": "j1",
+        })
+    };
+    let fresh = now_secs() + 600;
+    let good = mint(support::SECRET, &claims("tandem", "tandem-api", fresh));
+    let mut parts = good.split('.');
+    let (header, payload, signature) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    // The signed payload with another organization: the signature no longer matches.
+    let mut other_org = claims("tandem", "tandem-api", fresh);
+    other_org["org"] = json!("another-org");
+    let tampered = format!(
+        "{header}.{}.{signature}",
+        b64(other_org.to_string().as_bytes())
+    );
+    let alg_none = format!("{}.{payload}.", b64(br#"{"alg":"none","typ":"JWT"}"#));
+    let alg_none_signed = format!("{}.{payload}.{signature}", b64(br#"{"alg":"none"}"#));
+    let hs512 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512),
+        &claims("tandem", "tandem-api", fresh),
+        &jsonwebtoken::EncodingKey::from_secret(support::SECRET),
+    )
+    .unwrap();
+    let bad = vec![
+        (
+            "expired",
+            mint(
+                support::SECRET,
+                &claims("tandem", "tandem-api", now_secs() - 600),
+            ),
+            "token_expired",
+        ),
+        ("tampered payload", tampered, "unauthorized"),
+        ("alg none, unsigned", alg_none, "unauthorized"),
+        ("alg none, old signature", alg_none_signed, "unauthorized"),
+        ("HS512 instead of HS256", hs512, "unauthorized"),
+        (
+            "wrong key",
+            mint(
+                b"another-secret-that-is-long-enough-0123456789",
+                &claims("tandem", "tandem-api", fresh),
+            ),
+            "unauthorized",
+        ),
+        (
+            "wrong audience",
+            mint(support::SECRET, &claims("tandem", "other-api", fresh)),
+            "unauthorized",
+        ),
+        (
+            "wrong issuer",
+            mint(support::SECRET, &claims("evil", "tandem-api", fresh)),
+            "unauthorized",
+        ),
+        ("garbage", "not.a.jwt".into(), "unauthorized"),
+    ];
+    (good, bad)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_on_every_route_and_both_sockets() {
+    let srv = support::start_with(config()).await;
+    let user = srv.new_user("victim").await;
+    let conversation = user.create_conversation("Tok", "En", "1980-01-01").await;
+    let c = conversation["id"].as_str().unwrap().to_owned();
+    let p = conversation["patientId"].as_str().unwrap().to_owned();
+    let org = srv
+        .store
+        .user_by_id(&user.user_id)
+        .await
+        .unwrap()
+        .organization_id;
+    let (good, bad) = bad_tokens(&user.user_id, &org);
+    let minted = Client {
+        access_token: good.clone(),
+        ..user.clone()
+    };
+    assert_eq!(
+        minted.get_json("/auth/me", 200).await["id"],
+        user.user_id.as_str()
+    );
+
+    let authed: Vec<Route> = routes().into_iter().filter(|r| r.authed).collect();
+    for (what, token, code) in &bad {
+        for route in &authed {
+            let case = Case {
+                what: format!("{} {} with a token {what}", route.method, route.path),
+                method: route.method.clone(),
+                path: route.path.replace("{c}", &c).replace("{p}", &p),
+                auth: Auth::Header(format!("Bearer {token}")),
+                body: if route.json_body {
+                    Body::Bytes(b"{}".to_vec())
+                } else {
+                    Body::Empty
+                },
+                status: 401,
+                code,
+            };
+            run_case(&srv, &user, &case).await;
+        }
+        let sockets = [
+            format!("ws://{}/transcription?conversationId={c}", srv.addr),
+            format!("ws://{}/ws?x=1", srv.addr),
+            format!("ws://{}/?x=1", srv.addr),
+        ];
+        for url in &sockets {
+            let by_query = connect(format!("{url}&token={token}")).await;
+            let by_header = connect_with_header(url, &format!("Bearer {token}")).await;
+            for ws in [by_query, by_header] {
+                let refused = refusal(ws).await;
+                assert_eq!(refused, (Some((*code).into()), Some(4001)), "{url}: {what}");
+            }
+        }
+    }
+    // The real token still works everywhere.
+    assert_healthy(&srv, &user, &c).await;
+    let mut control = connect(format!("ws://{}/ws?token={good}", srv.addr)).await;
+    assert_eq!(next_event(&mut control, WAIT).await["type"], "system");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_organization_gets_nothing_over_either_socket() {
+    use tandem::pipeline::hub::Audience;
+    let srv = support::start_with(config()).await;
+    let owner = srv.new_user("owner").await;
+    let conversation = owner
+        .create_conversation("Secret", "Patient", "1970-01-01")
+        .await;
+    let c = conversation["id"].as_str().unwrap().to_owned();
+    let intruder = srv.user_in_new_org("Other Clinic", "intruder").await;
+    let control = |token: &str| connect(format!("ws://{}/ws?token={token}", srv.addr));
+
+    let mut theirs = control(&intruder.access_token).await;
+    assert_eq!(next_event(&mut theirs, WAIT).await["type"], "system");
+    for kind in [
+        "select_conversation",
+        "get_messages",
+        "get_actions",
+        "get_summary",
+        "get_medical_history",
+    ] {
+        send(
+            &mut theirs,
+            json!({"type": kind, "payload": {"conversationId": c}}),
+        )
+        .await;
+        let refused = next_event(&mut theirs, WAIT).await;
+        assert_eq!(refused["type"], "error", "{kind}: {refused}");
+        assert_eq!(refused["code"], "not_found", "{kind}");
+        assert!(!refused.to_string().contains("Secret"), "{refused}");
+    }
+
+    // Pushes for the conversation reach the owner who asked about it, never the intruder.
+    let mut mine = control(&owner.access_token).await;
+    assert_eq!(next_event(&mut mine, WAIT).await["type"], "system");
+    send(
+        &mut mine,
+        json!({"type": "get_messages", "payload": {"conversationId": c}}),
+    )
+    .await;
+    assert_eq!(next_event(&mut mine, WAIT).await["type"], "message_list");
+    let push = json!({"type": "summary_data", "payload": {"conversationId": c, "summary": "PHI"}});
+    for audience in [Audience::Control, Audience::Audio] {
+        srv.state
+            .pipelines
+            .hub()
+            .publish(&c, audience, push.to_string().into());
+    }
+    assert_eq!(next_event(&mut mine, WAIT).await, push);
+    send(&mut theirs, json!({"type": "dance"})).await;
+    let next = next_event(&mut theirs, WAIT).await;
+    assert_eq!(
+        next["code"], "unknown_message_type",
+        "no push before it: {next}"
+    );
+
+    // The audio socket of another organization's conversation is refused at the door.
+    let audio = connect(format!(
+        "ws://{}/transcription?conversationId={c}&token={}",
+        srv.addr, intruder.access_token
+    ))
+    .await;
+    assert_eq!(refusal(audio).await, (Some("not_found".into()), Some(1008)));
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn login_is_throttled_per_ip_across_usernames() {
+    let srv = support::start().await;
+    srv.new_user("bystander").await;
+    // 20 failures from this IP, each on a different username (a spray, not a guess).
+    for i in 0..20 {
+        let res = srv.login(&format!("sprayed{i}"), "wrong-password").await;
+        assert_eq!(support::error_code(res, 401).await, "invalid_credentials");
+    }
+    // Now even a right password for an untouched account is refused from this IP.
+    let res = srv.login("bystander", support::PASSWORD).await;
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(support::error_code(res, 429).await, "too_many_attempts");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_reuse_of_a_refresh_token_revokes_the_whole_family() {
+    let srv = support::start().await;
+    let user = srv.new_user("racer").await;
+    let refresh = |token: String| {
+        let http = srv.http.clone();
+        let url = srv.api("/auth/refresh");
+        async move {
+            let res = http
+                .post(url)
+                .json(&json!({ "refreshToken": token }))
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap())
+        }
+    };
+    // A thief and the user present the same token at once.
+    let results =
+        futures_util::future::join_all((0..2).map(|_| refresh(user.refresh_token.clone()))).await;
+    let winners: Vec<&Value> = results
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, b)| b)
+        .collect();
+    // When the reuse lands before the winner's new token is stored, the winner is refused
+    // too; either way at most one gets through and every other is told of the reuse.
+    assert!(winners.len() <= 1, "{results:?}");
+    for (status, body) in results.iter().filter(|(s, _)| *s != 200) {
+        assert_eq!(
+            (*status, body["code"].as_str()),
+            (403, Some("refresh_token_reused"))
+        );
+    }
+    // A refresh token handed out in the race belongs to the revoked family: dead too.
+    for winner in winners {
+        let next = winner["refreshToken"].as_str().unwrap().to_owned();
+        let (status, body) = refresh(next).await;
+        assert_eq!(status, 403, "{body}");
+    }
+    // The user logs in again and gets a working family.
+    let again = srv.logged_in("racer").await;
+    assert_eq!(refresh(again.refresh_token).await.0, 200);
     srv.stop().await;
 }

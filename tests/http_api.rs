@@ -2,38 +2,11 @@
 
 mod support;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use base64::Engine as _;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use support::{error_code, start, start_on, start_with, PASSWORD, SECRET};
+use support::{error_code, start, start_on, start_with, PASSWORD};
 use tandem::server::HttpConfig;
 use tandem::store::{NewAction, NewMessage, SenderType, Store};
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
-
-fn mint(secret: &[u8], claims: Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret),
-    )
-    .expect("HS256 signing")
-}
-
-fn claims(user_id: &str, iss: &str, aud: &str, exp: u64) -> Value {
-    json!({
-        "sub": user_id, "id": user_id, "username": "alice", "org": "whatever",
-        "role": "clinician", "iss": iss, "aud": aud, "exp": exp, "iat": now_secs() - 10,
-        "jti": "j1",
-    })
-}
 
 #[tokio::test]
 async fn health_endpoints() {
@@ -171,55 +144,6 @@ async fn refresh_rotation_and_reuse_detection() {
     // A fresh login starts a new family and still works.
     let again = srv.logged_in("rotator").await;
     assert_eq!(refresh(again.refresh_token).await.status(), 200);
-    srv.stop().await;
-}
-
-#[tokio::test]
-async fn bad_tokens_are_rejected() {
-    let srv = start().await;
-    let user = srv.new_user("tok").await;
-    let me = |token: Option<String>| {
-        let mut req = srv.http.get(srv.api("/auth/me"));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        req.send()
-    };
-    let id = user.user_id.as_str();
-    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-
-    let good = mint(SECRET, claims(id, "tandem", "tandem-api", now_secs() + 600));
-    assert_eq!(me(Some(good.clone())).await.unwrap().status(), 200);
-
-    let expired = mint(SECRET, claims(id, "tandem", "tandem-api", now_secs() - 600));
-    let code = error_code(me(Some(expired)).await.unwrap(), 401).await;
-    assert_eq!(code, "token_expired");
-
-    let forged = mint(
-        b"some-other-secret-that-is-long-enough!!",
-        claims(id, "tandem", "tandem-api", now_secs() + 600),
-    );
-    let payload = good.split('.').nth(1).unwrap();
-    let alg_none = format!("{}.{payload}.", b64(r#"{"alg":"none","typ":"JWT"}"#));
-    let wrong_aud = mint(SECRET, claims(id, "tandem", "other-api", now_secs() + 600));
-    let wrong_iss = mint(SECRET, claims(id, "evil", "tandem-api", now_secs() + 600));
-    for bad in [forged, alg_none, wrong_aud, wrong_iss, "garbage".to_owned()] {
-        let code = error_code(me(Some(bad)).await.unwrap(), 401).await;
-        assert_eq!(code, "unauthorized");
-    }
-    assert_eq!(
-        error_code(me(None).await.unwrap(), 401).await,
-        "unauthorized"
-    );
-
-    // REST does not take `?token=` (that is for the WebSocket handshakes only).
-    let res = srv
-        .http
-        .get(srv.api(&format!("/auth/me?token={}", user.access_token)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 401);
     srv.stop().await;
 }
 

@@ -15,7 +15,7 @@ use warp::http::HeaderMap;
 use warp::ws::{Message, WebSocket};
 
 use super::filters::{bearer, query_param};
-use crate::auth::{Authenticator, Principal};
+use crate::auth::{self, Authenticator, Principal};
 use crate::pipeline::event::ServerEvent;
 use crate::pipeline::hub::{ClientId, ClientRx, ClientTx, Hub, MAX_DROPPED};
 
@@ -38,18 +38,25 @@ pub mod close {
 }
 
 /// The token from `Authorization: Bearer` or, as browsers must send it on a WebSocket
-/// handshake, `?token=` (REST does not accept the query form). The header wins.
-pub fn authenticate(auth: &Authenticator, headers: &HeaderMap, query: &str) -> Option<Principal> {
+/// handshake, `?token=` (REST does not accept the query form). The header wins. A refused
+/// socket gets an `error` event with the error's code before the close 4001, so a client can
+/// tell an expired token (refresh and reconnect) from a bad one.
+///
+/// # Errors
+/// [`auth::Error::InvalidToken`] when there is no token or it is bad,
+/// [`auth::Error::TokenExpired`] when it expired (the client should refresh and reconnect).
+pub fn authenticate(
+    auth: &Authenticator,
+    headers: &HeaderMap,
+    query: &str,
+) -> Result<Principal, auth::Error> {
     let token = bearer(headers)
         .map(str::to_owned)
-        .or_else(|| query_param(query, "token"))?;
-    match auth.authenticate(&token) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            tracing::info!(code = e.code(), "websocket authentication failed");
-            None
-        }
-    }
+        .or_else(|| query_param(query, "token"))
+        .ok_or(auth::Error::InvalidToken)?;
+    auth.authenticate(&token).inspect_err(|e| {
+        tracing::info!(code = e.code(), "websocket authentication failed");
+    })
 }
 
 /// A close code and its reason.
@@ -275,7 +282,13 @@ mod tests {
             "o1",
             "the header wins"
         );
-        assert!(authenticate(&auth, &none, "token=forged").is_none());
-        assert!(authenticate(&auth, &none, "conversationId=c1").is_none());
+        assert!(matches!(
+            authenticate(&auth, &none, "token=forged"),
+            Err(auth::Error::InvalidToken)
+        ));
+        assert!(matches!(
+            authenticate(&auth, &none, "conversationId=c1"),
+            Err(auth::Error::InvalidToken)
+        ));
     }
 }

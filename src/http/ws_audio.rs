@@ -218,11 +218,25 @@ async fn admit(
         reason,
         event,
     };
-    let principal = ws::authenticate(&state.auth, headers, query)
-        .ok_or_else(|| refusal(close::UNAUTHORIZED, "Invalid or missing token", None))?;
+    let principal = ws::authenticate(&state.auth, headers, query).map_err(|e| {
+        refusal(
+            close::UNAUTHORIZED,
+            "Invalid or missing token",
+            Some(ServerEvent::error(e.code(), e.to_string())),
+        )
+    })?;
     let conversation_id = query_param(query, "conversationId")
         .filter(|c| !c.is_empty())
-        .ok_or_else(|| refusal(close::POLICY, "conversationId is required", None))?;
+        .ok_or_else(|| {
+            refusal(
+                close::POLICY,
+                "conversationId is required",
+                Some(ServerEvent::error(
+                    "invalid_field",
+                    "conversationId is required.",
+                )),
+            )
+        })?;
     match state
         .store
         .get_conversation(&principal.organization_id, &conversation_id)

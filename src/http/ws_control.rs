@@ -111,10 +111,14 @@ pub fn parse_request(text: &str) -> Result<Request, Problem> {
 pub async fn serve(socket: WebSocket, state: AppState, headers: HeaderMap, query: String) {
     let hub = state.pipelines.hub().clone();
     let (mut stream, out) = ws::split(socket, &hub, state.http.control_pacing);
-    let Some(principal) = ws::authenticate(&state.auth, &headers, &query) else {
-        out.finish(Some((close::UNAUTHORIZED, "Invalid or missing token")))
-            .await;
-        return;
+    let principal = match ws::authenticate(&state.auth, &headers, &query) {
+        Ok(p) => p,
+        Err(e) => {
+            out.send(&ServerEvent::error(e.code(), e.to_string()));
+            out.finish(Some((close::UNAUTHORIZED, "Invalid or missing token")))
+                .await;
+            return;
+        }
     };
     state.ws_connections.add(&[("socket", "control")], 1);
     hub.register_control(&principal.user_id, &out.client);
