@@ -41,6 +41,17 @@ fn config() -> HttpConfig {
 
 // ---------------------------------------------------------------- REST
 
+/// A table's server and a user with one conversation: (server, user, conversation id,
+/// patient id).
+async fn table_server(username: &str) -> (TestServer, Client, String, String) {
+    let srv = support::start_with(config()).await;
+    let user = srv.new_user(username).await;
+    let conversation = user.create_conversation("Tab", "Le", "1980-01-01").await;
+    let c = conversation["id"].as_str().unwrap().to_owned();
+    let p = conversation["patientId"].as_str().unwrap().to_owned();
+    (srv, user, c, p)
+}
+
 /// What goes in the `Authorization` header.
 #[derive(Clone)]
 enum Auth {
@@ -468,11 +479,7 @@ async fn assert_healthy(srv: &TestServer, user: &Client, conversation_id: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rest_route_answers_bad_input_with_a_json_error() {
-    let srv = support::start_with(config()).await;
-    let user = srv.new_user("table").await;
-    let conversation = user.create_conversation("Tab", "Le", "1980-01-01").await;
-    let c = conversation["id"].as_str().unwrap().to_owned();
-    let p = conversation["patientId"].as_str().unwrap().to_owned();
+    let (srv, user, c, p) = table_server("table").await;
     let cases = rest_table(&c, &p, &user.access_token);
     assert!(cases.len() > 250, "{} cases", cases.len());
     for case in &cases {
@@ -522,6 +529,19 @@ async fn connect_with_header(url: &str, authorization: &str) -> Ws {
     tokio_tungstenite::connect_async(request).await.unwrap().0
 }
 
+/// Opens a socket, waits for its greeting, sends a frame the protocol layer must refuse, and
+/// returns the `error` code and the close code that follow.
+async fn refused_frame(url: &str, greeting: &str, message: Message) -> (String, Option<u16>) {
+    let mut ws = connect(url.to_owned()).await;
+    assert_eq!(next_event(&mut ws, WAIT).await["type"], greeting);
+    let _ = ws.send(message).await;
+    let code = next_error(&mut ws, WAIT).await["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (code, close_code(&mut ws, WAIT).await)
+}
+
 /// Opens a socket that must be refused: returns the `error` event's code (if one came before
 /// the close) and the close code.
 async fn refusal(mut ws: Ws) -> (Option<String>, Option<u16>) {
@@ -548,10 +568,7 @@ async fn refusal(mut ws: Ws) -> (Option<String>, Option<u16>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audio_socket_answers_bad_frames_and_stays_up() {
-    let srv = support::start_with(config()).await;
-    let user = srv.new_user("audio_table").await;
-    let conversation = user.create_conversation("Au", "Dio", "1980-01-01").await;
-    let c = conversation["id"].as_str().unwrap().to_owned();
+    let (srv, user, c, _) = table_server("audio_table").await;
     let base = format!("ws://{}/transcription", srv.addr);
     let url = format!("{base}?conversationId={c}&token={}", user.access_token);
 
@@ -645,11 +662,8 @@ async fn the_audio_socket_answers_bad_frames_and_stays_up() {
         ),
     ];
     for (what, message, code, close) in terminal {
-        let mut ws = connect(url.clone()).await;
-        assert_eq!(next_event(&mut ws, WAIT).await["type"], "backend_connected");
-        let _ = ws.send(message).await;
-        assert_eq!(next_error(&mut ws, WAIT).await["code"], code, "{what}");
-        assert_eq!(close_code(&mut ws, WAIT).await, Some(close), "{what}");
+        let refused = refused_frame(&url, "backend_connected", message).await;
+        assert_eq!(refused, (code.to_owned(), Some(close)), "{what}");
     }
 
     // Odd conversation ids and misplaced tokens are refused at the door.
@@ -720,10 +734,7 @@ async fn the_audio_socket_answers_bad_frames_and_stays_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_socket_answers_bad_frames_and_stays_up() {
-    let srv = support::start_with(config()).await;
-    let user = srv.new_user("control_table").await;
-    let conversation = user.create_conversation("Con", "Trol", "1980-01-01").await;
-    let c = conversation["id"].as_str().unwrap().to_owned();
+    let (srv, user, c, _) = table_server("control_table").await;
     let token = user.access_token.clone();
 
     for path in ["/ws", "/"] {
@@ -821,19 +832,8 @@ async fn the_control_socket_answers_bad_frames_and_stays_up() {
                 1007,
             ),
         ] {
-            let mut ws = connect(url.clone()).await;
-            assert_eq!(next_event(&mut ws, WAIT).await["type"], "system");
-            let _ = ws.send(message).await;
-            assert_eq!(
-                next_error(&mut ws, WAIT).await["code"],
-                code,
-                "{path}: {what}"
-            );
-            assert_eq!(
-                close_code(&mut ws, WAIT).await,
-                Some(close),
-                "{path}: {what}"
-            );
+            let refused = refused_frame(&url, "system", message).await;
+            assert_eq!(refused, (code.to_owned(), Some(close)), "{path}: {what}");
         }
 
         let base = format!("ws://{}{path}", srv.addr);
@@ -980,11 +980,7 @@ fn bad_tokens(user_id: &str, org: &str) -> (String, Vec<(&'static str, String, &
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_are_refused_on_every_route_and_both_sockets() {
-    let srv = support::start_with(config()).await;
-    let user = srv.new_user("victim").await;
-    let conversation = user.create_conversation("Tok", "En", "1980-01-01").await;
-    let c = conversation["id"].as_str().unwrap().to_owned();
-    let p = conversation["patientId"].as_str().unwrap().to_owned();
+    let (srv, user, c, p) = table_server("victim").await;
     let org = srv
         .store
         .user_by_id(&user.user_id)

@@ -124,6 +124,18 @@ async fn a_whole_visit_logs_no_secret_and_no_phi_at_info() {
     assert!(!executed.is_empty(), "the note command ran: {events:?}");
     audio.close(None).await.unwrap();
 
+    // A plain GET on a socket path (no upgrade): refused, and its token-bearing URL logged.
+    let res = srv
+        .http
+        .get(srv.url(&format!(
+            "/transcription?conversationId={c}&token={}",
+            user.access_token
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+
     // Reads of everything the visit produced, then the end.
     let messages = user
         .get_json(&format!("/conversations/{c}/messages"), 200)
