@@ -174,6 +174,21 @@ impl Outgoing {
         self.client.send(event.to_frame());
     }
 
+    /// Answers a failed read: tells the client why when it still can (see [`read_failure`])
+    /// and returns the close to send; a connection that is simply gone is only logged.
+    pub fn report_read_error(&self, error: &warp::Error) -> Option<CloseRequest> {
+        match read_failure(error) {
+            Some(failure) => {
+                self.send(&ServerEvent::error(failure.code, failure.message));
+                Some(failure.close)
+            }
+            None => {
+                tracing::debug!(%error, "socket read failed");
+                None
+            }
+        }
+    }
+
     /// Leaves the hub, flushes what is queued, sends the close frame if one is given, and
     /// waits for the writer to finish.
     pub async fn finish(self, close: Option<CloseRequest>) {

@@ -157,13 +157,7 @@ pub async fn serve(socket: WebSocket, state: AppState, headers: HeaderMap, query
         let message = match message {
             Ok(m) => m,
             Err(e) => {
-                match ws::read_failure(&e) {
-                    Some(failure) => {
-                        out.send(&ServerEvent::error(failure.code, failure.message));
-                        closing = Some(failure.close);
-                    }
-                    None => tracing::debug!(error = %e, "audio socket read failed"),
-                }
+                closing = out.report_read_error(&e);
                 break;
             }
         };
