@@ -7,7 +7,8 @@
 //!   `username` next to the standard `sub`.
 //! - Refresh tokens are opaque random strings; only their SHA-256 is stored. Every refresh
 //!   rotates the token, and presenting an already-rotated token revokes its whole family
-//!   (theft detection: either the thief or the user now holds a dead token).
+//!   (theft detection: either the thief or the user now holds a dead token), including a
+//!   token issued by a refresh racing the reuse.
 //! - Passwords are argon2id PHC strings, hashed and verified on the blocking pool because they
 //!   are slow by design. Unknown usernames cost the same verification as known ones.
 //! - Failed logins are throttled per username and per client IP in a bounded in-memory map.
@@ -424,6 +425,14 @@ impl Authenticator {
             Err(e) => return Err(e.into()),
         };
         let refresh_token = self.issue_refresh(store, &user.id, &row.family_id).await?;
+        // A reuse of the same token racing this refresh revokes the family, possibly before
+        // the new token above existed, which would then outlive the revocation. Revocation
+        // expires the presented token, so look again now that the new one is stored.
+        let presented = store.consume_refresh_token(&hash).await?;
+        if presented.expires_at <= now_millis() {
+            store.revoke_refresh_family(&row.family_id).await?;
+            return Err(Error::RefreshTokenReused);
+        }
         Ok(Session {
             access_token: self.issue_access(&user),
             refresh_token,

@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod support;
+use support::{speech_script as script, CLINICIAN, PATIENT};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,44 +22,18 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
 use tandem::server::HttpConfig;
 use tandem::testing::fake_openai::http::{Fault, CHAT_PATH, SPEECH_PATH};
-use tandem::testing::fake_openai::realtime::{ScriptLine, State};
+use tandem::testing::fake_openai::realtime::State;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-const CLINICIAN: &str =
-    "Take a note: the patient reports chest pain for three days. Schedule a follow-up in two weeks.";
-const PATIENT: &str = "Me duele el pecho desde hace tres días y tomo metformina dos veces al día.";
-
 /// Generous bound on waiting for one event; nothing asserts on time.
 const EVENT_WAIT: Duration = Duration::from_secs(20);
 /// Pause between chunks: faster than the recording's 1 s, slow enough that each chunk's events
 /// arrive before the next chunk is sent.
 const CHUNK_GAP: Duration = Duration::from_millis(150);
-
-fn script() -> State {
-    State::new([
-        ScriptLine {
-            text: CLINICIAN.into(),
-            languages: vec!["en".into()],
-        },
-        ScriptLine {
-            text: PATIENT.into(),
-            languages: vec!["es".into()],
-        },
-    ])
-}
-
-/// The Chromium MediaRecorder chunks (1 s each) of a two-utterance recording.
-fn chunks() -> Vec<Vec<u8>> {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/chrome-webm-opus-1000ms");
-    (0..)
-        .map_while(|i| std::fs::read(dir.join(format!("chunk-{i:03}.bin"))).ok())
-        .collect()
-}
 
 async fn connect(url: String) -> Ws {
     tokio_tungstenite::connect_async(url)
@@ -134,7 +109,7 @@ impl Visit {
         assert_eq!(hello["type"], "backend_connected", "{hello}");
         Call {
             ws,
-            chunks: chunks(),
+            chunks: support::ws::recording_chunks(),
             sent: 0,
             events: Vec::new(),
         }

@@ -2,38 +2,11 @@
 
 mod support;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use base64::Engine as _;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use support::{error_code, start, start_on, start_with, PASSWORD, SECRET};
+use support::{error_code, start, start_on, start_with, PASSWORD};
 use tandem::server::HttpConfig;
 use tandem::store::{NewAction, NewMessage, SenderType};
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
-
-fn mint(secret: &[u8], claims: Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret),
-    )
-    .expect("HS256 signing")
-}
-
-fn claims(user_id: &str, iss: &str, aud: &str, exp: u64) -> Value {
-    json!({
-        "sub": user_id, "id": user_id, "username": "alice", "org": "whatever",
-        "role": "clinician", "iss": iss, "aud": aud, "exp": exp, "iat": now_secs() - 10,
-        "jti": "j1",
-    })
-}
 
 #[tokio::test]
 async fn health_endpoints() {
@@ -171,55 +144,6 @@ async fn refresh_rotation_and_reuse_detection() {
     // A fresh login starts a new family and still works.
     let again = srv.logged_in("rotator").await;
     assert_eq!(refresh(again.refresh_token).await.status(), 200);
-    srv.stop().await;
-}
-
-#[tokio::test]
-async fn bad_tokens_are_rejected() {
-    let srv = start().await;
-    let user = srv.new_user("tok").await;
-    let me = |token: Option<String>| {
-        let mut req = srv.http.get(srv.api("/auth/me"));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        req.send()
-    };
-    let id = user.user_id.as_str();
-    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-
-    let good = mint(SECRET, claims(id, "tandem", "tandem-api", now_secs() + 600));
-    assert_eq!(me(Some(good.clone())).await.unwrap().status(), 200);
-
-    let expired = mint(SECRET, claims(id, "tandem", "tandem-api", now_secs() - 600));
-    let code = error_code(me(Some(expired)).await.unwrap(), 401).await;
-    assert_eq!(code, "token_expired");
-
-    let forged = mint(
-        b"some-other-secret-that-is-long-enough!!",
-        claims(id, "tandem", "tandem-api", now_secs() + 600),
-    );
-    let payload = good.split('.').nth(1).unwrap();
-    let alg_none = format!("{}.{payload}.", b64(r#"{"alg":"none","typ":"JWT"}"#));
-    let wrong_aud = mint(SECRET, claims(id, "tandem", "other-api", now_secs() + 600));
-    let wrong_iss = mint(SECRET, claims(id, "evil", "tandem-api", now_secs() + 600));
-    for bad in [forged, alg_none, wrong_aud, wrong_iss, "garbage".to_owned()] {
-        let code = error_code(me(Some(bad)).await.unwrap(), 401).await;
-        assert_eq!(code, "unauthorized");
-    }
-    assert_eq!(
-        error_code(me(None).await.unwrap(), 401).await,
-        "unauthorized"
-    );
-
-    // REST does not take `?token=` (that is for the WebSocket handshakes only).
-    let res = srv
-        .http
-        .get(srv.api(&format!("/auth/me?token={}", user.access_token)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 401);
     srv.stop().await;
 }
 
@@ -784,79 +708,4 @@ async fn registration_can_be_closed() {
     // Accounts made by other means still log in.
     srv.user_in_new_org("Clinic", "admin-made").await;
     srv.stop().await;
-}
-
-/// Collects formatted log output for assertions.
-#[derive(Clone, Default)]
-struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .expect("log buffer lock")
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The process-wide log capture. A thread-local subscriber (`set_default`) is not enough:
-/// tests on other threads can cache a callsite as disabled before this test's subscriber
-/// exists, and then its events are never seen. Other tests' lines land here too, which the
-/// assertions tolerate (they look for this test's own tokens).
-fn captured_logs() -> &'static LogBuffer {
-    static LOGS: std::sync::OnceLock<LogBuffer> = std::sync::OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = LogBuffer::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
-        logs
-    })
-}
-
-#[tokio::test]
-async fn access_log_never_contains_tokens() {
-    let logs = captured_logs();
-
-    let srv = start().await;
-    let user = srv.new_user("logged").await;
-    user.get_json("/conversations", 200).await;
-    let res = srv
-        .http
-        .get(srv.url(&format!(
-            "/transcription?conversationId=c1&token={}",
-            user.access_token
-        )))
-        .send()
-        .await
-        .unwrap();
-    // A plain GET on the WebSocket path (no upgrade): rejected, and logged with the token.
-    assert_eq!(res.status(), 400);
-    let res = srv
-        .http
-        .post(srv.api("/auth/refresh"))
-        .json(&json!({ "refreshToken": user.refresh_token }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    srv.stop().await;
-
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    assert!(
-        text.contains("tandem::access"),
-        "access log written: {text}"
-    );
-    assert!(text.contains("token=REDACTED"), "{text}");
-    assert!(!text.contains(&user.access_token));
-    assert!(!text.contains(&user.refresh_token));
-    assert!(!text.contains(PASSWORD));
 }

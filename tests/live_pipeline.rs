@@ -12,41 +12,11 @@ use std::time::Duration;
 use base64::Engine as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
+use support::ws::{connect, next_event, send, stream_recording, until_completed, Ws};
 use tandem::testing::fake_openai::realtime::{ScriptLine, State};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 use support::{speech_script as script, CLINICIAN, PATIENT};
-
-async fn connect(url: String) -> Ws {
-    tokio_tungstenite::connect_async(url)
-        .await
-        .expect("websocket connect")
-        .0
-}
-
-/// The next JSON text frame, skipping captions; panics after `within`.
-async fn next_event(ws: &mut Ws, within: Duration) -> Value {
-    loop {
-        let frame = tokio::time::timeout(within, ws.next())
-            .await
-            .expect("an event in time")
-            .expect("socket open")
-            .expect("frame");
-        if let Message::Text(text) = frame {
-            return serde_json::from_str(&text).expect("JSON event");
-        }
-    }
-}
-
-async fn send(ws: &mut Ws, event: Value) {
-    ws.send(Message::text(event.to_string()))
-        .await
-        .expect("send");
-}
 
 async fn start_conversation(srv: &support::TestServer) -> (support::Client, String) {
     let user = srv.new_user("dr_lee").await;
@@ -99,18 +69,6 @@ async fn open_control(
     (control, selected)
 }
 
-/// Every event until `utterances` `processing_completed` events arrived (each within `within`).
-async fn until_completed(ws: &mut Ws, utterances: usize, within: Duration) -> Vec<Value> {
-    let mut events = Vec::new();
-    let mut completed = 0;
-    while completed < utterances {
-        let e = next_event(ws, within).await;
-        completed += usize::from(e["type"] == "processing_completed");
-        events.push(e);
-    }
-    events
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_visit_is_transcribed_interpreted_and_stored() {
     let srv = support::start_scripted(script()).await;
@@ -123,7 +81,7 @@ async fn a_visit_is_transcribed_interpreted_and_stored() {
     let hello = next_event(&mut audio, Duration::from_secs(5)).await;
     assert_eq!(hello["type"], "backend_connected");
 
-    support::stream_recording(&mut audio).await;
+    stream_recording(&mut audio).await;
     send(&mut audio, json!({"type": "input_audio_buffer.finalize"})).await;
 
     // Collect everything until both utterances completed.
@@ -286,7 +244,7 @@ async fn closing_the_audio_socket_ends_input_and_loses_nothing() {
     let srv = support::start_scripted(script()).await;
     let (user, conversation_id) = start_conversation(&srv).await;
     let mut audio = open_audio(&srv, &user, &conversation_id, "").await;
-    support::stream_recording(&mut audio).await;
+    stream_recording(&mut audio).await;
     audio.close(None).await.unwrap();
 
     // Results reach the client later through the stored messages.
@@ -326,7 +284,7 @@ async fn a_provider_socket_drop_mid_utterance_loses_and_duplicates_nothing() {
     let srv = support::start_scripted(script().drop_mid_utterance_once()).await;
     let (user, conversation_id) = start_conversation(&srv).await;
     let mut audio = open_audio(&srv, &user, &conversation_id, "").await;
-    support::stream_recording(&mut audio).await;
+    stream_recording(&mut audio).await;
     send(&mut audio, json!({"type": "input_audio_buffer.finalize"})).await;
     let events = until_completed(&mut audio, 2, Duration::from_secs(30)).await;
     let saw_reconnect = events.iter().any(|e| e["code"] == "stt_reconnecting");
@@ -407,7 +365,7 @@ async fn bad_audio_gets_error_events_and_leaves_other_conversations_alone() {
     }
 
     // The other conversation decodes and transcribes normally meanwhile.
-    support::stream_recording(&mut good).await;
+    stream_recording(&mut good).await;
     send(&mut good, json!({"type": "input_audio_buffer.finalize"})).await;
     for e in until_completed(&mut good, 2, Duration::from_secs(20)).await {
         assert_ne!(e["type"], "error", "{e}");
@@ -435,7 +393,7 @@ async fn a_stated_speaker_overrides_language_detection() {
     let mut audio = open_audio(&srv, &user, &conversation_id, "").await;
     // Push-to-talk: everything on this socket is the patient's, whatever the language.
     send(&mut audio, json!({"type": "speaker", "role": "patient"})).await;
-    support::stream_recording(&mut audio).await;
+    stream_recording(&mut audio).await;
     audio.close(None).await.unwrap();
     let stored = stored_messages(&user, &conversation_id, 4).await;
     let english = stored
@@ -470,7 +428,7 @@ async fn a_patient_asking_to_repeat_hears_the_cached_audio_again() {
     .await;
     let (user, conversation_id) = start_conversation(&srv).await;
     let mut audio = open_audio(&srv, &user, &conversation_id, "").await;
-    support::stream_recording(&mut audio).await;
+    stream_recording(&mut audio).await;
     send(&mut audio, json!({"type": "input_audio_buffer.finalize"})).await;
     let tts: Vec<Value> = until_completed(&mut audio, 2, Duration::from_secs(20))
         .await
@@ -568,7 +526,7 @@ async fn tts_streaming_sends_the_audio_in_indexed_chunks() {
     srv.fake.http.set_speech_chunk_size(Some(16));
     let (user, conversation_id) = start_conversation(&srv).await;
     let mut audio = open_audio(&srv, &user, &conversation_id, "&ttsStreaming=true").await;
-    support::stream_recording(&mut audio).await;
+    stream_recording(&mut audio).await;
     send(&mut audio, json!({"type": "input_audio_buffer.finalize"})).await;
     let events = until_completed(&mut audio, 2, Duration::from_secs(20)).await;
     let translations: Vec<&Value> = events
@@ -618,7 +576,7 @@ async fn a_tts_stream_cut_mid_way_sends_an_error_and_no_last_frame() {
     let mut audio = open_audio(&srv, &user, &conversation_id, "").await;
     // Asked for with `start` this time, without changing the input format.
     send(&mut audio, json!({"type": "start", "ttsStreaming": true})).await;
-    support::stream_recording(&mut audio).await;
+    stream_recording(&mut audio).await;
     send(&mut audio, json!({"type": "input_audio_buffer.finalize"})).await;
     let events = until_completed(&mut audio, 2, Duration::from_secs(20)).await;
     let id_of = |text: &str| {
@@ -712,7 +670,7 @@ async fn admin_of(srv: &support::TestServer) -> support::Client {
 /// Streams the fixture (two utterances), finalizes, and returns the events up to the second
 /// `processing_completed`.
 async fn one_pass(audio: &mut Ws) -> Vec<Value> {
-    support::stream_recording(audio).await;
+    stream_recording(audio).await;
     send(audio, json!({"type": "input_audio_buffer.finalize"})).await;
     until_completed(audio, 2, Duration::from_secs(20)).await
 }

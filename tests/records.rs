@@ -160,7 +160,7 @@ async fn ending_a_visit_drains_the_audio_then_summarizes_with_real_citations() {
     // Slow model answers keep the last utterance in flight when the visit ends: it must be
     // processed (its translation stored) before the summary is written.
     srv.fake.http.set_delay(CHAT_PATH, Duration::from_secs(3));
-    support::stream_recording(&mut audio).await;
+    support::ws::stream_recording(&mut audio).await;
     let ended = post(&user, &format!("/conversations/{id}/end"), 200).await;
     assert_eq!(ended["status"], "ended", "answered before the summary");
 
@@ -427,7 +427,7 @@ async fn voice_requests_give_an_interim_summary_and_the_medical_history() {
     .await;
 
     let mut audio = open_audio(&srv, &user, &id).await;
-    support::stream_recording(&mut audio).await;
+    support::ws::stream_recording(&mut audio).await;
     send(&mut audio, json!({"type": "input_audio_buffer.finalize"})).await;
 
     let summary_ack = until_type(&mut audio, "command_executed", Duration::from_secs(20)).await;
@@ -491,7 +491,7 @@ async fn voice_requests_give_an_interim_summary_and_the_medical_history() {
 async fn exports_carry_the_transcript_in_order_in_both_languages() {
     let (srv, user, _ctl, id) = visit([(CLINICIAN, "en"), (PATIENT, "es")], "dr_export").await;
     let mut audio = open_audio(&srv, &user, &id).await;
-    support::stream_recording(&mut audio).await;
+    support::ws::stream_recording(&mut audio).await;
     let ended = post(&user, &format!("/conversations/{id}/end?wait=true"), 200).await;
     assert_eq!(ended["status"], "summarized");
     let stored = messages(&user, &id).await;

@@ -89,20 +89,22 @@ where
     S: futures_util::Stream<Item = Result<B, warp::Error>>,
     B: bytes::Buf,
 {
+    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut body = std::pin::pin!(body);
     if declared.is_some_and(|n| n > limit) {
+        drain(body, cap).await;
         return Err(warp::reject::custom(ApiError::PayloadTooLarge));
     }
-    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
     let initial = declared
         .and_then(|n| usize::try_from(n).ok())
         .unwrap_or(0)
         .min(cap);
     let mut buf = Vec::with_capacity(initial);
-    let mut body = std::pin::pin!(body);
     while let Some(chunk) = body.next().await {
         let mut chunk = chunk
             .map_err(|e| warp::reject::custom(ApiError::BadJson(format!("reading body: {e}"))))?;
         if buf.len() + chunk.remaining() > cap {
+            drain(body, cap).await;
             return Err(warp::reject::custom(ApiError::PayloadTooLarge));
         }
         while chunk.has_remaining() {
@@ -115,13 +117,40 @@ where
     parse_json(&buf).map_err(warp::reject::custom)
 }
 
+/// How long a rejected body is read on before the 413 goes out anyway.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads and discards the rest of a rejected body, at most `cap` bytes and [`DRAIN_TIMEOUT`],
+/// before the 413 is sent. Closing a connection with unread input makes the kernel answer with
+/// a reset, which can destroy the 413 before the client reads it; a client still uploading a
+/// body up to twice the limit thus gets its answer. Beyond that, the connection is closed.
+async fn drain<S, B>(mut body: std::pin::Pin<&mut S>, cap: usize)
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: bytes::Buf,
+{
+    let mut left = cap;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while let Some(Ok(chunk)) = body.next().await {
+            left = left.saturating_sub(chunk.remaining());
+            if left == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// Classifies serde errors: syntax and truncation are the client's JSON being broken (400);
-/// data errors are a valid document with a bad field (422).
+/// data errors are a valid document with a bad field (422). The whole body must be UTF-8
+/// (RFC 8259): serde_json alone does not check strings of fields it skips.
 ///
 /// # Errors
 /// [`ApiError::BadJson`] or [`ApiError::InvalidField`] as described.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| ApiError::BadJson(format!("body is not UTF-8: {e}")))?;
+    serde_json::from_str(text).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::InvalidField(e.to_string()),
         _ => ApiError::BadJson(e.to_string()),
     })
@@ -156,6 +185,10 @@ mod tests {
             Err(ApiError::InvalidField(_))
         ));
         assert!(parse_json::<Body>(br#"{"n":1}"#).is_ok());
+        assert!(matches!(
+            parse_json::<Body>(b"{\"n\":1,\"skipped\":\"\xff\"}"),
+            Err(ApiError::BadJson(_))
+        ));
     }
 
     #[test]

@@ -52,7 +52,8 @@ pub struct HttpConfig {
     /// the latest frame per socket, so two frames a few milliseconds apart can lose the first;
     /// zero turns pacing off for clients that read every frame.
     pub control_pacing: Duration,
-    /// Largest audio-socket message; a larger one closes the socket with 1009.
+    /// Largest audio-socket message; a larger one gets a `frame_too_large` event and closes
+    /// the socket with 1009.
     pub max_audio_message_bytes: usize,
 }
 
@@ -164,6 +165,9 @@ fn ops(state: AppState) -> BoxedFilter<(Response,)> {
     healthz.or(readyz).unify().or(metrics).unify().boxed()
 }
 
+/// Largest control-socket message; requests are small JSON objects.
+const CONTROL_MESSAGE_BYTES: usize = 64 * 1024;
+
 /// The WebSockets: audio on `/transcription`, control on `/ws` and `/` (the original frontend
 /// uses `/ws`; the original backend served every other path). Authentication happens after the
 /// upgrade so refusals carry the original close codes.
@@ -177,8 +181,12 @@ fn sockets(state: AppState) -> BoxedFilter<(Response,)> {
     let audio = warp::path!("transcription").and(upgrade()).map(
         |ws: warp::ws::Ws, state: AppState, headers: HeaderMap, query: String| {
             let limit = state.http.max_audio_message_bytes;
+            // A frame up to twice the limit is read to its end before it is refused, so the
+            // `frame_too_large` event and the 1009 close reach the client: refusing at the
+            // header leaves the payload unread, and closing over unread input resets the
+            // connection, which can destroy both. Larger frames are refused at the header.
             ws.max_message_size(limit)
-                .max_frame_size(limit)
+                .max_frame_size(limit.saturating_mul(2))
                 .on_upgrade(move |socket| ws_audio::serve(socket, state, headers, query))
                 .into_response()
         },
@@ -189,7 +197,8 @@ fn sockets(state: AppState) -> BoxedFilter<(Response,)> {
         .and(upgrade())
         .map(
             |ws: warp::ws::Ws, state: AppState, headers: HeaderMap, query: String| {
-                ws.max_message_size(64 * 1024)
+                ws.max_message_size(CONTROL_MESSAGE_BYTES)
+                    .max_frame_size(CONTROL_MESSAGE_BYTES * 2)
                     .on_upgrade(move |socket| ws_control::serve(socket, state, headers, query))
                     .into_response()
             },

@@ -1,6 +1,8 @@
 //! What the two WebSockets share: authentication after the upgrade (so a bad token gets the
-//! original's close code 4001 instead of a bare HTTP error the browser cannot read) and the
-//! writer task that drains a client's hub queue onto the socket.
+//! original's close code 4001 instead of a bare HTTP error the browser cannot read), the
+//! writer task that drains a client's hub queue onto the socket, and how a bad client frame is
+//! answered ([`Problem`] for a frame the socket can read but not act on, [`ReadFailure`] for one
+//! the protocol layer refused).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +17,7 @@ use warp::http::HeaderMap;
 use warp::ws::{Message, WebSocket};
 
 use super::filters::{bearer, query_param};
-use crate::auth::{Authenticator, Principal};
+use crate::auth::{self, Authenticator, Principal};
 use crate::pipeline::event::ServerEvent;
 use crate::pipeline::hub::{ClientId, ClientRx, ClientTx, Hub, MAX_DROPPED};
 
@@ -25,6 +27,8 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// Missing or invalid token (original backend).
     pub const UNAUTHORIZED: u16 = 4001;
+    /// A text frame that is not UTF-8 (RFC 6455 "invalid frame payload data").
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// Missing `conversationId`, unknown or ended conversation (policy violation).
     pub const POLICY: u16 = 1008;
     /// A frame over the configured size.
@@ -38,18 +42,25 @@ pub mod close {
 }
 
 /// The token from `Authorization: Bearer` or, as browsers must send it on a WebSocket
-/// handshake, `?token=` (REST does not accept the query form). The header wins.
-pub fn authenticate(auth: &Authenticator, headers: &HeaderMap, query: &str) -> Option<Principal> {
+/// handshake, `?token=` (REST does not accept the query form). The header wins. A refused
+/// socket gets an `error` event with the error's code before the close 4001, so a client can
+/// tell an expired token (refresh and reconnect) from a bad one.
+///
+/// # Errors
+/// [`auth::Error::InvalidToken`] when there is no token or it is bad,
+/// [`auth::Error::TokenExpired`] when it expired (the client should refresh and reconnect).
+pub fn authenticate(
+    auth: &Authenticator,
+    headers: &HeaderMap,
+    query: &str,
+) -> Result<Principal, auth::Error> {
     let token = bearer(headers)
         .map(str::to_owned)
-        .or_else(|| query_param(query, "token"))?;
-    match auth.authenticate(&token) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            tracing::info!(code = e.code(), "websocket authentication failed");
-            None
-        }
-    }
+        .or_else(|| query_param(query, "token"))
+        .ok_or(auth::Error::InvalidToken)?;
+    auth.authenticate(&token).inspect_err(|e| {
+        tracing::info!(code = e.code(), "websocket authentication failed");
+    })
 }
 
 /// A close code and its reason.
@@ -81,6 +92,81 @@ impl SocketShutdown {
                 "sockets still flushing at the drain deadline"
             );
         }
+    }
+}
+/// A client frame the socket read but cannot act on; answered with an `error` event and the
+/// socket stays open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Stable snake_case code, as in REST error bodies.
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Problem {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn event(&self) -> ServerEvent {
+        ServerEvent::error(self.code, self.message.clone())
+    }
+}
+
+/// Parses a JSON text frame with REST's classification: broken JSON (syntax, truncation,
+/// nesting past serde_json's recursion limit) is `bad_json`; a valid document of the wrong
+/// shape (missing `type`, wrong field type) is `invalid_field`.
+///
+/// # Errors
+/// A [`Problem`] with one of those two codes.
+pub fn parse_frame<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Problem> {
+    serde_json::from_str(text).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => Problem::new("invalid_field", e.to_string()),
+        _ => Problem::new("bad_json", "Messages must be JSON objects with a type."),
+    })
+}
+
+/// How much of a client-chosen string an error message quotes back.
+const ECHO_CHARS: usize = 64;
+
+/// `value` quoted for an error message, cut to [`ECHO_CHARS`] so a huge bogus `type` is not
+/// mirrored back in full.
+pub fn quote(value: &str) -> String {
+    match value.char_indices().nth(ECHO_CHARS) {
+        Some((cut, _)) => format!("{:?}…", &value[..cut]),
+        None => format!("{value:?}"),
+    }
+}
+
+/// A read the WebSocket layer refused: the socket is closed with `close` after an `error`
+/// event with `code`, so a client learns why instead of seeing a bare disconnect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadFailure {
+    pub code: &'static str,
+    pub message: &'static str,
+    pub close: CloseRequest,
+}
+
+/// Classifies a socket read error. `None` means the connection itself is gone (reset,
+/// protocol violation after which nothing can be sent): there is no one left to tell.
+pub fn read_failure(error: &warp::Error) -> Option<ReadFailure> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let inner = std::error::Error::source(error)?.downcast_ref::<WsError>()?;
+    match inner {
+        WsError::Capacity(_) => Some(ReadFailure {
+            code: "frame_too_large",
+            message: "A frame exceeded the size limit.",
+            close: (close::TOO_BIG, "Frame too large"),
+        }),
+        WsError::Utf8(_) => Some(ReadFailure {
+            code: "invalid_utf8",
+            message: "Text frames must be valid UTF-8.",
+            close: (close::INVALID_PAYLOAD, "Invalid UTF-8"),
+        }),
+        _ => None,
     }
 }
 
@@ -138,6 +224,21 @@ impl Outgoing {
             () = self.closing.cancelled() => None,
             () = self.client.evicted() => {
                 tracing::info!("dropping a websocket client that stopped reading");
+                None
+            }
+        }
+    }
+
+    /// Answers a failed read: tells the client why when it still can (see [`read_failure`])
+    /// and returns the close to send; a connection that is simply gone is only logged.
+    pub fn report_read_error(&self, error: &warp::Error) -> Option<CloseRequest> {
+        match read_failure(error) {
+            Some(failure) => {
+                self.send(&ServerEvent::error(failure.code, failure.message));
+                Some(failure.close)
+            }
+            None => {
+                tracing::debug!(%error, "socket read failed");
                 None
             }
         }
@@ -271,7 +372,13 @@ mod tests {
             "o1",
             "the header wins"
         );
-        assert!(authenticate(&auth, &none, "token=forged").is_none());
-        assert!(authenticate(&auth, &none, "conversationId=c1").is_none());
+        assert!(matches!(
+            authenticate(&auth, &none, "token=forged"),
+            Err(auth::Error::InvalidToken)
+        ));
+        assert!(matches!(
+            authenticate(&auth, &none, "conversationId=c1"),
+            Err(auth::Error::InvalidToken)
+        ));
     }
 }

@@ -18,8 +18,8 @@ use warp::http::HeaderMap;
 use warp::ws::WebSocket;
 
 use super::filters::query_param;
-use super::ws::{self, close};
-use crate::audio::sniff;
+use super::ws::{self, close, Problem};
+use crate::audio::{sniff, InputFormat};
 use crate::auth::Principal;
 use crate::pipeline::event::ServerEvent;
 use crate::pipeline::speaker::Role;
@@ -27,9 +27,10 @@ use crate::pipeline::AudioInput;
 use crate::server::AppState;
 use crate::store::{self, Conversation, ConversationStatus};
 
+/// A JSON text frame as sent.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ClientMessage {
+struct Frame {
     #[serde(rename = "type")]
     kind: String,
     audio: Option<String>,
@@ -37,6 +38,74 @@ struct ClientMessage {
     sample_rate: Option<u32>,
     role: Option<String>,
     tts_streaming: Option<bool>,
+}
+
+/// What a text frame asks the audio socket to do, parsed and checked before any of it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Recording bytes (a base64 text frame or `input_audio_buffer.append`).
+    Audio(Vec<u8>),
+    /// `input_audio_buffer.finalize` (or `.commit`): transcribe what is buffered now.
+    Finalize,
+    /// `input_audio_buffer.pause` (`true`) / `.resume` (`false`).
+    Paused(bool),
+    /// `start`: a TTS streaming preference and/or the declared input format. `format` is
+    /// `None` only when the message set the TTS preference alone.
+    Start {
+        tts_streaming: Option<bool>,
+        format: Option<InputFormat>,
+    },
+    /// `speaker`: push-to-talk role, `None` for automatic.
+    Speaker(Option<Role>),
+}
+
+/// Parses one text frame. Pure, so the fuzz target `audio_message` runs exactly this.
+///
+/// # Errors
+/// A [`Problem`] coded `bad_json`, `invalid_field`, `invalid_base64`, `unknown_message_type`
+/// or the audio layer's code for an unsupported declared format.
+pub fn parse_text(text: &str) -> Result<Command, Problem> {
+    if !text.trim_start().starts_with('{') {
+        return decode_base64(text).map(Command::Audio);
+    }
+    let frame: Frame = ws::parse_frame(text)?;
+    Ok(match frame.kind.as_str() {
+        "input_audio_buffer.append" => {
+            let audio = frame.audio.ok_or_else(|| {
+                Problem::new("invalid_field", "input_audio_buffer.append needs `audio`.")
+            })?;
+            Command::Audio(decode_base64(&audio)?)
+        }
+        "input_audio_buffer.finalize" | "input_audio_buffer.commit" => Command::Finalize,
+        "input_audio_buffer.pause" => Command::Paused(true),
+        "input_audio_buffer.resume" => Command::Paused(false),
+        "start" => {
+            let format = if frame.tts_streaming.is_some() && frame.mime_type.is_none() {
+                None
+            } else {
+                let mime = frame.mime_type.unwrap_or_default();
+                let format = sniff::parse_mime(&mime, frame.sample_rate)
+                    .map_err(|e| Problem::new(e.code(), format!("{e}: {}", ws::quote(&mime))))?;
+                Some(format)
+            };
+            Command::Start {
+                tts_streaming: frame.tts_streaming,
+                format,
+            }
+        }
+        "speaker" => Command::Speaker(match frame.role.as_deref() {
+            None | Some("auto") => None,
+            Some(r) => Some(Role::parse(r).ok_or_else(|| {
+                Problem::new("invalid_field", "role must be clinician, patient or auto.")
+            })?),
+        }),
+        other => {
+            return Err(Problem::new(
+                "unknown_message_type",
+                format!("Unknown message type {}.", ws::quote(other)),
+            ))
+        }
+    })
 }
 
 /// Serves one audio socket until it closes.
@@ -115,18 +184,7 @@ pub async fn serve(socket: WebSocket, state: AppState, headers: HeaderMap, query
         let message = match message {
             Ok(m) => m,
             Err(e) => {
-                // tungstenite reports an over-limit frame as a capacity error.
-                let too_big = e.to_string().to_ascii_lowercase().contains("too long")
-                    || e.to_string().to_ascii_lowercase().contains("capacity");
-                if too_big {
-                    out.send(&ServerEvent::error(
-                        "frame_too_large",
-                        "An audio frame exceeded the size limit.",
-                    ));
-                    closing = Some((close::TOO_BIG, "Frame too large"));
-                } else {
-                    tracing::debug!(error = %e, "audio socket read failed");
-                }
+                closing = out.report_read_error(&e);
                 break;
             }
         };
@@ -134,15 +192,21 @@ pub async fn serve(socket: WebSocket, state: AppState, headers: HeaderMap, query
             break;
         }
         let outcome = if message.is_binary() {
-            push(&mut input, message.into_bytes().to_vec()).await
+            input
+                .push(message.into_bytes().to_vec())
+                .await
+                .map_err(Problem::from)
         } else if let Ok(text) = message.to_str() {
-            handle_text(&mut input, text).await
+            match parse_text(text) {
+                Ok(command) => run(&mut input, command).await,
+                Err(problem) => Err(problem),
+            }
         } else {
             Ok(()) // ping/pong
         };
         if let Err(problem) = outcome {
             let fatal = matches!(problem.code, "shutting_down" | "session_ended");
-            out.send(&ServerEvent::error(problem.code, problem.message));
+            out.send(&problem.event());
             if fatal {
                 closing = Some((close::GOING_AWAY, "Transcription ended"));
                 break;
@@ -175,11 +239,25 @@ async fn admit(
         reason,
         event,
     };
-    let principal = ws::authenticate(&state.auth, headers, query)
-        .ok_or_else(|| refusal(close::UNAUTHORIZED, "Invalid or missing token", None))?;
+    let principal = ws::authenticate(&state.auth, headers, query).map_err(|e| {
+        refusal(
+            close::UNAUTHORIZED,
+            "Invalid or missing token",
+            Some(ServerEvent::error(e.code(), e.to_string())),
+        )
+    })?;
     let conversation_id = query_param(query, "conversationId")
         .filter(|c| !c.is_empty())
-        .ok_or_else(|| refusal(close::POLICY, "conversationId is required", None))?;
+        .ok_or_else(|| {
+            refusal(
+                close::POLICY,
+                "conversationId is required",
+                Some(ServerEvent::error(
+                    "invalid_field",
+                    "conversationId is required.",
+                )),
+            )
+        })?;
     match state
         .store
         .get_conversation(&principal.organization_id, &conversation_id)
@@ -215,26 +293,10 @@ async fn admit(
     }
 }
 
-/// A message the socket could not act on; sent back as an `error` event.
-struct Problem {
-    code: &'static str,
-    message: String,
-}
-
-impl Problem {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Problem {
-            code,
-            message: message.into(),
-        }
+impl From<crate::pipeline::Error> for Problem {
+    fn from(e: crate::pipeline::Error) -> Self {
+        Problem::new(e.code(), e.to_string())
     }
-}
-
-async fn push(input: &mut AudioInput, chunk: Vec<u8>) -> Result<(), Problem> {
-    input
-        .push(chunk)
-        .await
-        .map_err(|e| Problem::new(e.code(), e.to_string()))
 }
 
 fn decode_base64(text: &str) -> Result<Vec<u8>, Problem> {
@@ -254,60 +316,107 @@ fn parse_flag(value: &str) -> Option<bool> {
     }
 }
 
-async fn handle_text(input: &mut AudioInput, text: &str) -> Result<(), Problem> {
-    if !text.trim_start().starts_with('{') {
-        return push(input, decode_base64(text)?).await;
-    }
-    let message: ClientMessage = serde_json::from_str(text)
-        .map_err(|_| Problem::new("bad_json", "Messages must be JSON objects with a type."))?;
-    match message.kind.as_str() {
-        "input_audio_buffer.append" => {
-            let audio = message.audio.ok_or_else(|| {
-                Problem::new("invalid_field", "input_audio_buffer.append needs `audio`.")
-            })?;
-            push(input, decode_base64(&audio)?).await
-        }
-        "input_audio_buffer.finalize" | "input_audio_buffer.commit" => input
-            .finalize()
-            .await
-            .map_err(|e| Problem::new(e.code(), e.to_string())),
-        "input_audio_buffer.pause" => {
-            input.set_paused(true);
+async fn run(input: &mut AudioInput, command: Command) -> Result<(), Problem> {
+    match command {
+        Command::Audio(bytes) => Ok(input.push(bytes).await?),
+        Command::Finalize => Ok(input.finalize().await?),
+        Command::Paused(paused) => {
+            input.set_paused(paused);
             Ok(())
         }
-        "input_audio_buffer.resume" => {
-            input.set_paused(false);
-            Ok(())
-        }
-        "start" => {
-            if let Some(on) = message.tts_streaming {
+        Command::Start {
+            tts_streaming,
+            format,
+        } => {
+            if let Some(on) = tts_streaming {
                 input.set_tts_streaming(on);
-                if message.mime_type.is_none() {
-                    // Only the TTS preference: the input format stays as it was.
-                    return Ok(());
-                }
             }
-            let mime = message.mime_type.unwrap_or_default();
-            let format = sniff::parse_mime(&mime, message.sample_rate)
-                .map_err(|e| Problem::new(e.code(), format!("{e}: {mime:?}")))?;
-            input
-                .declare(format)
-                .await
-                .map_err(|e| Problem::new(e.code(), e.to_string()))
+            match format {
+                Some(format) => Ok(input.declare(format).await?),
+                None => Ok(()),
+            }
         }
-        "speaker" => {
-            let role = match message.role.as_deref() {
-                None | Some("auto") => None,
-                Some(r) => Some(Role::parse(r).ok_or_else(|| {
-                    Problem::new("invalid_field", "role must be clinician, patient or auto.")
-                })?),
-            };
+        Command::Speaker(role) => {
             input.set_speaker(role);
             Ok(())
         }
-        other => Err(Problem::new(
-            "unknown_message_type",
-            format!("Unknown message type {other:?}."),
-        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_frames_parse_into_commands() {
+        assert_eq!(parse_text("AAEC"), Ok(Command::Audio(vec![0, 1, 2])));
+        assert_eq!(
+            parse_text("data:audio/webm;base64,AAEC"),
+            Ok(Command::Audio(vec![0, 1, 2]))
+        );
+        assert_eq!(
+            parse_text(r#"{"type":"input_audio_buffer.append","audio":"AAEC"}"#),
+            Ok(Command::Audio(vec![0, 1, 2]))
+        );
+        assert_eq!(
+            parse_text(r#"{"type":"input_audio_buffer.commit"}"#),
+            Ok(Command::Finalize)
+        );
+        assert_eq!(
+            parse_text(r#"{"type":"start","ttsStreaming":true}"#),
+            Ok(Command::Start {
+                tts_streaming: Some(true),
+                format: None
+            })
+        );
+        assert_eq!(
+            parse_text(r#"{"type":"start","mimeType":"audio/webm;codecs=opus"}"#),
+            Ok(Command::Start {
+                tts_streaming: None,
+                format: Some(InputFormat::WebM)
+            })
+        );
+        assert_eq!(
+            parse_text(r#"{"type":"speaker","role":"patient"}"#),
+            Ok(Command::Speaker(Some(Role::Patient)))
+        );
+        assert_eq!(
+            parse_text(r#"{"type":"speaker","role":"auto"}"#),
+            Ok(Command::Speaker(None))
+        );
+    }
+
+    #[test]
+    fn bad_text_frames_get_stable_codes() {
+        let code = |text: &str| parse_text(text).unwrap_err().code;
+        assert_eq!(code("%%% not base64"), "invalid_base64");
+        assert_eq!(code(&"[".repeat(100_000)), "invalid_base64");
+        assert_eq!(code("{not json"), "bad_json");
+        assert_eq!(
+            code(&format!("{{\"a\":{}", "[".repeat(100_000))),
+            "bad_json"
+        );
+        assert_eq!(
+            code(r#"{"type":"input_audio_buffer.append","audio":5}"#),
+            "invalid_field"
+        );
+        assert_eq!(
+            code(r#"{"type":"input_audio_buffer.append"}"#),
+            "invalid_field"
+        );
+        assert_eq!(
+            code(r#"{"type":"input_audio_buffer.append","audio":"@@"}"#),
+            "invalid_base64"
+        );
+        assert_eq!(code(r#"{"type":"dance"}"#), "unknown_message_type");
+        assert_eq!(code(r#"{"type":"start"}"#), "audio_unsupported");
+        assert_eq!(
+            code(r#"{"type":"start","mimeType":"audio/webm;codecs=vorbis"}"#),
+            "audio_unsupported"
+        );
+        assert_eq!(
+            code(r#"{"type":"speaker","role":"nurse"}"#),
+            "invalid_field"
+        );
     }
 }

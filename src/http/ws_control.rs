@@ -13,7 +13,7 @@ use warp::ws::WebSocket;
 
 use super::error::ApiError;
 use super::handlers;
-use super::ws::{self, close};
+use super::ws::{self, close, Problem};
 use crate::auth::Principal;
 use crate::pipeline::event::{self, ServerEvent};
 use crate::records::{SummaryRecord, SummaryView};
@@ -21,23 +21,104 @@ use crate::server::AppState;
 use crate::store::{self, ConversationStatus, DocumentKind, Page};
 use crate::wire::{ActionView, MessageView};
 
-/// A client request: `{"type": "...", "payload": {"conversationId": "..."}}`.
+/// A client frame as sent: `{"type": "...", "payload": {"conversationId": "..."}}`.
 #[derive(Debug, Deserialize)]
-struct Request {
+struct Frame {
     #[serde(rename = "type")]
     kind: String,
     #[serde(default)]
     payload: Value,
 }
 
+/// A control-socket request, parsed and checked before anything is looked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// The original's echo: `chat_message` is answered with `message_received`.
+    Chat { text: String },
+    /// A read about one conversation; asking also subscribes the user to its pushes.
+    Query {
+        kind: QueryKind,
+        conversation_id: String,
+    },
+}
+
+/// The conversation reads the original frontend asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryKind {
+    SelectConversation,
+    GetMessages,
+    GetActions,
+    GetSummary,
+    GetMedicalHistory,
+}
+
+impl QueryKind {
+    fn from_wire(kind: &str) -> Option<Self> {
+        Some(match kind {
+            "select_conversation" => QueryKind::SelectConversation,
+            "get_messages" => QueryKind::GetMessages,
+            "get_actions" => QueryKind::GetActions,
+            "get_summary" => QueryKind::GetSummary,
+            "get_medical_history" => QueryKind::GetMedicalHistory,
+            _ => return None,
+        })
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            QueryKind::SelectConversation => "select_conversation",
+            QueryKind::GetMessages => "get_messages",
+            QueryKind::GetActions => "get_actions",
+            QueryKind::GetSummary => "get_summary",
+            QueryKind::GetMedicalHistory => "get_medical_history",
+        }
+    }
+}
+
+/// Parses one text frame. Pure, so the fuzz target `control_message` runs exactly this.
+///
+/// # Errors
+/// A [`Problem`] coded `bad_json`, `invalid_field` (wrong shape, missing or empty
+/// `payload.conversationId`) or `unknown_message_type`.
+pub fn parse_request(text: &str) -> Result<Request, Problem> {
+    let frame: Frame = ws::parse_frame(text)?;
+    if frame.kind == "chat_message" {
+        let text = frame.payload["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        return Ok(Request::Chat { text });
+    }
+    let kind = QueryKind::from_wire(&frame.kind).ok_or_else(|| {
+        Problem::new(
+            "unknown_message_type",
+            format!("Unknown message type {}.", ws::quote(&frame.kind)),
+        )
+    })?;
+    match frame.payload["conversationId"].as_str() {
+        Some(id) if !id.is_empty() => Ok(Request::Query {
+            kind,
+            conversation_id: id.to_owned(),
+        }),
+        _ => Err(Problem::new(
+            "invalid_field",
+            "payload.conversationId is required.",
+        )),
+    }
+}
+
 /// Serves one control socket until it closes.
 pub async fn serve(socket: WebSocket, state: AppState, headers: HeaderMap, query: String) {
     let hub = state.pipelines.hub().clone();
     let (mut stream, out) = ws::split(socket, &hub, state.http.control_pacing, &state.sockets);
-    let Some(principal) = ws::authenticate(&state.auth, &headers, &query) else {
-        out.finish(Some((close::UNAUTHORIZED, "Invalid or missing token")))
-            .await;
-        return;
+    let principal = match ws::authenticate(&state.auth, &headers, &query) {
+        Ok(p) => p,
+        Err(e) => {
+            out.send(&ServerEvent::error(e.code(), e.to_string()));
+            out.finish(Some((close::UNAUTHORIZED, "Invalid or missing token")))
+                .await;
+            return;
+        }
     };
     state.ws_connections.add(&[("socket", "control")], 1);
     hub.register_control(&principal.user_id, &out.client);
@@ -47,62 +128,56 @@ pub async fn serve(socket: WebSocket, state: AppState, headers: HeaderMap, query
             principal.username
         ),
     });
+    let mut closing = None;
     while let Some(message) = out.next_message(&mut stream).await {
         let message = match message {
             Ok(m) => m,
             Err(e) => {
-                tracing::debug!(error = %e, "control socket read failed");
+                closing = out.report_read_error(&e);
                 break;
             }
         };
         if message.is_close() {
             break;
         }
+        if message.is_binary() {
+            out.send(&ServerEvent::error(
+                "unsupported_frame",
+                "The control socket takes JSON text frames only.",
+            ));
+            continue;
+        }
         let Ok(text) = message.to_str() else {
-            continue; // pings, pongs and binary frames carry no requests
+            continue; // pings and pongs carry no requests
         };
-        let reply = match serde_json::from_str::<Request>(text) {
+        let reply = match parse_request(text) {
             Ok(request) => handle(&state, &principal, request).await,
-            Err(_) => ServerEvent::error("bad_json", "Messages must be JSON objects with a type."),
+            Err(problem) => problem.event(),
         };
         out.send(&reply);
     }
     state.ws_connections.add(&[("socket", "control")], -1);
-    out.finish(None).await;
+    out.finish(closing).await;
 }
 
 async fn handle(state: &AppState, p: &Principal, request: Request) -> ServerEvent {
-    if request.kind == "chat_message" {
-        let text = request.payload["text"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        return ServerEvent::MessageReceived {
-            id: store::now_millis().to_string(),
-            text,
-        };
-    }
-    if !matches!(
-        request.kind.as_str(),
-        "select_conversation"
-            | "get_messages"
-            | "get_actions"
-            | "get_summary"
-            | "get_medical_history"
-    ) {
-        return ServerEvent::error(
-            "unknown_message_type",
-            format!("Unknown message type {:?}.", request.kind),
-        );
-    }
-    let Some(conversation_id) = request.payload["conversationId"].as_str() else {
-        return ServerEvent::error("invalid_field", "payload.conversationId is required.");
+    let (kind, conversation_id) = match request {
+        Request::Chat { text } => {
+            return ServerEvent::MessageReceived {
+                id: store::now_millis().to_string(),
+                text,
+            }
+        }
+        Request::Query {
+            kind,
+            conversation_id,
+        } => (kind, conversation_id),
     };
-    match answer(state, p, &request.kind, conversation_id).await {
+    match answer(state, p, kind, &conversation_id).await {
         Ok(event) => event,
         Err(e) => {
             if e.status().is_server_error() {
-                tracing::error!(error = %e, request = %request.kind, "control request failed");
+                tracing::error!(error = %e, request = kind.as_str(), "control request failed");
             }
             ServerEvent::error(e.code(), e.public_message())
         }
@@ -112,7 +187,7 @@ async fn handle(state: &AppState, p: &Principal, request: Request) -> ServerEven
 async fn answer(
     state: &AppState,
     p: &Principal,
-    kind: &str,
+    kind: QueryKind,
     conversation_id: &str,
 ) -> Result<ServerEvent, ApiError> {
     let conversation = handlers::conversation(state, p, conversation_id).await?;
@@ -124,7 +199,7 @@ async fn answer(
     let store = &state.store;
     let id = conversation_id.to_owned();
     Ok(match kind {
-        "select_conversation" => {
+        QueryKind::SelectConversation => {
             let c = &conversation.conversation;
             let summary = store.get_document(DocumentKind::Summary, &id).await?;
             ServerEvent::ConversationSelected {
@@ -140,7 +215,7 @@ async fn answer(
                 },
             }
         }
-        "get_messages" => {
+        QueryKind::GetMessages => {
             let messages = store.list_messages(&id, &Page::default()).await?;
             ServerEvent::MessageList {
                 payload: event::MessageList {
@@ -149,7 +224,7 @@ async fn answer(
                 },
             }
         }
-        "get_actions" => {
+        QueryKind::GetActions => {
             let actions = store.list_actions(&id).await?;
             ServerEvent::ActionList {
                 payload: event::ActionList {
@@ -158,7 +233,7 @@ async fn answer(
                 },
             }
         }
-        "get_summary" => {
+        QueryKind::GetSummary => {
             let summary = store.get_document(DocumentKind::Summary, &id).await?;
             ServerEvent::SummaryData {
                 payload: event::SummaryData {
@@ -168,7 +243,7 @@ async fn answer(
                 },
             }
         }
-        _ => {
+        QueryKind::GetMedicalHistory => {
             let history = store
                 .get_document(DocumentKind::MedicalHistory, &id)
                 .await?;
@@ -177,4 +252,56 @@ async fn answer(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_into_typed_values() {
+        assert_eq!(
+            parse_request(r#"{"type":"get_messages","payload":{"conversationId":"c1"}}"#),
+            Ok(Request::Query {
+                kind: QueryKind::GetMessages,
+                conversation_id: "c1".into()
+            })
+        );
+        assert_eq!(
+            parse_request(r#"{"type":"chat_message","payload":{"text":"hi"}}"#),
+            Ok(Request::Chat { text: "hi".into() })
+        );
+        let code = |text: &str| parse_request(text).unwrap_err().code;
+        assert_eq!(code("{not json"), "bad_json");
+        let deep = format!(
+            r#"{{"type":"get_messages","payload":{}"#,
+            "[".repeat(10_000)
+        );
+        assert_eq!(code(&deep), "bad_json", "nesting limit");
+        assert_eq!(code(&"[".repeat(10_000)), "invalid_field", "not an object");
+        assert_eq!(code(r#"{"type":5}"#), "invalid_field");
+        assert_eq!(code(r#"{"payload":{}}"#), "invalid_field");
+        assert_eq!(code(r#"{"type":"dance"}"#), "unknown_message_type");
+        assert_eq!(code(r#"{"type":"get_summary"}"#), "invalid_field");
+        assert_eq!(
+            code(r#"{"type":"get_summary","payload":{"conversationId":7}}"#),
+            "invalid_field"
+        );
+        assert_eq!(
+            code(r#"{"type":"get_summary","payload":{"conversationId":""}}"#),
+            "invalid_field"
+        );
+        assert_eq!(
+            code(r#"{"type":"get_summary","payload":[1,2]}"#),
+            "invalid_field"
+        );
+    }
+
+    #[test]
+    fn a_huge_unknown_type_is_not_echoed_in_full() {
+        let kind = "x".repeat(10_000);
+        let problem = parse_request(&format!(r#"{{"type":"{kind}"}}"#)).unwrap_err();
+        assert_eq!(problem.code, "unknown_message_type");
+        assert!(problem.message.len() < 100, "{}", problem.message);
+    }
 }

@@ -254,21 +254,15 @@ async fn refresh_tokens(store: &dyn Store) {
     other_family.family_id = new_id();
     store.insert_refresh_token(other_family).await.unwrap();
     store.revoke_refresh_family(&family).await.unwrap();
-    assert!(store
-        .consume_refresh_token(&h2)
-        .await
-        .unwrap()
-        .used_at
-        .is_some());
+    let revoked = store.consume_refresh_token(&h2).await.unwrap();
+    assert!(revoked.used_at.is_some());
     assert!(
-        store
-            .consume_refresh_token(&h3)
-            .await
-            .unwrap()
-            .used_at
-            .is_none(),
-        "other families are untouched"
+        revoked.expires_at <= now_millis(),
+        "revocation also expires the family, so a consumer can tell it from a rotation"
     );
+    let untouched = store.consume_refresh_token(&h3).await.unwrap();
+    assert!(untouched.used_at.is_none(), "other families are untouched");
+    assert_eq!(untouched.expires_at, now + 86_400_000);
     store.revoke_refresh_family(&new_id()).await.unwrap();
 }
 

@@ -665,7 +665,9 @@ pub trait Store: Send + Sync + 'static {
     /// Atomically marks the token used and returns it as it was *before* this call, so the
     /// caller sees `used_at: Some(_)` when the token had already been rotated (reuse).
     async fn consume_refresh_token(&self, token_hash: &str) -> Result<RefreshToken>;
-    /// Marks every token of the family used (reuse detected, or logout).
+    /// Marks every token of the family used and expires it now (reuse detected, or logout).
+    /// The expiry is what tells a concurrent refresh that its family was revoked rather than
+    /// merely rotated (see `auth::Authenticator::refresh`).
     async fn revoke_refresh_family(&self, family_id: &str) -> Result<()>;
 
     // --- patients ---

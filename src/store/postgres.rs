@@ -658,7 +658,8 @@ impl Store for PostgresStore {
         self.client()
             .await?
             .execute(
-                "UPDATE refresh_tokens SET used_at = COALESCE(used_at, $2) WHERE family_id = $1",
+                "UPDATE refresh_tokens SET used_at = COALESCE(used_at, $2), \
+                 expires_at = LEAST(expires_at, $2) WHERE family_id = $1",
                 &[&family_id, &now_millis()],
             )
             .await?;

@@ -636,7 +636,8 @@ impl Store for SqliteStore {
         let family_id = family_id.to_owned();
         self.call(move |c| {
             c.prepare_cached(
-                "UPDATE refresh_tokens SET used_at = COALESCE(used_at, ?2) WHERE family_id = ?1",
+                "UPDATE refresh_tokens SET used_at = COALESCE(used_at, ?2), \
+                 expires_at = MIN(expires_at, ?2) WHERE family_id = ?1",
             )?
             .execute(params![family_id, now_millis()])?;
             Ok(())

@@ -44,9 +44,14 @@ pub fn speech_script() -> realtime::State {
     ])
 }
 
+pub mod ws;
+
 /// The HS256 secret every test server uses, so tests can mint their own tokens.
 pub const SECRET: &[u8] = b"tandem-integration-test-secret-0123456789";
 pub const PASSWORD: &str = "correct horse battery";
+/// The provider API key every test server is configured with (the fake accepts any), so
+/// tests can check it never leaks.
+pub const API_KEY: &str = "sk-tandem-test-0f1e2d3c4b5a69788796a5b4c3d2e1f0";
 
 /// Auth config for tests: the fixed secret and a cheap argon2 cost (hashes stay argon2id PHC).
 pub fn auth_config() -> AuthConfig {
@@ -147,12 +152,14 @@ pub async fn start_tuned(
     tune: impl FnOnce(&mut Tuning),
 ) -> TestServer {
     let fake = FakeOpenAi::start(script, fake_http::State::default()).await;
-    let mut ai = OpenAiConfig::new(fake.base_url(), None);
+    let mut ai = OpenAiConfig::new(fake.base_url(), Some(API_KEY.to_owned()));
     ai.initial_backoff = Duration::from_millis(5);
     ai.max_backoff = Duration::from_millis(20);
+    let mut stt = RealtimeConfig::new(fake.base_url());
+    stt.api_key = Some(API_KEY.to_owned());
     let mut tuning = Tuning {
         ai,
-        stt: RealtimeConfig::new(fake.base_url()),
+        stt,
         sqlite_busy_timeout: Duration::from_secs(5),
         store: None,
         webhook: WebhookConfig::default(),
@@ -398,56 +405,13 @@ pub async fn error_code(res: reqwest::Response, status: u16) -> String {
     code
 }
 
-/// A client WebSocket over loopback.
-pub type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// The Chromium MediaRecorder fixture (WebM/Opus, 1 s timeslice), chunk by chunk.
-pub fn chunks() -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/chrome-webm-opus-1000ms");
-    (0..)
-        .map_while(|i| std::fs::read(dir.join(format!("chunk-{i:03}.bin"))).ok())
-        .collect()
-}
-
-/// Streams the fixture's chunks as the original frontend does: one base64 `append` per
-/// MediaRecorder chunk, one per second.
-pub async fn stream_recording(audio: &mut Ws) {
-    use base64::Engine as _;
-    use futures_util::SinkExt as _;
-    for chunk in chunks() {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&chunk);
-        let append = json!({"type": "input_audio_buffer.append", "audio": b64});
-        audio
-            .send(tokio_tungstenite::tungstenite::Message::text(
-                append.to_string(),
-            ))
-            .await
-            .expect("send audio");
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-    }
-}
-
-/// The next JSON text frame (skipping pings and binary frames); panics after `within`.
-pub async fn next_json(ws: &mut Ws, within: Duration) -> Value {
-    use futures_util::StreamExt as _;
-    loop {
-        let frame = tokio::time::timeout(within, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("socket open")
-            .expect("frame");
-        if let tokio_tungstenite::tungstenite::Message::Text(text) = frame {
-            return serde_json::from_str(&text).expect("JSON frame");
-        }
-    }
-}
+pub use ws::Ws;
 
 /// The next control-socket frame other than the medical-history push, which the creator's
 /// sockets receive whenever its background generation finishes (tests/records.rs covers it).
 pub async fn next_control_json(ws: &mut Ws, within: Duration) -> Value {
     loop {
-        let event = next_json(ws, within).await;
+        let event = ws::next_event(ws, within).await;
         if event["type"] != "medical_history_data" {
             return event;
         }
