@@ -91,11 +91,19 @@ impl Visit {
         let c = user
             .create_conversation("Ana", "García", "1980-04-02")
             .await;
-        Visit {
-            addr,
-            user,
-            id: c["id"].as_str().unwrap().to_owned(),
+        let id = c["id"].as_str().unwrap().to_owned();
+        // A new patient's synthetic medical history is generated in the background with a
+        // chat call; let it finish so faults installed next hit only the pipeline's calls.
+        for _ in 0..200 {
+            let history = user
+                .get_json(&format!("/conversations/{id}/medical-history"), 200)
+                .await;
+            if !history.is_null() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        Visit { addr, user, id }
     }
 
     /// Opens an audio socket and waits for its greeting.
@@ -274,6 +282,8 @@ async fn provider_failure_case(fault: Fault, code: &str) {
     let srv = support::start_scripted(script()).await;
     let visit = Visit::start(&srv).await;
     let mut call = visit.open_audio().await;
+    // The medical history's chat call came before the faults.
+    let chat_before = srv.fake.http.requests_to(CHAT_PATH).len();
     srv.fake.http.fail_next(CHAT_PATH, 1000, fault);
     srv.fake.http.fail_next(SPEECH_PATH, 1000, fault);
 
@@ -301,7 +311,7 @@ async fn provider_failure_case(fault: Fault, code: &str) {
     assert_eq!(call.count("tts_audio"), 0);
     assert_eq!(call.count("new_message"), 1, "no translation row");
     // Every call was retried (1 + max_retries = 3 attempts): two chat calls, one speech call.
-    assert_eq!(srv.fake.http.requests_to(CHAT_PATH).len(), 6);
+    assert_eq!(srv.fake.http.requests_to(CHAT_PATH).len() - chat_before, 6);
     assert_eq!(srv.fake.http.requests_to(SPEECH_PATH).len(), 3);
 
     srv.fake.http.clear_faults();
@@ -390,10 +400,11 @@ async fn a_failing_language_fallback_keeps_the_local_guess() {
     let srv = support::start_scripted(State::new(["Sí.", PATIENT])).await;
     let visit = Visit::start(&srv).await;
     let mut call = visit.open_audio().await;
+    let chat_before = srv.fake.http.requests_to(CHAT_PATH).len();
     srv.fake.http.fail_next(CHAT_PATH, 3, Fault::ServerError);
     call.stream_until_utterance().await;
     call.until_completed(1).await;
-    let requests = srv.fake.http.requests_to(CHAT_PATH);
+    let requests = srv.fake.http.requests_to(CHAT_PATH)[chat_before..].to_vec();
     assert!(
         requests.len() > 3 && requests[..3].iter().all(|r| r.body == requests[0].body),
         "three attempts of the detection call, then the rest"
