@@ -22,6 +22,9 @@ pub struct PlannedAction {
     pub data: serde_json::Value,
     /// The human acknowledgement sent in `command_executed.message`.
     pub message: String,
+    /// Webhook event that announces the action as soon as it is stored (a clinic's
+    /// `webhook` command); `None` leaves it for the clinician's review.
+    pub announce: Option<&'static str>,
 }
 
 /// The action a command produces, or `None` for commands that only ask for something
@@ -33,6 +36,7 @@ pub fn action_for(command: &Command, now: Millis) -> Option<PlannedAction> {
             status: "created",
             data: json!({ "content": content }),
             message: "Note saved.".to_owned(),
+            announce: None,
         }),
         Command::ScheduleFollowUp {
             duration,
@@ -54,6 +58,7 @@ pub fn action_for(command: &Command, now: Millis) -> Option<PlannedAction> {
                     unit.as_str(),
                     if *duration == 1 { "" } else { "s" }
                 ),
+                announce: None,
             })
         }
         Command::WritePrescription {
@@ -72,6 +77,7 @@ pub fn action_for(command: &Command, now: Millis) -> Option<PlannedAction> {
                 "details": details,
             }),
             message: format!("Prescription for {medication_name} drafted for review."),
+            announce: None,
         }),
         Command::OrderLab {
             test_name,
@@ -86,6 +92,7 @@ pub fn action_for(command: &Command, now: Millis) -> Option<PlannedAction> {
                 "urgency": urgency.map(|u| u.as_str()),
             }),
             message: format!("Lab order for {test_name} drafted for review."),
+            announce: None,
         }),
         Command::RequestSummary | Command::RequestMedicalHistory | Command::Custom { .. } => None,
     }
@@ -123,23 +130,78 @@ pub(crate) fn follow_up_date(now: Millis, duration: u32, unit: FollowUpUnit) -> 
     i64::try_from(due.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
-/// Stores the action a command produces.
+/// What [`execute`] stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Executed {
+    pub action: Action,
+    /// The planned webhook announcement was queued in the outbox (the action is then
+    /// `confirmed`); `false` when none was planned or the organization has no webhook, in
+    /// which case the action waits for review.
+    pub announced: bool,
+}
+
+/// Stores the action a command produces and, for a command that announces it, confirms it and
+/// queues the webhook delivery in the same store transaction as the confirmation.
+///
+/// A crash between the insert and the confirmation leaves the action `pending_review`, so a
+/// clinician can still confirm it (which delivers it): nothing is lost or sent twice.
 ///
 /// # Errors
 /// The store failed; the caller reports it as a failed command.
 pub async fn execute(
     store: &dyn Store,
+    organization_id: &str,
     conversation_id: &str,
     planned: &PlannedAction,
-) -> Result<Action, store::Error> {
-    store
+) -> Result<Executed, store::Error> {
+    let action = store
         .insert_action(NewAction {
             conversation_id: conversation_id.to_owned(),
             kind: planned.kind.clone(),
             status: planned.status.to_owned(),
             data: planned.data.clone(),
         })
-        .await
+        .await?;
+    let Some(event) = planned.announce else {
+        return Ok(Executed {
+            action,
+            announced: false,
+        });
+    };
+    match store.get_webhook(organization_id).await {
+        Ok(_) => {}
+        Err(store::Error::NotFound) => {
+            tracing::warn!(action_id = %action.id, "a webhook command ran but the organization has no webhook; left for review");
+            return Ok(Executed {
+                action,
+                announced: false,
+            });
+        }
+        Err(e) => return Err(e),
+    }
+    let confirmed = Action {
+        status: crate::actions::CONFIRMED.to_owned(),
+        updated_at: store::next_updated_at(action.updated_at),
+        ..action.clone()
+    };
+    let delivery = crate::webhook::delivery_for(event, organization_id, &confirmed);
+    let (action, queued) = store
+        .update_action(
+            organization_id,
+            &action.id,
+            store::ActionChange {
+                expected_updated_at: action.updated_at,
+                status: confirmed.status,
+                data: confirmed.data,
+                updated_at: confirmed.updated_at,
+                delivery: Some(delivery),
+            },
+        )
+        .await?;
+    Ok(Executed {
+        action,
+        announced: queued.is_some(),
+    })
 }
 
 #[cfg(test)]

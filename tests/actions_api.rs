@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::{error_code, Client, TestServer};
 use tandem::ai::{Command, FollowUpUnit, LabUrgency};
-use tandem::commands;
-use tandem::store::{now_millis, UserRole};
+
+use tandem::store::UserRole;
 
 /// Stores the actions the pipeline would create for these commands, as the pipeline does.
 async fn pipeline_actions(srv: &TestServer, conversation_id: &str) -> Vec<Value> {
@@ -39,11 +39,7 @@ async fn pipeline_actions(srv: &TestServer, conversation_id: &str) -> Vec<Value>
     ];
     let mut ids = Vec::new();
     for command in &commands {
-        let planned = commands::action_for(command, now_millis()).expect("an action command");
-        let action = commands::execute(srv.store.as_ref(), conversation_id, &planned)
-            .await
-            .expect("stored");
-        ids.push(action.id);
+        ids.push(support::voice_action(srv, conversation_id, command).await);
     }
     ids.into_iter().map(Value::from).collect()
 }

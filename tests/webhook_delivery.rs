@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use support::{Client, TestServer};
 use tandem::ai::Command;
-use tandem::commands;
+
 use tandem::server::HttpConfig;
 use tandem::store::{now_millis, UserRole};
 use tandem::testing::fake_openai::realtime;
@@ -206,15 +206,6 @@ async fn clinic(srv: &TestServer, receiver: SocketAddr) -> (Client, String) {
     (admin, conversation["id"].as_str().unwrap().to_owned())
 }
 
-/// Stores the action a voice command would, and returns its id.
-async fn voice_action(srv: &TestServer, conversation_id: &str, command: Command) -> String {
-    let planned = commands::action_for(&command, now_millis()).unwrap();
-    commands::execute(srv.store.as_ref(), conversation_id, &planned)
-        .await
-        .unwrap()
-        .id
-}
-
 fn prescription() -> Command {
     Command::WritePrescription {
         medication_name: "metformin".into(),
@@ -240,7 +231,7 @@ async fn confirmed_prescription(receiver: SocketAddr) -> Visit {
     let path = dir.path().join("tandem.db");
     let server = start(&dir, &path).await;
     let (admin, conversation) = clinic(&server, receiver).await;
-    let action = voice_action(&server, &conversation, prescription()).await;
+    let action = support::voice_action(&server, &conversation, &prescription()).await;
     confirm(&admin, &action).await;
     Visit {
         dir,
@@ -350,10 +341,10 @@ async fn delivery_survives_failures_a_timeout_and_restarts_exactly_once() {
     second.stop().await;
     let third = start(&dir, &path).await;
     let admin = admin.on(&third);
-    let note = voice_action(
+    let note = support::voice_action(
         &third,
         &conversation,
-        Command::TakeNote {
+        &Command::TakeNote {
             content: "BP 120/80".into(),
         },
     )

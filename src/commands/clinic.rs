@@ -3,9 +3,10 @@
 //!
 //! Design decision: a definition is checked once, when an admin writes it ([`validate`]), so
 //! the pipeline can offer stored commands as they are. Executing one never does more than
-//! record an action for review: both `produces` kinds write a `pending_review` action whose
-//! `data` is the model's arguments (a webhook command is recorded under its own name until the
-//! webhook outbox delivers it).
+//! record an action: an `action` command writes a `pending_review` action of its type for the
+//! clinician to review; a `webhook` command writes one under its own name and announces it to
+//! the organization's webhook at once (event `command.executed`, through the outbox), since
+//! saying it is the clinician's explicit request.
 
 use serde_json::Value;
 
@@ -13,6 +14,9 @@ use super::schema::{self, SchemaError};
 use super::PlannedAction;
 use crate::ai::{CommandContext, CustomTool, BUILTIN_TOOL_NAMES};
 use crate::store::{self, ClinicCommand, CommandDefinition, CommandProduces, Store};
+
+/// The webhook event a `webhook` command's execution is announced with.
+pub const COMMAND_EVENT: &str = "command.executed";
 
 /// Longest description, in characters.
 pub const DESCRIPTION_MAX: usize = 1000;
@@ -150,15 +154,24 @@ pub async fn context(
 
 /// What executing the command with the model's `arguments` writes.
 pub fn action_for(definition: &CommandDefinition, arguments: &Value) -> PlannedAction {
-    let kind = match &definition.produces {
-        CommandProduces::Action { action_type } => action_type.clone(),
-        CommandProduces::Webhook => definition.name.clone(),
+    let (kind, announce, message) = match &definition.produces {
+        CommandProduces::Action { action_type } => (
+            action_type.clone(),
+            None,
+            format!("{} recorded for review.", definition.name),
+        ),
+        CommandProduces::Webhook => (
+            definition.name.clone(),
+            Some(COMMAND_EVENT),
+            format!("{} sent to the clinic system.", definition.name),
+        ),
     };
     PlannedAction {
         kind,
         status: "pending_review",
         data: arguments.clone(),
-        message: format!("{} recorded for review.", definition.name),
+        message,
+        announce,
     }
 }
 
@@ -278,5 +291,56 @@ mod tests {
         assert_eq!(planned.kind, "notify-billing");
         assert_eq!(planned.status, "pending_review");
         assert_eq!(planned.data, args);
+        assert_eq!(planned.announce, Some(COMMAND_EVENT));
+    }
+
+    /// Executing a `webhook` command against a real SQLite store: with no webhook the action
+    /// waits for review; with one it is confirmed and its delivery queued in the outbox.
+    #[tokio::test]
+    async fn a_webhook_command_is_announced_through_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store::sqlite::SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let (org, user) = store::contract::tenant(&store).await;
+        let conversation = store::contract::conversation(&store, &org, &user).await;
+        let mut hook = referral();
+        hook.name = "notify_billing".into();
+        hook.produces = CommandProduces::Webhook;
+        let planned = action_for(&hook, &json!({"specialty": "cardiology"}));
+
+        let unannounced = super::super::execute(&store, &org.id, &conversation, &planned)
+            .await
+            .unwrap();
+        assert!(!unannounced.announced);
+        assert_eq!(unannounced.action.status, "pending_review");
+
+        store
+            .put_webhook(&org.id, "https://clinic.example/hook", "secret")
+            .await
+            .unwrap();
+        let sent = super::super::execute(&store, &org.id, &conversation, &planned)
+            .await
+            .unwrap();
+        assert!(sent.announced);
+        assert_eq!(sent.action.status, crate::actions::CONFIRMED);
+        let queued = store
+            .list_deliveries(&org.id, Some(&sent.action.id), &store::Page::default())
+            .await
+            .unwrap();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].event, COMMAND_EVENT);
+        assert_eq!(queued[0].payload["action"]["type"], "notify_billing");
+        assert_eq!(
+            queued[0].payload["action"]["data"],
+            json!({"specialty": "cardiology"})
+        );
+        assert!(store
+            .list_deliveries(
+                &org.id,
+                Some(&unannounced.action.id),
+                &store::Page::default()
+            )
+            .await
+            .unwrap()
+            .is_empty());
     }
 }

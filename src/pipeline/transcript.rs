@@ -583,11 +583,25 @@ async fn run_command(pipelines: &Pipelines, live: &Live, original: &Message, cli
                     json!({}),
                 ),
                 Some(planned) => {
-                    match commands::execute(pipelines.store.as_ref(), id, &planned).await {
-                        Ok(action) => {
+                    match commands::execute(
+                        pipelines.store.as_ref(),
+                        &live.organization_id,
+                        id,
+                        &planned,
+                    )
+                    .await
+                    {
+                        Ok(commands::Executed { action, announced }) => {
                             let view = ActionView::from(&action);
-                            let executed =
-                                CommandExecuted::success(command.name(), planned.message, &view);
+                            let message = if planned.announce.is_some() && !announced {
+                                format!(
+                                    "{} recorded for review: no clinic webhook is configured.",
+                                    command.name()
+                                )
+                            } else {
+                                planned.message
+                            };
+                            let executed = CommandExecuted::success(command.name(), message, &view);
                             let created = ServerEvent::ActionCreated { payload: view };
                             pipelines.publish_action(id, &created);
                             executed

@@ -53,7 +53,7 @@ pub async fn run(store: &dyn Store) {
 }
 
 /// A fresh organization and a clinician in it.
-async fn tenant(store: &dyn Store) -> (Organization, User) {
+pub(crate) async fn tenant(store: &dyn Store) -> (Organization, User) {
     let org = store
         .create_organization(&format!("org {}", new_id()))
         .await
@@ -98,7 +98,7 @@ fn new_message(conversation_id: &str, sender: SenderType, text: &str) -> NewMess
 }
 
 /// Creates a conversation for a new patient of the tenant.
-async fn conversation(store: &dyn Store, org: &Organization, user: &User) -> String {
+pub(crate) async fn conversation(store: &dyn Store, org: &Organization, user: &User) -> String {
     let (patient, _) = store
         .find_or_create_patient(new_patient(&org.id, "Ana", &format!("Conv {}", new_id())))
         .await

@@ -407,6 +407,27 @@ pub async fn error_code(res: reqwest::Response, status: u16) -> String {
 
 pub use ws::Ws;
 
+/// Stores the action a built-in voice command produces, as the pipeline would, and returns
+/// its id (tests of the review and delivery that follow).
+pub async fn voice_action(
+    srv: &TestServer,
+    conversation_id: &str,
+    command: &tandem::ai::Command,
+) -> String {
+    let planned = tandem::commands::action_for(command, tandem::store::now_millis())
+        .expect("an action command");
+    srv.store
+        .insert_action(tandem::store::NewAction {
+            conversation_id: conversation_id.to_owned(),
+            kind: planned.kind,
+            status: planned.status.to_owned(),
+            data: planned.data,
+        })
+        .await
+        .expect("stored")
+        .id
+}
+
 /// The next control-socket frame other than the medical-history push, which the creator's
 /// sockets receive whenever its background generation finishes (tests/records.rs covers it).
 pub async fn next_control_json(ws: &mut Ws, within: Duration) -> Value {
