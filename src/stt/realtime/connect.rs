@@ -126,7 +126,9 @@ impl Dialer {
         if self.cfg.dialect == Dialect::Beta {
             headers.insert("OpenAI-Beta", HeaderValue::from_static("realtime=v1"));
         }
-        let connect = tokio_tungstenite::connect_async(request);
+        // Nagle off: appends are small and frequent, and Nagle holding one back until the
+        // provider's delayed ACK added ≈40 ms to the tail of chunk → PCM latency under load.
+        let connect = tokio_tungstenite::connect_async_with_config(request, None, true);
         let (mut socket, _) = match timeout(self.cfg.handshake_timeout, connect).await {
             Err(_) => return Err(DialError::Retry("handshake timed out".into())),
             Ok(Err(tungstenite::Error::Http(response))) => {
