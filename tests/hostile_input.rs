@@ -739,7 +739,10 @@ async fn the_control_socket_answers_bad_frames_and_stays_up() {
     for path in ["/ws", "/"] {
         let url = format!("ws://{}{path}?token={token}", srv.addr);
         let mut control = connect(url.clone()).await;
-        assert_eq!(next_event(&mut control, WAIT).await["type"], "system");
+        assert_eq!(
+            support::next_control_json(&mut control, WAIT).await["type"],
+            "system"
+        );
         let text = |s: String| Message::text(s);
         let mut table: Vec<(String, Message, &str)> = vec![
             ("broken JSON".into(), text("{not json".into()), "bad_json"),
@@ -877,7 +880,7 @@ async fn the_control_socket_answers_bad_frames_and_stays_up() {
             json!({"type": "select_conversation", "payload": {"conversationId": c}}),
         )
         .await;
-        let selected = next_event(&mut control, WAIT).await;
+        let selected = support::next_control_json(&mut control, WAIT).await;
         assert_eq!(selected["type"], "conversation_selected", "{selected}");
         assert_eq!(selected["payload"]["conversationId"], c.as_str());
     }
@@ -1031,7 +1034,10 @@ async fn bad_tokens_are_refused_on_every_route_and_both_sockets() {
     // The real token still works everywhere.
     assert_healthy(&srv, &user, &c).await;
     let mut control = connect(format!("ws://{}/ws?token={good}", srv.addr)).await;
-    assert_eq!(next_event(&mut control, WAIT).await["type"], "system");
+    assert_eq!(
+        support::next_control_json(&mut control, WAIT).await["type"],
+        "system"
+    );
     srv.stop().await;
 }
 
@@ -1048,7 +1054,10 @@ async fn another_organization_gets_nothing_over_either_socket() {
     let control = |token: &str| connect(format!("ws://{}/ws?token={token}", srv.addr));
 
     let mut theirs = control(&intruder.access_token).await;
-    assert_eq!(next_event(&mut theirs, WAIT).await["type"], "system");
+    assert_eq!(
+        support::next_control_json(&mut theirs, WAIT).await["type"],
+        "system"
+    );
     for kind in [
         "select_conversation",
         "get_messages",
@@ -1061,7 +1070,7 @@ async fn another_organization_gets_nothing_over_either_socket() {
             json!({"type": kind, "payload": {"conversationId": c}}),
         )
         .await;
-        let refused = next_event(&mut theirs, WAIT).await;
+        let refused = support::next_control_json(&mut theirs, WAIT).await;
         assert_eq!(refused["type"], "error", "{kind}: {refused}");
         assert_eq!(refused["code"], "not_found", "{kind}");
         assert!(!refused.to_string().contains("Secret"), "{refused}");
@@ -1069,13 +1078,19 @@ async fn another_organization_gets_nothing_over_either_socket() {
 
     // Pushes for the conversation reach the owner who asked about it, never the intruder.
     let mut mine = control(&owner.access_token).await;
-    assert_eq!(next_event(&mut mine, WAIT).await["type"], "system");
+    assert_eq!(
+        support::next_control_json(&mut mine, WAIT).await["type"],
+        "system"
+    );
     send(
         &mut mine,
         json!({"type": "get_messages", "payload": {"conversationId": c}}),
     )
     .await;
-    assert_eq!(next_event(&mut mine, WAIT).await["type"], "message_list");
+    assert_eq!(
+        support::next_control_json(&mut mine, WAIT).await["type"],
+        "message_list"
+    );
     let push = json!({"type": "summary_data", "payload": {"conversationId": c, "summary": "PHI"}});
     for audience in [Audience::Control, Audience::Audio] {
         srv.state
@@ -1083,9 +1098,9 @@ async fn another_organization_gets_nothing_over_either_socket() {
             .hub()
             .publish(&c, audience, push.to_string().into());
     }
-    assert_eq!(next_event(&mut mine, WAIT).await, push);
+    assert_eq!(support::next_control_json(&mut mine, WAIT).await, push);
     send(&mut theirs, json!({"type": "dance"})).await;
-    let next = next_event(&mut theirs, WAIT).await;
+    let next = support::next_control_json(&mut theirs, WAIT).await;
     assert_eq!(
         next["code"], "unknown_message_type",
         "no push before it: {next}"

@@ -95,14 +95,17 @@ async fn a_whole_visit_logs_no_secret_and_no_phi_at_info() {
     // The original frontend's sockets, tokens in the URL.
     let ws_base = format!("ws://{}", srv.addr);
     let mut control = connect(format!("{ws_base}/ws?token={}", user.access_token)).await;
-    assert_eq!(next_event(&mut control, WAIT).await["type"], "system");
+    assert_eq!(
+        support::next_control_json(&mut control, WAIT).await["type"],
+        "system"
+    );
     send(
         &mut control,
         json!({"type": "select_conversation", "payload": {"conversationId": c}}),
     )
     .await;
     assert_eq!(
-        next_event(&mut control, WAIT).await["type"],
+        support::next_control_json(&mut control, WAIT).await["type"],
         "conversation_selected"
     );
     let mut audio = connect(format!(
