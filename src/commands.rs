@@ -147,7 +147,8 @@ pub struct Executed {
 /// clinician can still confirm it (which delivers it): nothing is lost or sent twice.
 ///
 /// # Errors
-/// The store failed; the caller reports it as a failed command.
+/// Storing the action failed; the caller reports it as a failed command. (A failure to
+/// announce an action already stored leaves it for review instead.)
 pub async fn execute(
     store: &dyn Store,
     organization_id: &str,
@@ -168,12 +169,33 @@ pub async fn execute(
             announced: false,
         });
     };
+    match announce(store, organization_id, &action, event).await {
+        Ok(executed) => Ok(executed),
+        // The action is stored: report it (pending review) rather than lose it to the client.
+        Err(e) => {
+            tracing::warn!(action_id = %action.id, error = %e, "could not announce a webhook command; left for review");
+            Ok(Executed {
+                action,
+                announced: false,
+            })
+        }
+    }
+}
+
+/// Confirms `action` and queues its `event` delivery in one transaction; without a webhook
+/// the action is left as it was.
+async fn announce(
+    store: &dyn Store,
+    organization_id: &str,
+    action: &Action,
+    event: &'static str,
+) -> Result<Executed, store::Error> {
     match store.get_webhook(organization_id).await {
         Ok(_) => {}
         Err(store::Error::NotFound) => {
             tracing::warn!(action_id = %action.id, "a webhook command ran but the organization has no webhook; left for review");
             return Ok(Executed {
-                action,
+                action: action.clone(),
                 announced: false,
             });
         }
@@ -185,7 +207,7 @@ pub async fn execute(
         ..action.clone()
     };
     let delivery = crate::webhook::delivery_for(event, organization_id, &confirmed);
-    let (action, queued) = store
+    let (saved, queued) = store
         .update_action(
             organization_id,
             &action.id,
@@ -199,7 +221,7 @@ pub async fn execute(
         )
         .await?;
     Ok(Executed {
-        action,
+        action: saved,
         announced: queued.is_some(),
     })
 }
