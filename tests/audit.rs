@@ -147,7 +147,7 @@ async fn every_rest_read_of_patient_data_writes_one_entry() {
             ("conversation", c.as_str()),
             "{action}"
         );
-        assert_eq!(e.record_ids, [p.clone()], "{action}");
+        assert_eq!(e.record_ids, [p.as_str()], "{action}");
     }
 
     let e = audited(&srv, &v, "patient.read", async {
@@ -187,7 +187,7 @@ async fn every_rest_read_of_patient_data_writes_one_entry() {
             (e.entity_type.as_str(), e.entity_id.as_str()),
             ("action", a.as_str())
         );
-        assert_eq!(e.record_ids, [c.clone()], "{action}");
+        assert_eq!(e.record_ids, [c.as_str()], "{action}");
     }
     let e = audited(&srv, &v, "webhook_delivery.list", async {
         get_ok(&v.user, "/webhook-deliveries").await;
@@ -278,7 +278,7 @@ async fn every_control_socket_read_writes_one_entry() {
         })
         .await;
         assert_eq!(e.entity_id, v.conversation, "{request}");
-        assert_eq!(e.record_ids, [v.patient.clone()], "{request}");
+        assert_eq!(e.record_ids, [v.patient.as_str()], "{request}");
     }
     // Another organization's conversation is refused, and nothing is logged for it.
     let stranger = srv.user_in_new_org("Elsewhere", "dr_stranger").await;
@@ -354,9 +354,9 @@ async fn audit_page(user: &Client, query: &str) -> Value {
 fn actions(page: &Value) -> Vec<String> {
     page["entries"]
         .as_array()
-        .unwrap()
+        .expect("entries")
         .iter()
-        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .map(|e| e["action"].as_str().expect("action").to_owned())
         .collect()
 }
 

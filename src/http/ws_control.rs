@@ -6,12 +6,12 @@
 //! and each waits for its own answer), while asking about a conversation subscribes *all* of
 //! the user's control sockets to its pushes ([`crate::pipeline::hub::Hub::mark_interest`]).
 
+use std::net::IpAddr;
+
 use serde::Deserialize;
 use serde_json::Value;
 use warp::http::HeaderMap;
 use warp::ws::WebSocket;
-
-use std::net::IpAddr;
 
 use super::audit_log;
 use super::error::ApiError;
