@@ -96,7 +96,8 @@ pub async fn regenerate_summary(state: AppState, p: Principal, id: String) -> Re
     Ok(reply::json(&SummaryView::from(&doc)).into_response())
 }
 
-/// `GET …/export?format=json|markdown`: the whole record as a download; audited as `export`.
+/// `GET …/export?format=json|markdown`: the whole record as a download; audited as
+/// `conversation.export`.
 pub async fn export(state: AppState, p: Principal, id: String, q: ExportQuery) -> Result {
     let format = match q.format.as_deref() {
         None => Format::Json,

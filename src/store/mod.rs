@@ -459,7 +459,7 @@ pub struct AuditEntry {
     pub user_id: Option<String>,
     /// A change's verb (`create`, `update`, `delete`, `confirm`...) or a read of patient data
     /// as `<record>.<what>.read` (`patient.read`, `conversation.messages.read`,
-    /// `conversation.export`...; the full list is `http::audit::PhiRead`).
+    /// `conversation.export`...; the full list is [`crate::audit::PhiRead`]).
     pub action: String,
     /// `conversation`, `patient`, `action`, `user`, ...
     pub entity_type: String,
