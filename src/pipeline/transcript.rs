@@ -250,17 +250,13 @@ async fn store_message(
     let window = pipelines.config.store_retry_window;
     let mut backoff = FIRST_STORE_BACKOFF;
     let mut failures = 0;
+    let mut held = Held(None);
     loop {
-        match pipelines.store.insert_message(message.clone()).await {
-            Ok(inserted) if failures == 0 => return Ok(inserted),
-            Ok(inserted) => {
-                tracing::info!(conversation_id = %message.conversation_id, failures, "transcript stored after retries");
-                // An attempt whose answer was lost with the connection may have committed:
-                // that row is this utterance's, stored once, and must go on to be interpreted.
-                return Ok(Inserted::New(inserted.into_inner()));
-            }
+        let attempt = pipelines.store.insert_message(message.clone()).await;
+        match attempt {
             Err(store::Error::Unavailable(reason)) if started.elapsed() + backoff <= window => {
                 failures += 1;
+                held.0 = Some(message);
                 tracing::warn!(conversation_id = %message.conversation_id, failures, %reason, "store unavailable; the transcript is held and retried");
                 if failures == QUIET_STORE_ATTEMPTS {
                     pipelines.publish(
@@ -277,7 +273,32 @@ async fn store_message(
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_STORE_BACKOFF);
             }
-            Err(e) => return Err(e),
+            settled => {
+                held.0 = None;
+                if failures == 0 {
+                    return settled;
+                }
+                tracing::info!(conversation_id = %message.conversation_id, failures, ok = settled.is_ok(), "store answered after retries");
+                // An attempt whose answer was lost with the connection may have committed:
+                // that row is this utterance's, stored once, and must go on to be interpreted.
+                return settled.map(|row| Inserted::New(row.into_inner()));
+            }
+        }
+    }
+}
+
+/// A transcript waiting for the store. Dropped while still set, it was abandoned unsaved (the
+/// server stopped past its drain deadline during an outage), which must not pass quietly.
+struct Held<'a>(Option<&'a NewMessage>);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Some(m) = self.0 {
+            tracing::error!(
+                conversation_id = %m.conversation_id,
+                item_id = ?m.stt_item_id,
+                "TRANSCRIPT NOT STORED: abandoned at shutdown while the store was unavailable"
+            );
         }
     }
 }
