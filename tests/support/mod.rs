@@ -14,6 +14,7 @@ use tandem::ai::openai::OpenAiConfig;
 use tandem::audio::pool::PoolConfig;
 use tandem::auth::{Argon2Config, AuthConfig};
 use tandem::pipeline::PipelineConfig;
+use tandem::retention::RetentionConfig;
 use tandem::server::{self, AppState, HttpConfig, PipelineSetup};
 use tandem::store::sqlite::SqliteStore;
 use tandem::store::{NewUser, Store, UserRole};
@@ -141,6 +142,9 @@ pub struct Tuning {
     /// Serve this store instead of the SQLite file (the Postgres fault tests).
     pub store: Option<Arc<dyn Store>>,
     pub webhook: WebhookConfig,
+    /// Pipeline settings (stored audio).
+    pub pipeline: PipelineConfig,
+    pub retention: RetentionConfig,
 }
 
 /// Like [`start_full`], with `tune` adjusting the settings.
@@ -163,6 +167,8 @@ pub async fn start_tuned(
         sqlite_busy_timeout: Duration::from_secs(5),
         store: None,
         webhook: WebhookConfig::default(),
+        pipeline: PipelineConfig::default(),
+        retention: RetentionConfig::default(),
     };
     tune(&mut tuning);
     let Tuning {
@@ -171,11 +177,13 @@ pub async fn start_tuned(
         sqlite_busy_timeout,
         store,
         webhook,
+        pipeline,
+        retention,
     } = tuning;
     let providers = server::openai_providers(ai, stt).expect("providers");
     let setup = PipelineSetup {
         providers,
-        config: PipelineConfig::default(),
+        config: pipeline,
         pool: PoolConfig::default(),
     };
     let store = store.unwrap_or_else(|| {
@@ -185,7 +193,8 @@ pub async fn start_tuned(
     });
     let state = AppState::new(store.clone(), auth_config(), http, setup)
         .expect("app state")
-        .with_webhook(webhook);
+        .with_webhook(webhook)
+        .with_retention(retention);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
