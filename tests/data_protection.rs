@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
-use support::ws::{connect, recording_chunks, send, stream_recording, Ws};
+use serde_json::json;
+use support::ws::{connect, send_recording, stream_recording, Ws};
 use support::{speech_script, Client, TestServer, CLINICIAN, PATIENT};
 use tandem::recordings::RecordingConfig;
 use tandem::retention::RetentionConfig;
@@ -45,19 +45,6 @@ async fn open_audio(srv: &TestServer, user: &Client, id: &str) -> Ws {
         srv.addr, user.access_token
     ))
     .await
-}
-
-/// Sends the fixture's chunks as fast as the server takes them (credit backpressure paces it).
-async fn send_recording_at_once(audio: &mut Ws) {
-    use base64::Engine as _;
-    for chunk in recording_chunks() {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&chunk);
-        send(
-            audio,
-            json!({"type": "input_audio_buffer.append", "audio": b64}),
-        )
-        .await;
-    }
 }
 
 /// Waits until no conversation is live (its sockets detached and its last utterance done).
@@ -106,7 +93,7 @@ async fn stored_audio_is_exactly_the_ingested_pcm() {
     let conversation = user.create_conversation("Ana", "Wav", "1980-04-02").await;
     let id = conversation["id"].as_str().unwrap();
     let mut audio = open_audio(&srv, &user, id).await;
-    send_recording_at_once(&mut audio).await;
+    send_recording(&mut audio, Duration::ZERO).await;
     audio.close(None).await.unwrap();
     until_idle(&srv).await;
 
@@ -137,22 +124,6 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Polls the stored messages until `count` rows exist (or gives up after ~20 s).
-async fn stored_messages(user: &Client, conversation_id: &str, count: usize) -> Vec<Value> {
-    let mut stored = Vec::new();
-    for _ in 0..100 {
-        let page = user
-            .get_json(&format!("/conversations/{conversation_id}/messages"), 200)
-            .await;
-        stored = page["messages"].as_array().unwrap().clone();
-        if stored.len() >= count {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    stored
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn by_default_no_audio_is_written_anywhere() {
     let srv = start(false, RetentionConfig::default()).await;
@@ -163,7 +134,7 @@ async fn by_default_no_audio_is_written_anywhere() {
     // At real-time pace, so both utterances are transcribed, translated and spoken (TTS).
     stream_recording(&mut audio).await;
     audio.close(None).await.unwrap();
-    assert_eq!(stored_messages(&user, id, 4).await.len(), 4);
+    assert_eq!(support::stored_messages(&user, id, 4).await.len(), 4);
     until_idle(&srv).await;
 
     let files: Vec<String> = files_under(srv.dir.path())
@@ -292,7 +263,7 @@ async fn deleting_a_patient_leaves_only_the_audit_id() {
     let mut audio = open_audio(&srv, &clinician, &id).await;
     stream_recording(&mut audio).await;
     audio.close(None).await.unwrap();
-    let messages = stored_messages(&clinician, &id, 4).await;
+    let messages = support::stored_messages(&clinician, &id, 4).await;
     assert_eq!(messages.len(), 4);
     medical_history(&clinician, &id).await;
     let res = admin

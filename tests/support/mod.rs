@@ -403,6 +403,22 @@ impl Client {
     }
 }
 
+/// Polls the stored messages until `count` rows exist (or gives up after ~20 s).
+pub async fn stored_messages(user: &Client, conversation_id: &str, count: usize) -> Vec<Value> {
+    let mut stored = Vec::new();
+    for _ in 0..100 {
+        let page = user
+            .get_json(&format!("/conversations/{conversation_id}/messages"), 200)
+            .await;
+        stored = page["messages"].as_array().expect("messages").clone();
+        if stored.len() >= count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stored
+}
+
 /// Asserts the JSON error shape and returns its code.
 pub async fn error_code(res: reqwest::Response, status: u16) -> String {
     assert_eq!(res.status(), status);
