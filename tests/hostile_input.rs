@@ -147,8 +147,9 @@ fn routes() -> Vec<Route> {
             M::GET,
         ),
         r(M::GET, "/api/v1/patients", true, false, M::POST),
-        r(M::GET, "/api/v1/patients/{p}", true, false, M::DELETE),
+        r(M::GET, "/api/v1/patients/{p}", true, false, M::PUT),
         r(M::PATCH, "/api/v1/patients/{p}", true, true, M::PUT),
+        r(M::DELETE, "/api/v1/patients/{p}", true, false, M::POST),
     ]
 }
 

@@ -348,6 +348,13 @@ pub async fn update_patient(
 /// still `active` is refused (409 `conversation_active`) rather than ended implicitly: ending
 /// writes a summary and tells the clinician's sockets, which the caller should see happen.
 pub async fn delete_patient(state: AppState, p: Principal, id: String) -> Result {
+    // 404 before 403: any clinician of the organization may see the patient anyway, and
+    // another organization's patient must look unknown whatever the caller's role.
+    state
+        .store
+        .get_patient(&p.organization_id, &id)
+        .await
+        .map_err(not_found("Patient"))?;
     if p.role != UserRole::Admin {
         return Err(ApiError::Forbidden(
             "only an administrator of the organization may delete a patient",
