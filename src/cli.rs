@@ -233,24 +233,14 @@ pub fn decode_files(
 /// # Errors
 /// The writer fails, or the audio is longer than a WAV file can describe.
 pub fn write_wav(mut w: impl std::io::Write, samples: &[i16]) -> std::io::Result<()> {
-    let too_long =
-        || std::io::Error::new(std::io::ErrorKind::InvalidInput, "audio too long for WAV");
-    let data_len = u32::try_from(samples.len() * 2).map_err(|_| too_long())?;
-    let riff_len = data_len.checked_add(36).ok_or_else(too_long)?;
-    let mut header = Vec::with_capacity(44);
-    header.extend_from_slice(b"RIFF");
-    header.extend_from_slice(&riff_len.to_le_bytes());
-    header.extend_from_slice(b"WAVEfmt ");
-    header.extend_from_slice(&16u32.to_le_bytes()); // fmt chunk size
-    header.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    header.extend_from_slice(&1u16.to_le_bytes()); // mono
-    header.extend_from_slice(&OUTPUT_RATE.to_le_bytes());
-    header.extend_from_slice(&(OUTPUT_RATE * 2).to_le_bytes()); // byte rate
-    header.extend_from_slice(&2u16.to_le_bytes()); // block align
-    header.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
-    header.extend_from_slice(b"data");
-    header.extend_from_slice(&data_len.to_le_bytes());
-    w.write_all(&header)?;
+    let data_len = samples.len() as u64 * 2;
+    if data_len > u64::from(audio::wav::MAX_DATA_LEN) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "audio too long for WAV",
+        ));
+    }
+    w.write_all(&audio::wav::header(data_len))?;
     w.write_all(&pcm_bytes(samples))
 }
 

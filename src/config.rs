@@ -292,6 +292,27 @@ pub struct Options {
     #[arg(long, env = "TANDEM_WEBHOOK_BACKOFF_BASE_SECS", global = true)]
     pub webhook_backoff_base_secs: Option<u64>,
 
+    /// Days a conversation is kept after its last activity (its end, or its last message if
+    /// it was never ended); older ones are hard-deleted with their messages, actions,
+    /// summaries and stored audio. 0 keeps everything forever. [default: 0]
+    #[arg(long, env = "TANDEM_RETENTION_DAYS", global = true)]
+    pub retention_days: Option<u64>,
+
+    /// How often the retention sweeper looks for expired conversations, in seconds.
+    /// [default: 3600]
+    #[arg(long, env = "TANDEM_RETENTION_INTERVAL_SECS", global = true)]
+    pub retention_interval_secs: Option<u64>,
+
+    /// Whether the ingested audio of each conversation (PCM16 mono 24 kHz) is stored as a WAV
+    /// file. When false, no audio is written anywhere. [default: false]
+    #[arg(long, env = "TANDEM_STORE_AUDIO", global = true)]
+    pub store_audio: Option<bool>,
+
+    /// Directory of stored conversation audio (`<conversation id>.wav`).
+    /// [default: `audio` next to the SQLite file; ./audio with Postgres]
+    #[arg(long, env = "TANDEM_AUDIO_DIR", global = true)]
+    pub audio_dir: Option<PathBuf>,
+
     /// HS256 secret; only from the environment or the file (see below).
     #[arg(skip)]
     pub jwt_secret: Option<String>,
@@ -358,6 +379,8 @@ pub struct Config {
     pub control_pacing: Duration,
     pub max_audio_message_bytes: usize,
     pub webhook: crate::webhook::WebhookConfig,
+    pub retention: crate::retention::RetentionConfig,
+    pub recordings: crate::recordings::RecordingConfig,
     /// `None` until [`Config::load_jwt_secret`] runs (it may touch the filesystem).
     pub jwt_secret: Option<Secret>,
     pub openai_api_key: Option<Secret>,
@@ -384,6 +407,7 @@ impl Options {
             None => Options::default(),
         };
         let webhook = resolve_webhook(&self, &file)?;
+        let retention = resolve_retention(&self, &file)?;
         let env_secret =
             |names: &[&str]| names.iter().find_map(|n| env(n).filter(|v| !v.is_empty()));
         let jwt_secret = env_secret(&["TANDEM_JWT_SECRET"]).or(file.jwt_secret);
@@ -427,8 +451,21 @@ impl Options {
             })?,
             None => std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN),
         };
+        let database = self
+            .database
+            .or(file.database)
+            .unwrap_or_else(|| "tandem.db".into());
+        let recordings = crate::recordings::RecordingConfig {
+            enabled: self.store_audio.or(file.store_audio).unwrap_or(false),
+            dir: self
+                .audio_dir
+                .or(file.audio_dir)
+                .unwrap_or_else(|| database_dir(&database).join("audio")),
+        };
         Ok(Config {
             webhook,
+            retention,
+            recordings,
             stt_dialect: self
                 .stt_dialect
                 .or(file.stt_dialect)
@@ -482,10 +519,7 @@ impl Options {
                 .listen
                 .or(file.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
-            database: self
-                .database
-                .or(file.database)
-                .unwrap_or_else(|| "tandem.db".into()),
+            database,
             cors_origins: self.cors_origins.or(file.cors_origins).unwrap_or_else(|| {
                 vec![
                     "http://localhost:5173".into(),
@@ -574,6 +608,50 @@ fn resolve_webhook(cli: &Options, file: &Options) -> Result<crate::webhook::Webh
     })
 }
 
+/// The retention settings: flag/env over file over [`RetentionConfig::default`].
+///
+/// [`RetentionConfig::default`]: crate::retention::RetentionConfig
+fn resolve_retention(
+    cli: &Options,
+    file: &Options,
+) -> Result<crate::retention::RetentionConfig, Error> {
+    let defaults = crate::retention::RetentionConfig::default();
+    let days = cli.retention_days.or(file.retention_days).unwrap_or(0);
+    let max_age = match days {
+        0 => None,
+        // Beyond a million years the arithmetic would overflow; nobody means that.
+        d if d > 365 * 1_000_000 => {
+            return Err(Error::Invalid {
+                field: "retention_days",
+                message: "must be at most 365000000 (0 keeps everything)".into(),
+            })
+        }
+        d => Some(Duration::from_secs(d * 24 * 3600)),
+    };
+    let interval = match cli.retention_interval_secs.or(file.retention_interval_secs) {
+        None => defaults.interval,
+        Some(0) => {
+            return Err(Error::Invalid {
+                field: "retention_interval_secs",
+                message: "must be positive".into(),
+            })
+        }
+        Some(n) => Duration::from_secs(n),
+    };
+    Ok(crate::retention::RetentionConfig { max_age, interval })
+}
+
+/// The directory of the SQLite file (the working directory for Postgres), where generated
+/// files live by default.
+fn database_dir(database: &str) -> &Path {
+    let dir = if crate::store::is_postgres_url(database) {
+        None
+    } else {
+        Path::new(database).parent()
+    };
+    dir.unwrap_or_else(|| Path::new(""))
+}
+
 fn read_file(path: &Path) -> Result<Options, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
         path: path.to_owned(),
@@ -589,13 +667,7 @@ impl Config {
     /// Where a generated JWT secret is kept: next to the SQLite file (or in the working
     /// directory for Postgres), readable only by its owner.
     pub fn jwt_secret_path(&self) -> PathBuf {
-        let dir = if crate::store::is_postgres_url(&self.database) {
-            None
-        } else {
-            Path::new(&self.database).parent()
-        };
-        dir.unwrap_or_else(|| Path::new(""))
-            .join("tandem.jwt-secret")
+        database_dir(&self.database).join("tandem.jwt-secret")
     }
 
     /// Ensures a JWT secret: the configured one, else the persisted one, else a new random
@@ -689,6 +761,7 @@ impl Config {
                 .collect(),
             stt_prompt: self.stt_prompt.clone(),
             store_retry_window: self.transcript_retry,
+            recordings: self.recordings.clone(),
         }
     }
 
@@ -752,6 +825,52 @@ mod tests {
         assert_eq!(cfg.openai_base_url.as_str(), "https://api.openai.com/v1");
         assert_eq!(cfg.webhook.timeout, Duration::from_secs(10));
         assert_eq!(cfg.webhook.max_attempts.get(), 12);
+        assert_eq!(
+            cfg.retention.max_age, None,
+            "kept forever unless configured"
+        );
+        assert!(!cfg.recordings.enabled, "no audio stored unless configured");
+        assert_eq!(cfg.recordings.dir, Path::new("audio"));
+    }
+
+    #[test]
+    fn retention_and_audio_settings() {
+        let cli = Cli::parse_from([
+            "tandem",
+            "--database",
+            "/var/lib/tandem/tandem.db",
+            "--retention-days",
+            "30",
+            "--retention-interval-secs",
+            "60",
+            "--store-audio",
+            "true",
+        ]);
+        let cfg = cli.options.resolve_with_env(|_| None).unwrap();
+        assert_eq!(
+            cfg.retention.max_age,
+            Some(Duration::from_secs(30 * 24 * 3600))
+        );
+        assert_eq!(cfg.retention.interval, Duration::from_secs(60));
+        assert!(cfg.recordings.enabled);
+        assert_eq!(cfg.recordings.dir, Path::new("/var/lib/tandem/audio"));
+        let off = Cli::parse_from(["tandem", "--retention-days", "0"]);
+        assert_eq!(
+            off.options
+                .resolve_with_env(|_| None)
+                .unwrap()
+                .retention
+                .max_age,
+            None
+        );
+        let bad = Cli::parse_from(["tandem", "--retention-interval-secs", "0"]);
+        assert!(matches!(
+            bad.options.resolve_with_env(|_| None),
+            Err(Error::Invalid {
+                field: "retention_interval_secs",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //!   summaries) behind traits.
 //! - [`pipeline`]: per-conversation live processing and the fan-out of its events.
 //! - [`records`]: what a visit leaves behind: summaries, synthetic medical histories, exports.
+//! - [`recordings`]: stored conversation audio (WAV files), off unless a clinic enables it.
+//! - [`retention`]: the sweeper that hard-deletes conversations past the retention period.
 //! - [`stt`]: the Realtime speech-to-text client (reconnects, replay, local VAD).
 //! - [`audit`]: the names of audited reads of patient data (the audit log's `action`s).
 //! - [`actions`]: the review rules of actions (editable fields, confirm/cancel).
@@ -31,7 +33,9 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;
+pub mod recordings;
 pub mod records;
+pub mod retention;
 pub mod server;
 pub mod shutdown;
 pub mod store;

@@ -44,7 +44,8 @@ async fn main() -> anyhow::Result<()> {
         pool: config.dsp_pool(),
     };
     let state = AppState::new(store.clone(), auth, config.http(), pipeline)?
-        .with_webhook(config.webhook.clone());
+        .with_webhook(config.webhook.clone())
+        .with_retention(config.retention.clone());
 
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config, state).await,

@@ -20,6 +20,7 @@ use crate::auth::{self, AuthConfig, Authenticator};
 use crate::metrics::Gauge;
 use crate::pipeline::hub::Hub;
 use crate::pipeline::{PipelineConfig, Pipelines, Providers};
+use crate::retention::RetentionConfig;
 use crate::stt::realtime::{RealtimeConfig, RealtimeStt};
 use crate::webhook::worker::DeliveryWorker;
 use crate::webhook::WebhookConfig;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub ws_connections: Gauge,
     /// Settings of the webhook delivery worker [`run`] starts.
     pub webhook: Arc<WebhookConfig>,
+    /// Settings of the retention sweeper [`run`] starts.
+    pub retention: Arc<RetentionConfig>,
     /// Closes the open sockets at shutdown, after the pipeline drained.
     pub sockets: crate::http::ws::SocketShutdown,
 }
@@ -128,6 +131,7 @@ impl AppState {
             pipelines,
             ws_connections,
             webhook: Arc::new(WebhookConfig::default()),
+            retention: Arc::new(RetentionConfig::default()),
             sockets: crate::http::ws::SocketShutdown::default(),
         })
     }
@@ -137,6 +141,13 @@ impl AppState {
     #[must_use]
     pub fn with_webhook(mut self, config: WebhookConfig) -> Self {
         self.webhook = Arc::new(config);
+        self
+    }
+
+    /// The same state with a retention period (the default keeps everything).
+    #[must_use]
+    pub fn with_retention(mut self, config: RetentionConfig) -> Self {
+        self.retention = Arc::new(config);
         self
     }
 }
@@ -168,7 +179,7 @@ fn start_delivery_worker(state: &AppState, stop: CancellationToken) -> Option<Ab
 }
 
 /// Serves HTTP (REST, ops and the WebSockets) on `listener`, and runs the webhook delivery
-/// worker, until `shutdown` completes. Then it stops accepting, lets in-flight requests finish
+/// worker and the retention sweeper, until `shutdown` completes. Then it stops accepting, lets in-flight requests finish
 /// and the live conversations drain for up to [`HttpConfig::drain_timeout`], then closes every
 /// socket (each flushes its queued events and sends 1001, again within the deadline), and
 /// returns; work still running after the deadlines is abandoned (the runtime's shutdown drops
@@ -180,8 +191,13 @@ pub async fn run(
 ) {
     let drain_timeout = state.http.drain_timeout;
     let pipelines = state.pipelines.clone();
-    let stop_deliveries = CancellationToken::new();
-    let deliveries = start_delivery_worker(&state, stop_deliveries.clone());
+    let stop_workers = CancellationToken::new();
+    let deliveries = start_delivery_worker(&state, stop_workers.clone());
+    let sweeper = AbortOnDrop(tokio::spawn(crate::retention::run(
+        (*state.retention).clone(),
+        pipelines.clone(),
+        stop_workers.clone(),
+    )));
     let sockets = state.sockets.clone();
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");
@@ -220,8 +236,9 @@ pub async fn run(
         }
     };
     // The delivery worker finishes the attempts in flight (each bounded by its timeout); one
-    // cut off by the deadline keeps its lease and is retried after the restart.
-    stop_deliveries.cancel();
+    // cut off by the deadline keeps its lease and is retried after the restart. The
+    // retention sweeper stops with it.
+    stop_workers.cancel();
     let worker = async {
         if let Some(mut task) = deliveries {
             if tokio::time::timeout(drain_timeout, &mut task.0)
@@ -232,7 +249,17 @@ pub async fn run(
             }
         }
     };
-    tokio::join!(http, pipelines.shutdown(drain_timeout), worker);
+    // A sweep cut off by the deadline has deleted whole batches only; the rest waits.
+    let mut sweeper = sweeper;
+    let sweep = async {
+        if tokio::time::timeout(drain_timeout, &mut sweeper.0)
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain deadline passed; abandoning the retention sweep");
+        }
+    };
+    tokio::join!(http, pipelines.shutdown(drain_timeout), worker, sweep);
     // Last: the drained utterances' events are queued; each socket flushes them and closes.
     sockets.close_all(drain_timeout).await;
     tracing::info!("server drained");

@@ -186,7 +186,7 @@ fn routes() -> Vec<Route> {
             M::GET,
         ),
         r(M::GET, "/api/v1/patients", true, false, M::POST),
-        r(M::GET, "/api/v1/patients/{p}", true, false, M::DELETE),
+        r(M::GET, "/api/v1/patients/{p}", true, false, M::PUT),
         r(M::PATCH, "/api/v1/patients/{p}", true, true, M::PUT),
         // Issue #5: records, actions, the webhook and its log, clinic commands, settings.
         r(
@@ -231,6 +231,7 @@ fn routes() -> Vec<Route> {
         admin(M::DELETE, "/api/v1/commands/{k}", false, M::POST),
         r(M::GET, "/api/v1/users/me/settings", true, false, M::POST),
         r(M::PATCH, "/api/v1/users/me/settings", true, true, M::PUT),
+        r(M::DELETE, "/api/v1/patients/{p}", true, false, M::POST),
     ]
 }
 

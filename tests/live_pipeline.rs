@@ -248,7 +248,7 @@ async fn closing_the_audio_socket_ends_input_and_loses_nothing() {
     audio.close(None).await.unwrap();
 
     // Results reach the client later through the stored messages.
-    let stored = stored_messages(&user, &conversation_id, 4).await;
+    let stored = support::stored_messages(&user, &conversation_id, 4).await;
     let texts: Vec<&str> = stored
         .iter()
         .filter(|m| m["senderType"] != "translation")
@@ -257,26 +257,6 @@ async fn closing_the_audio_socket_ends_input_and_loses_nothing() {
     assert_eq!(texts, [CLINICIAN, PATIENT], "both utterances, once each");
     assert_eq!(stored.len(), 4);
     srv.stop().await;
-}
-
-/// Polls the stored messages until `count` rows exist (or gives up after ~20 s).
-async fn stored_messages(
-    user: &support::Client,
-    conversation_id: &str,
-    count: usize,
-) -> Vec<Value> {
-    let mut stored = Vec::new();
-    for _ in 0..100 {
-        let page = user
-            .get_json(&format!("/conversations/{conversation_id}/messages"), 200)
-            .await;
-        stored = page["messages"].as_array().unwrap().clone();
-        if stored.len() >= count {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    stored
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,7 +281,7 @@ async fn a_provider_socket_drop_mid_utterance_loses_and_duplicates_nothing() {
         "Tandem reconnected"
     );
     assert!(saw_reconnect, "the client was told about the reconnect");
-    let stored = stored_messages(&user, &conversation_id, 4).await;
+    let stored = support::stored_messages(&user, &conversation_id, 4).await;
     let originals: Vec<&str> = stored
         .iter()
         .filter(|m| m["senderType"] != "translation")
@@ -395,7 +375,7 @@ async fn a_stated_speaker_overrides_language_detection() {
     send(&mut audio, json!({"type": "speaker", "role": "patient"})).await;
     stream_recording(&mut audio).await;
     audio.close(None).await.unwrap();
-    let stored = stored_messages(&user, &conversation_id, 4).await;
+    let stored = support::stored_messages(&user, &conversation_id, 4).await;
     let english = stored
         .iter()
         .find(|m| m["originalText"] == CLINICIAN)

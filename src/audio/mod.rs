@@ -10,6 +10,7 @@ pub mod pool;
 pub mod resample;
 pub mod sniff;
 pub mod transcoder;
+pub mod wav;
 
 /// The sample rate every output frame has: what the Realtime STT `pcm16` format requires.
 pub const OUTPUT_RATE: u32 = 24_000;

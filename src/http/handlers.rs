@@ -349,6 +349,49 @@ pub async fn update_patient(
     Ok(json(&PatientView::from(&patient)))
 }
 
+/// Hard delete of a patient and everything recorded about them. Admin only: erasing a whole
+/// record is the organization's decision, not one clinician's. A patient with a conversation
+/// still `active` is refused (409 `conversation_active`) rather than ended implicitly: ending
+/// writes a summary and tells the clinician's sockets, which the caller should see happen.
+pub async fn delete_patient(state: AppState, p: Principal, id: String) -> Result {
+    // 404 before 403: any clinician of the organization may see the patient anyway, and
+    // another organization's patient must look unknown whatever the caller's role.
+    state
+        .store
+        .get_patient(&p.organization_id, &id)
+        .await
+        .map_err(not_found("Patient"))?;
+    if p.role != UserRole::Admin {
+        return Err(ApiError::Forbidden(
+            "only an administrator of the organization may delete a patient",
+        ));
+    }
+    let conversations = state
+        .store
+        .delete_patient(
+            &p.organization_id,
+            &id,
+            audit_entry(&p, "delete", "patient", &id),
+        )
+        .await
+        .map_err(|e| match e {
+            store::Error::NotFound => ApiError::NotFound("Patient"),
+            store::Error::Conflict(_) => ApiError::ConversationActive,
+            e => e.into(),
+        })?;
+    let audio_files = match state.pipelines.recordings().delete(&conversations).await {
+        Ok(n) => n,
+        // The rows are gone and the request cannot be repeated: the operator must remove
+        // the files, so the ids go to the error log.
+        Err(e) => {
+            tracing::error!(patient_id = %id, ?conversations, error = %e, "patient deleted but stored audio could not be removed");
+            0
+        }
+    };
+    tracing::info!(patient_id = %id, conversations = conversations.len(), audio_files, "patient deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 // ---------- helpers ----------
 
 pub(super) async fn conversation(
@@ -385,7 +428,12 @@ pub(super) async fn audit(
     entity_type: &str,
     entity_id: &str,
 ) -> Result<()> {
-    let entry = NewAuditEntry {
+    audit_log::record(state, audit_entry(p, action, entity_type, entity_id)).await
+}
+
+/// What the caller did to which record; ids only, never clinical text.
+fn audit_entry(p: &Principal, action: &str, entity_type: &str, entity_id: &str) -> NewAuditEntry {
+    NewAuditEntry {
         organization_id: p.organization_id.clone(),
         user_id: Some(p.user_id.clone()),
         action: action.to_owned(),
@@ -393,8 +441,7 @@ pub(super) async fn audit(
         entity_id: entity_id.to_owned(),
         record_ids: Vec::new(),
         remote_addr: p.remote.map(|ip| ip.to_string()),
-    };
-    audit_log::record(state, entry).await
+    }
 }
 
 /// Given up to `limit + 1` rows, keeps `limit` and returns the cursor of the last kept row

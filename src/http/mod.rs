@@ -355,6 +355,13 @@ fn api(state: AppState) -> BoxedFilter<(Response,)> {
         .then(|id, state, p, body| handlers::update_patient(state, p, id, body))
         .map(respond)
         .boxed();
+    let delete_patient = warp::path!("api" / "v1" / "patients" / String)
+        .and(warp::delete())
+        .and(st())
+        .and(auth())
+        .then(|id, state, p| handlers::delete_patient(state, p, id))
+        .map(respond)
+        .boxed();
 
     [
         register,
@@ -374,6 +381,7 @@ fn api(state: AppState) -> BoxedFilter<(Response,)> {
         list_patients,
         get_patient,
         update_patient,
+        delete_patient,
         commands::routes(state.clone()),
     ]
     .into_iter()

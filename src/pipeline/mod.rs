@@ -29,6 +29,7 @@ use crate::ai::{
 use crate::audio::pool::{AudioStream, DspPool, Output, PoolClosed};
 use crate::audio::InputFormat;
 use crate::metrics::{Histogram, Metrics};
+use crate::recordings::{Recorder, RecordingConfig, Recordings};
 use crate::records::Records;
 use crate::store::{Conversation, Store};
 use crate::stt::{ConnectionStatus, SpeechToText, SttEvent, SttInput, SttOptions};
@@ -72,6 +73,8 @@ pub struct PipelineConfig {
     /// before it is reported unsaved. Later utterances of the conversation queue behind it, so
     /// this bounds how stale their events can get.
     pub store_retry_window: Duration,
+    /// Whether and where the ingested audio of each conversation is stored.
+    pub recordings: RecordingConfig,
 }
 
 impl Default for PipelineConfig {
@@ -81,6 +84,7 @@ impl Default for PipelineConfig {
             glossary: Vec::new(),
             stt_prompt: None,
             store_retry_window: Duration::from_secs(60),
+            recordings: RecordingConfig::default(),
         }
     }
 }
@@ -138,6 +142,8 @@ pub struct Pipelines {
     tasks: TaskTracker,
     /// Summaries, medical histories and exports, written from the same store and providers.
     records: Arc<Records>,
+    /// Stored conversation audio (nothing is stored unless enabled).
+    recordings: Arc<Recordings>,
     /// Conversations whose end is being processed by this process: two concurrent `/end`
     /// requests end (and summarize) a visit once. Entries live as long as their
     /// [`visit::EndClaim`].
@@ -166,6 +172,9 @@ pub(crate) struct Live {
     languages: Mutex<(String, String)>,
     /// A role the client stated (push-to-talk); overrides language-based speaker detection.
     speaker_override: Mutex<Option<Role>>,
+    /// Where the conversation's audio is stored, when storing audio is on. Each socket's
+    /// forwarder holds a clone; the file is finished when the runtime and its sockets are gone.
+    recorder: Option<Recorder>,
     /// The clinician's last spoken translation, replayed when the patient asks to repeat.
     last_clinician_audio: Mutex<Option<(String, SpeechAudio)>>,
     /// A client asked for streamed TTS (`ttsStreaming`): `tts_audio` goes out in chunks.
@@ -218,10 +227,12 @@ impl Pipelines {
             providers.summarizer.clone(),
             providers.history.clone(),
         ));
+        let recordings = Arc::new(Recordings::new(config.recordings.clone()));
         Arc::new(Pipelines {
             store,
             hub,
             records,
+            recordings,
             ending: Mutex::default(),
             providers,
             pool,
@@ -245,6 +256,16 @@ impl Pipelines {
     /// Number of live conversations.
     pub fn live_count(&self) -> usize {
         lock(&self.live).len()
+    }
+
+    /// The ids of the conversations live in this process (retention must not delete them).
+    pub fn live_ids(&self) -> Vec<String> {
+        lock(&self.live).keys().cloned().collect()
+    }
+
+    /// The stored conversation audio.
+    pub fn recordings(&self) -> &Arc<Recordings> {
+        &self.recordings
     }
 
     /// Attaches an audio socket to a conversation, starting its runtime (and STT session) if
@@ -306,6 +327,7 @@ impl Pipelines {
                 conversation.patient_language.clone(),
             )),
             speaker_override: Mutex::new(None),
+            recorder: self.recordings.start(&conversation.id),
             last_clinician_audio: Mutex::new(None),
             tts_streaming: AtomicBool::new(false),
             ended: CancellationToken::new(),
@@ -463,6 +485,7 @@ impl AudioInput {
             self.pipelines.tasks.spawn(forward(
                 outputs,
                 self.live.stt.clone(),
+                self.live.recorder.clone(),
                 self.paused.clone(),
                 self.client.clone(),
                 ack_tx,
@@ -553,6 +576,7 @@ impl AudioInput {
 async fn forward(
     mut outputs: mpsc::Receiver<Output>,
     stt: mpsc::Sender<SttInput>,
+    mut recorder: Option<Recorder>,
     paused: Arc<AtomicBool>,
     client: ClientTx,
     end_of_input: mpsc::Sender<()>,
@@ -573,6 +597,12 @@ async fn forward(
         let frames = std::mem::take(&mut output.frames);
         if !paused.load(Ordering::Relaxed) {
             for frame in frames {
+                if let Some(r) = &recorder {
+                    // Exactly what is transcribed is stored: paused audio is in neither.
+                    if !r.write(frame.samples.clone()).await {
+                        recorder = None;
+                    }
+                }
                 if stt.send(SttInput::Audio(frame.samples)).await.is_err() {
                     return tell_session_ended(&client);
                 }

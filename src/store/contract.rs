@@ -51,6 +51,9 @@ pub async fn run(store: &dyn Store) {
     verbatim_strings(store).await;
     clinic_commands(store).await;
     user_settings(store).await;
+    patient_erasure(store).await;
+    // Last: retention deletes old conversations of every organization, earlier steps' too.
+    retention(store).await;
 }
 
 /// A fresh organization and a clinician in it.
@@ -1661,4 +1664,318 @@ async fn user_settings(store: &dyn Store) {
         store.set_user_settings(&new_id(), &quiet).await,
         "unknown user",
     );
+}
+
+/// What [`clinical_record`] wrote for one conversation, to check it is gone or kept whole.
+struct Record {
+    org: String,
+    conversation: String,
+    action: String,
+}
+
+/// A conversation of the patient with a row in every table keyed by it: messages, an action
+/// with a queued webhook delivery, a summary and a medical history. Ended unless `active`.
+async fn clinical_record(
+    store: &dyn Store,
+    org: &Organization,
+    user: &User,
+    patient_id: &str,
+    active: bool,
+) -> Record {
+    let conversation = store
+        .create_conversation(NewConversation {
+            organization_id: org.id.clone(),
+            user_id: user.id.clone(),
+            patient_id: patient_id.into(),
+            clinician_language: "en".into(),
+            patient_language: "es".into(),
+        })
+        .await
+        .unwrap()
+        .id;
+    let original = store
+        .insert_message(new_message(&conversation, SenderType::Patient, "me duele"))
+        .await
+        .unwrap()
+        .into_inner();
+    store
+        .insert_message(NewMessage {
+            original_message_id: Some(original.id),
+            ..new_message(&conversation, SenderType::Translation, "it hurts")
+        })
+        .await
+        .unwrap();
+    store
+        .put_webhook(&org.id, "http://127.0.0.1:9/hook", "secret")
+        .await
+        .unwrap();
+    let rx = insert_prescription(store, &conversation).await;
+    let (_, queued) = store
+        .update_action(&org.id, &rx.id, confirm(&rx, &format!("{}:c", rx.id)))
+        .await
+        .unwrap();
+    assert!(queued.is_some(), "the action's delivery is queued");
+    for kind in [DocumentKind::Summary, DocumentKind::MedicalHistory] {
+        store
+            .upsert_document(kind, &conversation, "history of pain")
+            .await
+            .unwrap();
+    }
+    if !active {
+        store
+            .set_conversation_status(
+                &org.id,
+                &conversation,
+                ConversationStatus::Ended,
+                Some(now_millis()),
+            )
+            .await
+            .unwrap();
+    }
+    Record {
+        org: org.id.clone(),
+        conversation,
+        action: rx.id,
+    }
+}
+
+impl Record {
+    async fn assert_gone(&self, store: &dyn Store) {
+        assert_not_found(
+            store.get_conversation(&self.org, &self.conversation).await,
+            "deleted conversation",
+        );
+        let id = &self.conversation;
+        assert!(store
+            .list_messages(id, &Page::default())
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(store.list_actions(id).await.unwrap().is_empty());
+        assert_not_found(
+            store.get_action(&self.org, &self.action).await,
+            "its action",
+        );
+        assert!(store
+            .list_deliveries(&self.org, Some(&self.action), &Page::default())
+            .await
+            .unwrap()
+            .is_empty());
+        for kind in [DocumentKind::Summary, DocumentKind::MedicalHistory] {
+            assert_eq!(store.get_document(kind, id).await.unwrap(), None);
+        }
+    }
+
+    async fn assert_kept(&self, store: &dyn Store) {
+        store
+            .get_conversation(&self.org, &self.conversation)
+            .await
+            .unwrap();
+        let id = &self.conversation;
+        assert_eq!(
+            store
+                .list_messages(id, &Page::default())
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        store.get_action(&self.org, &self.action).await.unwrap();
+        assert_eq!(
+            store
+                .list_deliveries(&self.org, Some(&self.action), &Page::default())
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        for kind in [DocumentKind::Summary, DocumentKind::MedicalHistory] {
+            assert!(store.get_document(kind, id).await.unwrap().is_some());
+        }
+    }
+}
+
+async fn patient_erasure(store: &dyn Store) {
+    let (org, user) = tenant(store).await;
+    let (other, _) = tenant(store).await;
+    let (patient, _) = store
+        .find_or_create_patient(new_patient(&org.id, "Erased", &new_id()))
+        .await
+        .unwrap();
+    let (neighbour, _) = store
+        .find_or_create_patient(new_patient(&org.id, "Kept", &new_id()))
+        .await
+        .unwrap();
+    let ended = clinical_record(store, &org, &user, &patient.id, false).await;
+    let live = clinical_record(store, &org, &user, &patient.id, true).await;
+    let kept = clinical_record(store, &org, &user, &neighbour.id, false).await;
+    let audit = || NewAuditEntry {
+        organization_id: org.id.clone(),
+        user_id: Some(user.id.clone()),
+        action: "delete".into(),
+        entity_type: "patient".into(),
+        entity_id: patient.id.clone(),
+        record_ids: Vec::new(),
+        remote_addr: Some("192.0.2.7".into()),
+    };
+    let audit_rows = store.list_audit(&org.id, 100).await.unwrap().len();
+
+    assert_not_found(
+        store
+            .delete_patient(
+                &other.id,
+                &patient.id,
+                NewAuditEntry {
+                    organization_id: other.id.clone(),
+                    ..audit()
+                },
+            )
+            .await,
+        "another organization's patient",
+    );
+    assert_not_found(
+        store.delete_patient(&org.id, &new_id(), audit()).await,
+        "unknown patient",
+    );
+    let refused = store.delete_patient(&org.id, &patient.id, audit()).await;
+    assert!(
+        matches!(refused, Err(Error::Conflict(_))),
+        "active conversation: {refused:?}"
+    );
+    ended.assert_kept(store).await;
+    live.assert_kept(store).await;
+    assert_eq!(
+        store.list_audit(&org.id, 100).await.unwrap().len(),
+        audit_rows,
+        "a refused delete is not audited"
+    );
+
+    store
+        .set_conversation_status(
+            &org.id,
+            &live.conversation,
+            ConversationStatus::Ended,
+            Some(now_millis()),
+        )
+        .await
+        .unwrap();
+    let mut deleted = store
+        .delete_patient(&org.id, &patient.id, audit())
+        .await
+        .unwrap();
+    deleted.sort();
+    let mut expected = vec![ended.conversation.clone(), live.conversation.clone()];
+    expected.sort();
+    assert_eq!(deleted, expected);
+    assert_not_found(store.get_patient(&org.id, &patient.id).await, "deleted");
+    ended.assert_gone(store).await;
+    live.assert_gone(store).await;
+    kept.assert_kept(store).await;
+    assert_eq!(
+        store.get_patient(&org.id, &neighbour.id).await.unwrap(),
+        neighbour
+    );
+    let trail = store.list_audit(&org.id, 1).await.unwrap();
+    assert_eq!(
+        (
+            trail[0].action.as_str(),
+            trail[0].entity_type.as_str(),
+            trail[0].entity_id.as_str(),
+            trail[0].user_id.as_deref(),
+            trail[0].remote_addr.as_deref()
+        ),
+        (
+            "delete",
+            "patient",
+            patient.id.as_str(),
+            Some(user.id.as_str()),
+            Some("192.0.2.7")
+        )
+    );
+    assert_not_found(
+        store.delete_patient(&org.id, &patient.id, audit()).await,
+        "deleted twice",
+    );
+}
+
+/// Sleeps past the current millisecond, so rows written before and after compare strictly.
+async fn next_millisecond() {
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+}
+
+async fn retention(store: &dyn Store) {
+    let (org, user) = tenant(store).await;
+    let patient = |last: String| new_patient(&org.id, "Old", &last);
+    let mut records = Vec::new();
+    for active in [false, true, false, false] {
+        let (p, _) = store
+            .find_or_create_patient(patient(new_id()))
+            .await
+            .unwrap();
+        records.push(clinical_record(store, &org, &user, &p.id, active).await);
+    }
+    let [ended, abandoned, live, spoken_since] = <[Record; 4]>::try_from(records).ok().unwrap();
+    next_millisecond().await;
+    let cutoff = now_millis();
+    next_millisecond().await;
+    // Activity after the cutoff keeps an old conversation.
+    store
+        .insert_message(new_message(
+            &spoken_since.conversation,
+            SenderType::Clinician,
+            "still here",
+        ))
+        .await
+        .unwrap();
+    let (p, _) = store
+        .find_or_create_patient(patient(new_id()))
+        .await
+        .unwrap();
+    let recent = clinical_record(store, &org, &user, &p.id, false).await;
+
+    let keep = vec![live.conversation.clone()];
+    let mut deleted = Vec::new();
+    loop {
+        // A small batch, to check that batches continue where the last one stopped.
+        let batch = store
+            .delete_conversations_inactive_since(cutoff, &keep, 2)
+            .await
+            .unwrap();
+        assert!(batch.len() <= 2);
+        if batch.is_empty() {
+            break;
+        }
+        deleted.extend(batch);
+    }
+    assert!(deleted.contains(&ended.conversation));
+    assert!(
+        deleted.contains(&abandoned.conversation),
+        "a never-ended conversation expires by its last activity"
+    );
+    for kept in [&live, &spoken_since, &recent] {
+        assert!(!deleted.contains(&kept.conversation));
+    }
+    ended.assert_gone(store).await;
+    abandoned.assert_gone(store).await;
+    live.assert_kept(store).await;
+    recent.assert_kept(store).await;
+    store
+        .get_conversation(&org.id, &spoken_since.conversation)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .list_messages(&spoken_since.conversation, &Page::default())
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    // The clinician and the patients are not conversation rows: they stay.
+    store.user_by_id(&user.id).await.unwrap();
+    assert!(store
+        .delete_conversations_inactive_since(cutoff, &keep, 100)
+        .await
+        .unwrap()
+        .is_empty());
 }

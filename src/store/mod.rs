@@ -867,6 +867,32 @@ pub trait Store: Send + Sync + 'static {
     /// Stores the user's settings whole; `NotFound` for an unknown user.
     async fn set_user_settings(&self, user_id: &str, settings: &UserSettings) -> Result<()>;
 
+    // --- data protection: retention and erasure ---
+    /// Hard-deletes up to `limit` conversations (of every organization) whose last activity
+    /// — the latest of their end, their last change and their newest message — is before
+    /// `cutoff`, except those in `keep` (live in this process), with every row keyed by them:
+    /// messages, actions and their webhook deliveries and attempts, documents. A conversation
+    /// never ended counts by its last activity too, so abandoned ones do not live forever.
+    /// Returns the deleted ids, so the caller can remove what lives outside the database
+    /// (stored audio). Audit entries are kept: they hold ids, never clinical text.
+    async fn delete_conversations_inactive_since(
+        &self,
+        cutoff: Millis,
+        keep: &[String],
+        limit: u32,
+    ) -> Result<Vec<String>>;
+    /// Hard-deletes a patient of the organization with everything keyed by it (its
+    /// conversations and all their rows, as above), and records `audit` in the same
+    /// transaction. Returns the deleted conversation ids. `Conflict` (nothing deleted) while
+    /// one of its conversations is still `active`; `NotFound` for an unknown patient or one of
+    /// another organization.
+    async fn delete_patient(
+        &self,
+        organization_id: &str,
+        patient_id: &str,
+        audit: NewAuditEntry,
+    ) -> Result<Vec<String>>;
+
     // --- audit ---
     /// One insert, so that auditing a read costs a single round trip.
     async fn record_audit(&self, entry: NewAuditEntry) -> Result<()>;

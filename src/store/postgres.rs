@@ -1560,6 +1560,91 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn delete_conversations_inactive_since(
+        &self,
+        cutoff: Millis,
+        keep: &[String],
+        limit: u32,
+    ) -> Result<Vec<String>> {
+        // Foreign keys cascade the delete to messages, actions (and their outbox rows and
+        // attempts) and documents. SKIP LOCKED: a conversation another transaction is writing
+        // to is busy, not expired; the next sweep sees it again.
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "DELETE FROM conversations WHERE id IN ( \
+                     SELECT c.id FROM conversations c \
+                     WHERE GREATEST(c.updated_at, COALESCE(c.end_time, 0), COALESCE( \
+                           (SELECT MAX(m.timestamp) FROM messages m \
+                            WHERE m.conversation_id = c.id), 0)) < $1 \
+                       AND NOT (c.id = ANY($2)) \
+                     ORDER BY c.id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                 RETURNING id",
+                &[&cutoff, &keep, &i64::from(limit)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get(0).map_err(Error::from))
+            .collect()
+    }
+
+    async fn delete_patient(
+        &self,
+        organization_id: &str,
+        patient_id: &str,
+        audit: NewAuditEntry,
+    ) -> Result<Vec<String>> {
+        // One statement, so the check, the delete and the audit entry commit together. The
+        // patient row is locked first: a conversation being created for it waits (its foreign
+        // key check needs the row) and is then refused, so none outlives its patient.
+        let sql = format!(
+            "WITH target AS ( \
+                 SELECT id FROM patients WHERE organization_id = $1 AND id = $2 FOR UPDATE), \
+             convs AS ( \
+                 SELECT c.id, c.status FROM conversations c JOIN target t ON c.patient_id = t.id), \
+             busy AS (SELECT EXISTS (SELECT 1 FROM convs WHERE status = 'active') AS b), \
+             del AS ( \
+                 DELETE FROM patients WHERE id IN (SELECT id FROM target) \
+                   AND NOT (SELECT b FROM busy) RETURNING id), \
+             logged AS ( \
+                 INSERT INTO audit_log ({AUDIT_COLS}) \
+                 SELECT $3::text, $9::text, $4::text, $5::text, $6::text, $7::text, \
+                        $10::text, $11::text, $8::bigint \
+                 FROM del RETURNING id) \
+             SELECT (SELECT b FROM busy), ARRAY(SELECT id FROM convs ORDER BY id) FROM target"
+        );
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                &sql,
+                &[
+                    &organization_id,
+                    &patient_id,
+                    &new_id(),
+                    &audit.user_id,
+                    &audit.action,
+                    &audit.entity_type,
+                    &audit.entity_id,
+                    &now_millis(),
+                    &audit.organization_id,
+                    &json_text(&serde_json::json!(audit.record_ids)),
+                    &audit.remote_addr,
+                ],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Err(Error::NotFound);
+        };
+        if row.try_get::<_, bool>(0)? {
+            return Err(Error::Conflict(format!(
+                "patient {patient_id} has an active conversation"
+            )));
+        }
+        Ok(row.try_get(1)?)
+    }
+
     async fn record_audit(&self, entry: NewAuditEntry) -> Result<()> {
         let sql = format!(
             "INSERT INTO audit_log ({AUDIT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"

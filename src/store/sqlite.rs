@@ -447,6 +447,24 @@ fn document_kind(kind: DocumentKind) -> &'static str {
     }
 }
 
+fn insert_audit(conn: &Connection, entry: &NewAuditEntry) -> Result<()> {
+    let sql =
+        format!("INSERT INTO audit_log ({AUDIT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
+    let record_ids = serde_json::Value::from(entry.record_ids.clone()).to_string();
+    conn.prepare_cached(&sql)?.execute(params![
+        new_id(),
+        entry.organization_id,
+        entry.user_id,
+        entry.action,
+        entry.entity_type,
+        entry.entity_id,
+        record_ids,
+        entry.remote_addr,
+        now_millis()
+    ])?;
+    Ok(())
+}
+
 fn get_conversation(
     conn: &Connection,
     organization_id: &str,
@@ -1498,26 +1516,68 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_audit(&self, entry: NewAuditEntry) -> Result<()> {
-        let record_ids = serde_json::Value::from(entry.record_ids).to_string();
+    async fn delete_conversations_inactive_since(
+        &self,
+        cutoff: Millis,
+        keep: &[String],
+        limit: u32,
+    ) -> Result<Vec<String>> {
+        // The keep list travels as one JSON array parameter (json_each), not spliced SQL.
+        let keep = serde_json::Value::from(keep.to_vec()).to_string();
         self.call(move |c| {
-            let sql = format!(
-                "INSERT INTO audit_log ({AUDIT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-            );
-            c.prepare_cached(&sql)?.execute(params![
-                new_id(),
-                entry.organization_id,
-                entry.user_id,
-                entry.action,
-                entry.entity_type,
-                entry.entity_id,
-                record_ids,
-                entry.remote_addr,
-                now_millis()
-            ])?;
-            Ok(())
+            // Foreign keys cascade the delete to messages, actions (and their outbox rows and
+            // attempts) and documents.
+            let mut stmt = c.prepare_cached(
+                "DELETE FROM conversations WHERE id IN ( \
+                   SELECT c.id FROM conversations c \
+                   WHERE MAX(c.updated_at, COALESCE(c.end_time, 0), COALESCE( \
+                         (SELECT MAX(m.timestamp) FROM messages m \
+                          WHERE m.conversation_id = c.id), 0)) < ?1 \
+                     AND c.id NOT IN (SELECT value FROM json_each(?2)) \
+                   ORDER BY c.id LIMIT ?3) \
+                 RETURNING id",
+            )?;
+            let rows = stmt.query_map(params![cutoff, keep, i64::from(limit)], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
         .await
+    }
+
+    async fn delete_patient(
+        &self,
+        organization_id: &str,
+        patient_id: &str,
+        audit: NewAuditEntry,
+    ) -> Result<Vec<String>> {
+        let (org, id) = (organization_id.to_owned(), patient_id.to_owned());
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.prepare_cached("SELECT 1 FROM patients WHERE organization_id = ?1 AND id = ?2")?
+                .query_row(params![org, id], |_| Ok(()))?;
+            let conversations: Vec<(String, String)> = tx
+                .prepare_cached("SELECT id, status FROM conversations WHERE patient_id = ?1")?
+                .query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            if conversations
+                .iter()
+                .any(|(_, status)| status == ConversationStatus::Active.as_str())
+            {
+                return Err(Error::Conflict(format!(
+                    "patient {id} has an active conversation"
+                )));
+            }
+            // Foreign keys cascade to the conversations and everything keyed by them.
+            tx.prepare_cached("DELETE FROM patients WHERE id = ?1")?
+                .execute([&id])?;
+            insert_audit(&tx, &audit)?;
+            tx.commit()?;
+            Ok(conversations.into_iter().map(|(id, _)| id).collect())
+        })
+        .await
+    }
+
+    async fn record_audit(&self, entry: NewAuditEntry) -> Result<()> {
+        self.call(move |c| insert_audit(c, &entry)).await
     }
 
     async fn search_audit(

@@ -14,6 +14,7 @@ use tandem::ai::openai::OpenAiConfig;
 use tandem::audio::pool::PoolConfig;
 use tandem::auth::{Argon2Config, AuthConfig};
 use tandem::pipeline::PipelineConfig;
+use tandem::retention::RetentionConfig;
 use tandem::server::{self, AppState, HttpConfig, PipelineSetup};
 use tandem::store::sqlite::SqliteStore;
 use tandem::store::{NewUser, Store, UserRole};
@@ -141,7 +142,9 @@ pub struct Tuning {
     /// Serve this store instead of the SQLite file (the Postgres fault tests).
     pub store: Option<Arc<dyn Store>>,
     pub webhook: WebhookConfig,
+    /// Pipeline settings (stored audio).
     pub pipeline: PipelineConfig,
+    pub retention: RetentionConfig,
 }
 
 /// Like [`start_full`], with `tune` adjusting the settings.
@@ -165,6 +168,7 @@ pub async fn start_tuned(
         store: None,
         webhook: WebhookConfig::default(),
         pipeline: PipelineConfig::default(),
+        retention: RetentionConfig::default(),
     };
     tune(&mut tuning);
     let Tuning {
@@ -174,6 +178,7 @@ pub async fn start_tuned(
         store,
         webhook,
         pipeline,
+        retention,
     } = tuning;
     let providers = server::openai_providers(ai, stt).expect("providers");
     let setup = PipelineSetup {
@@ -188,7 +193,8 @@ pub async fn start_tuned(
     });
     let state = AppState::new(store.clone(), auth_config(), http, setup)
         .expect("app state")
-        .with_webhook(webhook);
+        .with_webhook(webhook)
+        .with_retention(retention);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -395,6 +401,22 @@ impl Client {
         assert_eq!(res.status(), 201, "create conversation");
         res.json().await.expect("json")
     }
+}
+
+/// Polls the stored messages until `count` rows exist (or gives up after ~20 s).
+pub async fn stored_messages(user: &Client, conversation_id: &str, count: usize) -> Vec<Value> {
+    let mut stored = Vec::new();
+    for _ in 0..100 {
+        let page = user
+            .get_json(&format!("/conversations/{conversation_id}/messages"), 200)
+            .await;
+        stored = page["messages"].as_array().expect("messages").clone();
+        if stored.len() >= count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stored
 }
 
 /// Asserts the JSON error shape and returns its code.

@@ -77,6 +77,12 @@ pub fn recording_chunks() -> Vec<Vec<u8>> {
 /// Streams the fixture's chunks as the original frontend does: one base64 `append` per
 /// MediaRecorder chunk, one per second.
 pub async fn stream_recording(audio: &mut Ws) {
+    send_recording(audio, Duration::from_millis(1000)).await;
+}
+
+/// The fixture's chunks as base64 `append`s, `pause` apart (zero: as fast as the server's
+/// credit backpressure takes them).
+pub async fn send_recording(audio: &mut Ws, pause: Duration) {
     for chunk in recording_chunks() {
         let b64 = base64::engine::general_purpose::STANDARD.encode(&chunk);
         send(
@@ -84,7 +90,7 @@ pub async fn stream_recording(audio: &mut Ws) {
             json!({"type": "input_audio_buffer.append", "audio": b64}),
         )
         .await;
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        tokio::time::sleep(pause).await;
     }
 }
 
