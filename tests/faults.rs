@@ -1029,9 +1029,13 @@ async fn postgres_restart_is_503_during_the_outage_then_reconnects() {
         )
     });
     let schema = format!("faults_{}", tandem::store::new_id().replace('-', ""));
-    let store = tandem::store::postgres::PostgresStore::connect_with_schema(&url, &schema)
-        .await
-        .unwrap();
+    let keys =
+        tandem::store::Keyring::parse(&tandem::store::Keyring::generate_entry("k1").unwrap())
+            .unwrap();
+    let store =
+        tandem::store::postgres::PostgresStore::connect_with_schema(&url, &schema, Arc::new(keys))
+            .await
+            .unwrap();
     let store: Arc<dyn tandem::store::Store> = Arc::new(store);
     let srv = start_scripted_tuned(script(), |t| t.store = Some(store)).await;
     let user = srv.new_user("dr_pg").await;

@@ -20,6 +20,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls, Row};
 
 use super::columns::*;
+use super::crypto::{Keyring, SEALED_COLUMNS};
 use super::{
     new_id, now_millis, Action, ActionChange, AppliedMigration, AuditEntry, ClaimedDelivery,
     ClinicCommand, CommandDefinition, CommandProduces, Conversation, ConversationStatus,
@@ -57,6 +58,8 @@ pub struct PostgresStore {
     /// mutex is held only to clone the `Arc` or while dialing, so concurrent callers after a
     /// drop wait for one reconnect instead of racing several.
     client: tokio::sync::Mutex<Option<Arc<Client>>>,
+    /// Seals and opens the free-text columns; shared by every instance on the database.
+    keys: Arc<Keyring>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -75,8 +78,8 @@ impl PostgresStore {
     /// # Errors
     /// `Unavailable` if the server cannot be reached; `Backend` for a bad URL, failed
     /// authentication, a failed migration, or a schema migrated by a newer Tandem.
-    pub async fn connect(url: &str) -> Result<PostgresStore> {
-        Self::open(url, None).await
+    pub async fn connect(url: &str, keys: Arc<Keyring>) -> Result<PostgresStore> {
+        Self::open(url, None, keys).await
     }
 
     /// Like [`connect`](Self::connect), but creates `schema` if needed and keeps all tables
@@ -84,11 +87,15 @@ impl PostgresStore {
     ///
     /// # Errors
     /// As for [`connect`](Self::connect).
-    pub async fn connect_with_schema(url: &str, schema: &str) -> Result<PostgresStore> {
-        Self::open(url, Some(schema)).await
+    pub async fn connect_with_schema(
+        url: &str,
+        schema: &str,
+        keys: Arc<Keyring>,
+    ) -> Result<PostgresStore> {
+        Self::open(url, Some(schema), keys).await
     }
 
-    async fn open(url: &str, schema: Option<&str>) -> Result<PostgresStore> {
+    async fn open(url: &str, schema: Option<&str>, keys: Arc<Keyring>) -> Result<PostgresStore> {
         let mut config: Config = url
             .parse()
             .map_err(|e| Error::Backend(format!("invalid postgres url: {e}")))?;
@@ -102,6 +109,7 @@ impl PostgresStore {
             schema: schema.map(quote_ident),
             application_name,
             client: tokio::sync::Mutex::new(None),
+            keys,
         };
         let mut client = store.dial().await?;
         if let Some(schema) = &store.schema {
@@ -112,6 +120,17 @@ impl PostgresStore {
         migrate(&mut client).await?;
         *store.client.lock().await = Some(Arc::new(client));
         Ok(store)
+    }
+
+    /// A message row with its text opened.
+    fn message(&self, r: &Row) -> Result<Message> {
+        Ok(self.keys.open_message(message_row(r)?)?)
+    }
+
+    /// An action row with its data opened.
+    fn action(&self, r: &Row) -> Result<Action> {
+        let (action, data) = action_row(r)?;
+        self.keys.open_action(action, &data)
     }
 
     /// The `application_name` this store's sessions carry, to find them in
@@ -341,16 +360,20 @@ fn message_row(r: &Row) -> Result<Message> {
     })
 }
 
-fn action_row(r: &Row) -> Result<Action> {
-    Ok(Action {
-        id: r.try_get(0)?,
-        conversation_id: r.try_get(1)?,
-        kind: r.try_get(2)?,
-        status: r.try_get(3)?,
-        data: json_col(r, 4)?.unwrap_or(serde_json::Value::Null),
-        created_at: r.try_get(5)?,
-        updated_at: r.try_get(6)?,
-    })
+/// The action with its `data` column still sealed; [`Keyring::open_action`] completes it.
+fn action_row(r: &Row) -> Result<(Action, String)> {
+    Ok((
+        Action {
+            id: r.try_get(0)?,
+            conversation_id: r.try_get(1)?,
+            kind: r.try_get(2)?,
+            status: r.try_get(3)?,
+            data: serde_json::Value::Null,
+            created_at: r.try_get(5)?,
+            updated_at: r.try_get(6)?,
+        },
+        r.try_get(4)?,
+    ))
 }
 
 /// A BIGINT count or duration that the domain keeps as a smaller unsigned type.
@@ -927,6 +950,7 @@ impl Store for PostgresStore {
 
     async fn insert_message(&self, message: NewMessage) -> Result<Inserted<Message>> {
         let msg = message.into_row();
+        let (original_text, translated_text) = self.keys.seal_message(&msg);
         let c = self.client().await?;
         // DO NOTHING fires only on the (conversation, item, kind) index: the id is fresh.
         let sql = format!(
@@ -942,8 +966,8 @@ impl Store for PostgresStore {
                     &msg.conversation_id,
                     &msg.timestamp,
                     &msg.sender_type.as_str(),
-                    &msg.original_text,
-                    &msg.translated_text,
+                    &original_text,
+                    &translated_text,
                     &msg.language,
                     &msg.is_final,
                     &msg.original_message_id,
@@ -971,7 +995,8 @@ impl Store for PostgresStore {
                 ],
             )
             .await?;
-        Ok(Inserted::Existing(one(row, message_row)?))
+        let row = row.ok_or(Error::NotFound)?;
+        Ok(Inserted::Existing(self.message(&row)?))
     }
 
     async fn list_messages(&self, conversation_id: &str, page: &Page) -> Result<Vec<Message>> {
@@ -998,7 +1023,7 @@ impl Store for PostgresStore {
         let found = c
             .query(&sql, &[&conversation_id, &ts, &cid, &sql_limit(page)])
             .await?;
-        rows(&found, message_row)
+        found.iter().map(|r| self.message(r)).collect()
     }
 
     async fn set_message_timings(&self, id: &str, timings: &serde_json::Value) -> Result<()> {
@@ -1029,7 +1054,7 @@ impl Store for PostgresStore {
                     &action.conversation_id,
                     &action.kind,
                     &action.status,
-                    &json_text(&action.data),
+                    &self.keys.seal_action_data(&action.id, &action.data),
                     &action.created_at,
                     &action.updated_at,
                 ],
@@ -1043,14 +1068,13 @@ impl Store for PostgresStore {
             "SELECT {ACTION_COLS} FROM actions WHERE conversation_id = $1 \
              ORDER BY created_at DESC, id DESC"
         );
-        rows(
-            &self
-                .client()
-                .await?
-                .query(&sql, &[&conversation_id])
-                .await?,
-            action_row,
-        )
+        self.client()
+            .await?
+            .query(&sql, &[&conversation_id])
+            .await?
+            .iter()
+            .map(|r| self.action(r))
+            .collect()
     }
 
     async fn get_action(&self, organization_id: &str, id: &str) -> Result<Action> {
@@ -1058,13 +1082,13 @@ impl Store for PostgresStore {
             "SELECT {A_ACTION_COLS} FROM actions a JOIN conversations c ON c.id = a.conversation_id \
              WHERE c.organization_id = $1 AND a.id = $2"
         );
-        one(
-            self.client()
-                .await?
-                .query_opt(&sql, &[&organization_id, &id])
-                .await?,
-            action_row,
-        )
+        let row = self
+            .client()
+            .await?
+            .query_opt(&sql, &[&organization_id, &id])
+            .await?
+            .ok_or(Error::NotFound)?;
+        self.action(&row)
     }
 
     async fn update_action(
@@ -1100,7 +1124,7 @@ impl Store for PostgresStore {
                     &organization_id,
                     &id,
                     &change.status,
-                    &json_text(&change.data),
+                    &self.keys.seal_action_data(id, &change.data),
                     &change.updated_at,
                     &change.expected_updated_at,
                     &d.map(|d| d.id.as_str()),
@@ -1119,7 +1143,7 @@ impl Store for PostgresStore {
                 "action {id} changed since it was read"
             )));
         };
-        let action = action_row(&row)?;
+        let action = self.action(&row)?;
         let queued: Option<String> = row.try_get(7)?;
         Ok((action, delivery.filter(|_| queued.is_some())))
     }
@@ -1348,6 +1372,8 @@ impl Store for PostgresStore {
         conversation_id: &str,
         content: &str,
     ) -> Result<Document> {
+        let kind = document_kind(kind);
+        let content = self.keys.seal_document(conversation_id, kind, content);
         let sql = format!(
             "INSERT INTO documents (id, conversation_id, kind, content, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $5) \
@@ -1360,16 +1386,10 @@ impl Store for PostgresStore {
             .await?
             .query_one(
                 &sql,
-                &[
-                    &new_id(),
-                    &conversation_id,
-                    &document_kind(kind),
-                    &content,
-                    &now_millis(),
-                ],
+                &[&new_id(), &conversation_id, &kind, &content, &now_millis()],
             )
             .await?;
-        document_row(&row)
+        Ok(self.keys.open_document(kind, document_row(&row)?)?)
     }
 
     async fn get_document(
@@ -1383,8 +1403,11 @@ impl Store for PostgresStore {
             .await?
             .query_opt(&sql, &[&conversation_id, &document_kind(kind)])
             .await?
-            .as_ref()
-            .map(document_row)
+            .map(|r| {
+                Ok(self
+                    .keys
+                    .open_document(document_kind(kind), document_row(&r)?)?)
+            })
             .transpose()
     }
 
@@ -1403,8 +1426,11 @@ impl Store for PostgresStore {
             .await?
             .query_opt(&sql, &[&organization_id, &patient_id, &document_kind(kind)])
             .await?
-            .as_ref()
-            .map(document_row)
+            .map(|r| {
+                Ok(self
+                    .keys
+                    .open_document(document_kind(kind), document_row(&r)?)?)
+            })
             .transpose()
     }
     async fn create_command(
@@ -1552,6 +1578,37 @@ impl Store for PostgresStore {
             )
             .await?;
         Ok(())
+    }
+
+    async fn reencrypt_batch(&self, limit: u32) -> Result<u64> {
+        let c = self.client().await?;
+        let prefix = self.keys.active_prefix();
+        let mut left = i64::from(limit);
+        let mut changed = 0u64;
+        for col in SEALED_COLUMNS {
+            if left <= 0 {
+                break;
+            }
+            let (table, column, row_key) = (col.table, col.column, col.row_key_sql);
+            let select = format!(
+                "SELECT id, {row_key}, {column} FROM {table} \
+                 WHERE {column} IS NOT NULL AND NOT starts_with({column}, $1) LIMIT $2"
+            );
+            let update =
+                format!("UPDATE {table} SET {column} = $1 WHERE id = $2 AND {column} = $3");
+            let todo = c.query(&select, &[&prefix, &left]).await?;
+            left -= i64::try_from(todo.len()).unwrap_or(i64::MAX);
+            for row in todo {
+                let (id, row_key, stored): (String, String, String) =
+                    (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                let Some(sealed) = self.keys.reseal(&stored, &col.associated_data(&row_key))?
+                else {
+                    continue;
+                };
+                changed += c.execute(&update, &[&sealed, &id, &stored]).await?;
+            }
+        }
+        Ok(changed)
     }
 
     async fn record_audit(&self, entry: NewAuditEntry) -> Result<()> {
