@@ -12,11 +12,11 @@ use tandem::store::{contract, crypto, Error, Keyring, NewUser, Store, UserRole};
 
 /// A keyring from fresh keys with these ids, and the entries to build other rings from.
 fn keys(entries: &[&str]) -> Arc<Keyring> {
-    Arc::new(Keyring::parse(&entries.join(",")).unwrap())
+    Arc::new(Keyring::parse(&entries.join(",")).expect("generated entries parse"))
 }
 
 fn entry(id: &str) -> String {
-    Keyring::generate_entry(id).unwrap()
+    Keyring::generate_entry(id).expect("valid key id")
 }
 
 #[tokio::test]
@@ -203,7 +203,7 @@ fn flip_last_body_byte(envelope: &str) -> String {
     let mut bytes = envelope.as_bytes().to_vec();
     let i = bytes.len() - 3;
     bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
-    String::from_utf8(bytes).unwrap()
+    String::from_utf8(bytes).expect("an ASCII envelope stays ASCII")
 }
 
 #[tokio::test]
