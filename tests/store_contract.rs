@@ -218,8 +218,11 @@ async fn rotate_data_key_command_reports_the_total() {
     let total = tandem::cli::rotate_data_key(&rotating, 2, |n| seen.push(n))
         .await
         .unwrap();
-    assert_eq!(total, 4, "two message texts, the action data, the summary");
-    assert_eq!(seen, [2, 4], "progress after each batch");
+    assert_eq!(
+        total, 5,
+        "two message texts, the action data, its webhook event, the summary"
+    );
+    assert_eq!(seen, [2, 4, 5], "progress after each batch");
     assert_eq!(
         tandem::cli::rotate_data_key(&rotating, 2, |_| {})
             .await
@@ -375,7 +378,8 @@ mod postgres {
         let dump: Vec<String> = admin
             .query(
                 "SELECT original_text FROM messages UNION ALL SELECT translated_text FROM messages \
-                 UNION ALL SELECT data FROM actions UNION ALL SELECT content FROM documents",
+                 UNION ALL SELECT data FROM actions UNION ALL SELECT content FROM documents \
+                 UNION ALL SELECT payload FROM webhook_outbox",
                 &[],
             )
             .await
@@ -383,7 +387,7 @@ mod postgres {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        assert_eq!(dump.len(), 8);
+        assert_eq!(dump.len(), 10);
         for value in &dump {
             assert!(value.starts_with("tdm1:a:"), "{value}");
             assert!(!value.contains(&first.marker) && !value.contains(&second.marker));

@@ -1546,6 +1546,7 @@ pub struct SealedTexts {
     pub conversation_id: String,
     pub message_id: String,
     pub action_id: String,
+    pub delivery_id: String,
     /// The marker that every sealed value contains in plaintext.
     pub marker: String,
 }
@@ -1566,9 +1567,31 @@ pub async fn store_sealed_texts(store: &dyn Store) -> SealedTexts {
         .insert_action(NewAction {
             conversation_id: conv.clone(),
             kind: "note".into(),
-            status: "created".into(),
-            data: json!({"content": format!("{marker} note")}),
+            status: "pending_review".into(),
+            data: json!({"content": format!("{marker} draft")}),
         })
+        .await
+        .unwrap();
+    store
+        .put_webhook(&org.id, "https://clinic.example/hook", "secret")
+        .await
+        .unwrap();
+    let (action, delivery) = store
+        .update_action(
+            &org.id,
+            &action.id,
+            ActionChange {
+                expected_updated_at: action.updated_at,
+                status: "confirmed".into(),
+                data: json!({"content": format!("{marker} note")}),
+                updated_at: next_updated_at(action.updated_at),
+                delivery: Some(NewDelivery {
+                    event: "action.confirmed".into(),
+                    idempotency_key: format!("{}:action.confirmed", action.id),
+                    payload: json!({"action": {"content": format!("{marker} event")}}),
+                }),
+            },
+        )
         .await
         .unwrap();
     store
@@ -1580,6 +1603,7 @@ pub async fn store_sealed_texts(store: &dyn Store) -> SealedTexts {
         conversation_id: conv,
         message_id: message.id,
         action_id: action.id,
+        delivery_id: delivery.unwrap().id,
         marker,
     }
 }
@@ -1611,6 +1635,19 @@ pub async fn read_sealed_texts(store: &dyn Store, texts: &SealedTexts) -> Result
         .await?
         .unwrap();
     assert_eq!(summary.content, format!("{m} summary"));
+    let deliveries = store
+        .list_deliveries(
+            &texts.organization_id,
+            Some(&texts.action_id),
+            &Page::default(),
+        )
+        .await?;
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(deliveries[0].id, texts.delivery_id);
+    assert_eq!(
+        deliveries[0].payload,
+        json!({"action": {"content": format!("{m} event")}})
+    );
     Ok(())
 }
 
@@ -1650,8 +1687,8 @@ pub async fn key_rotation(old: &dyn Store, rotating: &dyn Store, new: &dyn Store
         Err(Error::Crypto(crypto::Error::UnknownKey(_))) => {}
         other => panic!("a value under a key that is not configured: got {other:?}"),
     }
-    // Four sealed values at least (two message texts, the action, the summary).
-    assert!(reencrypt_all(rotating).await >= 4);
+    // Five sealed values at least (two message texts, the action, its event, the summary).
+    assert!(reencrypt_all(rotating).await >= 5);
     assert_eq!(rotating.reencrypt_batch(100).await.unwrap(), 0, "re-run");
     read_sealed_texts(new, &texts).await.unwrap();
     read_sealed_texts(rotating, &texts).await.unwrap();

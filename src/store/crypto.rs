@@ -1,5 +1,5 @@
 //! Encryption at rest of the free-text columns (transcripts, translations, summaries, action
-//! data): the [`Keyring`] of data keys and the self-describing envelope stored in place of the
+//! data and the webhook events that embed it): the [`Keyring`] of data keys and the self-describing envelope stored in place of the
 //! plaintext.
 //!
 //! Design decision: values are sealed in the store layer, in the existing text columns, as
@@ -16,7 +16,7 @@ use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
-use super::{Action, Document, Message};
+use super::{Action, Delivery, Document, Message};
 
 /// Marks a sealed value; the version lets a later format coexist with this one.
 pub const ENVELOPE_PREFIX: &str = "tdm1:";
@@ -325,13 +325,20 @@ pub(super) const ACTION_DATA: SealedColumn = SealedColumn {
     column: "data",
     row_key_sql: "id",
 };
+/// A webhook event body embeds its action, so it holds the same text as [`ACTION_DATA`].
+pub(super) const DELIVERY_PAYLOAD: SealedColumn = SealedColumn {
+    table: "webhook_outbox",
+    column: "payload",
+    row_key_sql: "id",
+};
 
 /// Every sealed column, in the order rotation walks them.
-pub(super) const SEALED_COLUMNS: [SealedColumn; 4] = [
+pub(super) const SEALED_COLUMNS: [SealedColumn; 5] = [
     MESSAGE_ORIGINAL,
     MESSAGE_TRANSLATED,
     DOCUMENT_CONTENT,
     ACTION_DATA,
+    DELIVERY_PAYLOAD,
 ];
 
 /// Sealing and opening of the domain rows, so both backends bind the same fields the same way.
@@ -377,10 +384,45 @@ impl Keyring {
         mut action: Action,
         stored_data: &str,
     ) -> Result<Action, super::Error> {
-        let text = self.open(stored_data, &ACTION_DATA.associated_data(&action.id))?;
-        action.data = serde_json::from_str(&text)
-            .map_err(|e| super::Error::Backend(format!("action {} data: {e}", action.id)))?;
+        action.data = self.open_json(ACTION_DATA, &action.id, stored_data)?;
         Ok(action)
+    }
+
+    /// A webhook delivery's `payload` as stored: its JSON text, sealed.
+    pub(super) fn seal_delivery_payload(
+        &self,
+        delivery_id: &str,
+        payload: &serde_json::Value,
+    ) -> String {
+        self.seal(
+            &payload.to_string(),
+            &DELIVERY_PAYLOAD.associated_data(delivery_id),
+        )
+    }
+
+    /// A delivery as read: `stored_payload` is its `payload` column, opened and parsed.
+    pub(super) fn open_delivery(
+        &self,
+        mut delivery: Delivery,
+        stored_payload: &str,
+    ) -> Result<Delivery, super::Error> {
+        delivery.payload = self.open_json(DELIVERY_PAYLOAD, &delivery.id, stored_payload)?;
+        Ok(delivery)
+    }
+
+    fn open_json(
+        &self,
+        column: SealedColumn,
+        row_key: &str,
+        stored: &str,
+    ) -> Result<serde_json::Value, super::Error> {
+        let text = self.open(stored, &column.associated_data(row_key))?;
+        serde_json::from_str(&text).map_err(|e| {
+            super::Error::Backend(format!(
+                "{}.{} of {row_key}: {e}",
+                column.table, column.column
+            ))
+        })
     }
 }
 

@@ -133,6 +133,20 @@ impl PostgresStore {
         self.keys.open_action(action, &data)
     }
 
+    /// A delivery row with its payload opened.
+    fn delivery(&self, r: &Row) -> Result<Delivery> {
+        let (delivery, payload) = delivery_row(r)?;
+        self.keys.open_delivery(delivery, &payload)
+    }
+
+    /// A claimed delivery row with its payload opened.
+    fn claimed(&self, r: &Row) -> Result<ClaimedDelivery> {
+        let mut claim = claimed_row(r)?;
+        let payload: String = r.try_get(5)?;
+        claim.delivery = self.keys.open_delivery(claim.delivery, &payload)?;
+        Ok(claim)
+    }
+
     /// The `application_name` this store's sessions carry, to find them in
     /// `pg_stat_activity`.
     pub fn application_name(&self) -> &str {
@@ -392,27 +406,31 @@ fn webhook_row(r: &Row) -> Result<Webhook> {
     })
 }
 
-fn delivery_row(r: &Row) -> Result<Delivery> {
-    Ok(Delivery {
-        id: r.try_get(0)?,
-        organization_id: r.try_get(1)?,
-        action_id: r.try_get(2)?,
-        event: r.try_get(3)?,
-        idempotency_key: r.try_get(4)?,
-        payload: json_col(r, 5)?.unwrap_or(serde_json::Value::Null),
-        status: enum_col(r, 6, DeliveryStatus::parse)?,
-        attempts: small_col(r, 7)?,
-        next_attempt_at: r.try_get(8)?,
-        last_error: r.try_get(9)?,
-        created_at: r.try_get(10)?,
-        updated_at: r.try_get(11)?,
-        delivered_at: r.try_get(12)?,
-    })
+/// The delivery with its `payload` still sealed; [`Keyring::open_delivery`] completes it.
+fn delivery_row(r: &Row) -> Result<(Delivery, String)> {
+    Ok((
+        Delivery {
+            id: r.try_get(0)?,
+            organization_id: r.try_get(1)?,
+            action_id: r.try_get(2)?,
+            event: r.try_get(3)?,
+            idempotency_key: r.try_get(4)?,
+            payload: serde_json::Value::Null,
+            status: enum_col(r, 6, DeliveryStatus::parse)?,
+            attempts: small_col(r, 7)?,
+            next_attempt_at: r.try_get(8)?,
+            last_error: r.try_get(9)?,
+            created_at: r.try_get(10)?,
+            updated_at: r.try_get(11)?,
+            delivered_at: r.try_get(12)?,
+        },
+        r.try_get(5)?,
+    ))
 }
 
 fn claimed_row(r: &Row) -> Result<ClaimedDelivery> {
     Ok(ClaimedDelivery {
-        delivery: delivery_row(r)?,
+        delivery: delivery_row(r)?.0,
         lease_token: r.try_get(DELIVERY_NCOLS)?,
         url: r.try_get(DELIVERY_NCOLS + 1)?,
         secret: r.try_get(DELIVERY_NCOLS + 2)?,
@@ -1130,7 +1148,7 @@ impl Store for PostgresStore {
                     &d.map(|d| d.id.as_str()),
                     &d.map(|d| d.event.as_str()),
                     &d.map(|d| d.idempotency_key.as_str()),
-                    &d.map(|d| json_text(&d.payload)),
+                    &d.map(|d| self.keys.seal_delivery_payload(&d.id, &d.payload)),
                     &d.map(|d| d.created_at),
                     &d.is_some(),
                 ],
@@ -1226,7 +1244,7 @@ impl Store for PostgresStore {
             .await?
             .query(&sql, &[&now, &lease_until, &i64::from(limit), &new_id()])
             .await?;
-        rows.iter().map(claimed_row).collect()
+        rows.iter().map(|r| self.claimed(r)).collect()
     }
 
     async fn record_delivery_attempt(&self, attempt: NewDeliveryAttempt) -> Result<()> {
@@ -1313,7 +1331,7 @@ impl Store for PostgresStore {
                 ],
             )
             .await?;
-        rows(&found, delivery_row)
+        found.iter().map(|r| self.delivery(r)).collect()
     }
 
     async fn list_delivery_attempts(
@@ -1351,12 +1369,13 @@ impl Store for PostgresStore {
         );
         let c = self.client().await?;
         if let Some(row) = c.query_opt(&sql, &[&organization_id, &id, &now]).await? {
-            return delivery_row(&row);
+            return self.delivery(&row);
         }
         let sql = format!(
             "SELECT {DELIVERY_COLS} FROM webhook_outbox WHERE organization_id = $1 AND id = $2"
         );
-        let existing = one(
+        // Only its status is needed: the payload stays sealed.
+        let (existing, _) = one(
             c.query_opt(&sql, &[&organization_id, &id]).await?,
             delivery_row,
         )?;

@@ -360,31 +360,40 @@ fn webhook_row(r: &Row<'_>) -> rusqlite::Result<Webhook> {
     })
 }
 
-fn delivery_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
-    Ok(Delivery {
-        id: r.get(0)?,
-        organization_id: r.get(1)?,
-        action_id: r.get(2)?,
-        event: r.get(3)?,
-        idempotency_key: r.get(4)?,
-        payload: json_col(r, 5)?.unwrap_or(serde_json::Value::Null),
-        status: enum_col(r, 6, DeliveryStatus::parse)?,
-        attempts: r.get(7)?,
-        next_attempt_at: r.get(8)?,
-        last_error: r.get(9)?,
-        created_at: r.get(10)?,
-        updated_at: r.get(11)?,
-        delivered_at: r.get(12)?,
-    })
+/// The delivery with its `payload` still sealed; [`Keyring::open_delivery`] completes it.
+fn delivery_row(r: &Row<'_>) -> rusqlite::Result<(Delivery, String)> {
+    Ok((
+        Delivery {
+            id: r.get(0)?,
+            organization_id: r.get(1)?,
+            action_id: r.get(2)?,
+            event: r.get(3)?,
+            idempotency_key: r.get(4)?,
+            payload: serde_json::Value::Null,
+            status: enum_col(r, 6, DeliveryStatus::parse)?,
+            attempts: r.get(7)?,
+            next_attempt_at: r.get(8)?,
+            last_error: r.get(9)?,
+            created_at: r.get(10)?,
+            updated_at: r.get(11)?,
+            delivered_at: r.get(12)?,
+        },
+        r.get(5)?,
+    ))
 }
 
-fn claimed_row(r: &Row<'_>) -> rusqlite::Result<ClaimedDelivery> {
-    Ok(ClaimedDelivery {
-        delivery: delivery_row(r)?,
-        lease_token: r.get(DELIVERY_NCOLS)?,
-        url: r.get(DELIVERY_NCOLS + 1)?,
-        secret: r.get(DELIVERY_NCOLS + 2)?,
-    })
+/// As [`delivery_row`], with the lease and the webhook.
+fn claimed_row(r: &Row<'_>) -> rusqlite::Result<(ClaimedDelivery, String)> {
+    let (delivery, payload) = delivery_row(r)?;
+    Ok((
+        ClaimedDelivery {
+            delivery,
+            lease_token: r.get(DELIVERY_NCOLS)?,
+            url: r.get(DELIVERY_NCOLS + 1)?,
+            secret: r.get(DELIVERY_NCOLS + 2)?,
+        },
+        payload,
+    ))
 }
 
 fn attempt_row(r: &Row<'_>) -> rusqlite::Result<DeliveryAttempt> {
@@ -415,13 +424,15 @@ fn get_action(
     keys.open_action(action, &data)
 }
 
+/// The delivery with its payload still sealed (callers here only need its status).
 fn get_delivery(conn: &Connection, organization_id: &str, id: &str) -> Result<Delivery> {
     let sql = format!(
         "SELECT {DELIVERY_COLS} FROM webhook_outbox WHERE organization_id = ?1 AND id = ?2"
     );
     Ok(conn
         .prepare_cached(&sql)?
-        .query_row(params![organization_id, id], delivery_row)?)
+        .query_row(params![organization_id, id], delivery_row)?
+        .0)
 }
 
 fn command_row(r: &Row<'_>) -> rusqlite::Result<ClinicCommand> {
@@ -1101,7 +1112,7 @@ impl Store for SqliteStore {
                         d.action_id,
                         d.event,
                         d.idempotency_key,
-                        json_text(&d.payload),
+                        keys.seal_delivery_payload(&d.id, &d.payload),
                         d.status.as_str(),
                         d.attempts,
                         d.next_attempt_at,
@@ -1177,6 +1188,7 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<ClaimedDelivery>> {
         let token = new_id();
+        let keys = Arc::clone(&self.keys);
         self.call(move |c| {
             // The connection mutex plus IMMEDIATE make claim-then-read atomic here; other
             // processes on the same file wait for the write lock.
@@ -1201,7 +1213,13 @@ impl Store for SqliteStore {
                 .query_map([&token], claimed_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             tx.commit()?;
-            Ok(claimed)
+            claimed
+                .into_iter()
+                .map(|(mut claim, payload)| {
+                    claim.delivery = keys.open_delivery(claim.delivery, &payload)?;
+                    Ok(claim)
+                })
+                .collect()
         })
         .await
     }
@@ -1262,6 +1280,7 @@ impl Store for SqliteStore {
         let org = organization_id.to_owned();
         let action = action_id.map(str::to_owned);
         let (after, limit) = (page.after.clone(), sql_limit(page));
+        let keys = Arc::clone(&self.keys);
         self.call(move |c| {
             let cursor: Option<(Millis, String)> = match &after {
                 None => None,
@@ -1282,7 +1301,11 @@ impl Store for SqliteStore {
             );
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map(params![org, action, created, cid, limit], delivery_row)?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            rows.map(|row| {
+                let (delivery, payload) = row?;
+                keys.open_delivery(delivery, &payload)
+            })
+            .collect()
         })
         .await
     }
@@ -1316,6 +1339,7 @@ impl Store for SqliteStore {
         now: Millis,
     ) -> Result<Delivery> {
         let (org, id) = (organization_id.to_owned(), id.to_owned());
+        let keys = Arc::clone(&self.keys);
         self.call(move |c| {
             let sql = format!(
                 "UPDATE webhook_outbox SET status = 'pending', attempts = 0, next_attempt_at = ?3, \
@@ -1328,7 +1352,7 @@ impl Store for SqliteStore {
                 .query_row(params![org, id, now], delivery_row)
                 .optional()?
             {
-                Some(d) => Ok(d),
+                Some((delivery, payload)) => keys.open_delivery(delivery, &payload),
                 None => {
                     let existing = get_delivery(c, &org, &id)?;
                     Err(Error::Conflict(format!(
