@@ -1,5 +1,5 @@
-//! The administrative subcommands (`user add|list|passwd`, `token`): account management from
-//! the shell, for clinics that close open registration.
+//! The administrative subcommands (`user add|list|passwd`, `token`, `rotate-data-key`):
+//! account and key management from the shell, for clinics that close open registration.
 //!
 //! Design decision: these functions take the store and the password as values, so they are
 //! tested without a terminal; only [`read_password`] touches stdin.
@@ -170,6 +170,33 @@ async fn find_user(store: &dyn Store, username: &str) -> Result<User, Error> {
         store::Error::NotFound => Error::NoSuchUser(username.to_owned()),
         other => other.into(),
     })
+}
+
+/// Re-seals every stored value that is not under the active data key, `batch_size` values per
+/// store call, and returns how many changed. `progress` gets the running total after each
+/// batch, so a long rotation shows it is moving.
+///
+/// # Errors
+/// A zero batch size, or the store fails (a value whose key is not configured stops the run
+/// with [`store::Error::Crypto`]; what was re-sealed before stays re-sealed).
+pub async fn rotate_data_key(
+    store: &dyn Store,
+    batch_size: u32,
+    mut progress: impl FnMut(u64),
+) -> Result<u64, Error> {
+    if batch_size == 0 {
+        return Err(Error::Input("--batch-size must be positive".into()));
+    }
+    let mut total = 0;
+    loop {
+        // Every changed value leaves the set still to do, so this ends.
+        let changed = store.reencrypt_batch(batch_size).await?;
+        if changed == 0 {
+            return Ok(total);
+        }
+        total += changed;
+        progress(total);
+    }
 }
 
 /// What decoding a set of chunk files produced.

@@ -33,6 +33,9 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// TANDEM_DATA_KEYS or its file is unusable; the message never contains key material.
+    #[error("data keys: {0}")]
+    DataKeys(#[from] crate::store::crypto::Error),
 }
 
 const SECRETS_HELP: &str = "\
@@ -40,7 +43,11 @@ Secrets are never taken from flags:
   TANDEM_JWT_SECRET       HS256 signing secret (at least 32 bytes). Unset: a random secret is
                           generated on first start and kept in <database dir>/tandem.jwt-secret.
   TANDEM_OPENAI_API_KEY   API key for the OpenAI-compatible provider (OPENAI_API_KEY also works).
-Both may instead be set as jwt_secret / openai_api_key in the --config TOML file.";
+  TANDEM_DATA_KEYS        Keys that encrypt stored text: `id:base64-32-bytes`, comma-separated; the
+                          first encrypts, all decrypt (see docs/data-protection.md). Unset with
+                          SQLite: generated once into <database>.key. Required with Postgres
+                          (or --data-keys-file).
+All may instead be set as jwt_secret / openai_api_key / data_keys in the --config TOML file.";
 
 /// `tandem`: real-time medical interpretation server.
 #[derive(Debug, Parser)]
@@ -65,6 +72,15 @@ pub enum Command {
     Token {
         /// The account to mint the token for.
         username: String,
+    },
+    /// Re-encrypt every stored text value with the active (first) data key, in batches; also
+    /// encrypts rows written before encryption. Safe to re-run and to run while serving: run
+    /// it after adding a new key first in TANDEM_DATA_KEYS and restarting every instance, then
+    /// remove the old key (docs/data-protection.md).
+    RotateDataKey {
+        /// Values re-encrypted per database round trip.
+        #[arg(long, default_value_t = 500)]
+        batch_size: u32,
     },
     /// Decode browser audio files as if they were consecutive socket chunks (a whole
     /// recording is one chunk) to PCM16 mono 24 kHz, and report duration and errors. Needs no
@@ -312,6 +328,15 @@ pub struct Options {
     /// [default: `audio` next to the SQLite file; ./audio with Postgres]
     #[arg(long, env = "TANDEM_AUDIO_DIR", global = true)]
     pub audio_dir: Option<PathBuf>,
+    /// File holding the data keys (`id:base64-32-bytes`, one per line or comma-separated;
+    /// the first encrypts), instead of TANDEM_DATA_KEYS. [default: <database>.key with
+    /// SQLite, generated on first start; none with Postgres, which then refuses to start]
+    #[arg(long, env = "TANDEM_DATA_KEYS_FILE", global = true)]
+    pub data_keys_file: Option<PathBuf>,
+
+    /// Data keys; only from the environment or the file (see below).
+    #[arg(skip)]
+    pub data_keys: Option<String>,
 
     /// HS256 secret; only from the environment or the file (see below).
     #[arg(skip)]
@@ -381,6 +406,9 @@ pub struct Config {
     pub webhook: crate::webhook::WebhookConfig,
     pub retention: crate::retention::RetentionConfig,
     pub recordings: crate::recordings::RecordingConfig,
+    /// The configured data keys; `None` leaves the choice to the store (SQLite's key file, or
+    /// a refusal for Postgres).
+    pub data_keys: Option<std::sync::Arc<crate::store::Keyring>>,
     /// `None` until [`Config::load_jwt_secret`] runs (it may touch the filesystem).
     pub jwt_secret: Option<Secret>,
     pub openai_api_key: Option<Secret>,
@@ -413,6 +441,10 @@ impl Options {
         let jwt_secret = env_secret(&["TANDEM_JWT_SECRET"]).or(file.jwt_secret);
         let openai_api_key =
             env_secret(&["TANDEM_OPENAI_API_KEY", "OPENAI_API_KEY"]).or(file.openai_api_key);
+        let data_keys = resolve_data_keys(
+            env_secret(&["TANDEM_DATA_KEYS"]).or(file.data_keys),
+            self.data_keys_file.or(file.data_keys_file),
+        )?;
         if let Some(s) = &jwt_secret {
             if s.len() < 32 {
                 return Err(Error::Invalid {
@@ -559,6 +591,7 @@ impl Options {
                 .log_format
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Human),
+            data_keys,
             jwt_secret: jwt_secret.map(Secret::new),
             openai_api_key: openai_api_key.map(Secret::new),
         })
@@ -652,6 +685,27 @@ fn database_dir(database: &str) -> &Path {
     dir.unwrap_or_else(|| Path::new(""))
 }
 
+/// The data keys from their list or their file (not both: which one wins would be a guess).
+fn resolve_data_keys(
+    list: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<Option<std::sync::Arc<crate::store::Keyring>>, Error> {
+    use crate::store::{crypto, Keyring};
+    let text = match (list, file) {
+        (Some(_), Some(_)) => {
+            return Err(Error::Invalid {
+                field: "data_keys",
+                message: "set TANDEM_DATA_KEYS or TANDEM_DATA_KEYS_FILE, not both".into(),
+            })
+        }
+        (Some(list), None) => list,
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .map_err(|source| crypto::Error::KeyFile { path, source })?,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(std::sync::Arc::new(Keyring::parse(&text)?)))
+}
+
 fn read_file(path: &Path) -> Result<Options, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
         path: path.to_owned(),
@@ -702,7 +756,7 @@ impl Config {
         use base64::Engine as _;
         let bytes: [u8; 48] = rand::random();
         let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        write_private(&path, &secret).map_err(io_err)?;
+        crate::store::crypto::write_private(&path, &secret).map_err(io_err)?;
         self.jwt_secret = Some(Secret::new(secret));
         Ok(SecretSource::Generated)
     }
@@ -793,22 +847,6 @@ impl Config {
         auth.refresh_ttl = self.refresh_token_ttl;
         Some(auth)
     }
-}
-
-/// Creates a file only its owner can read, failing if it already exists (two servers
-/// starting at once must not overwrite each other's secret).
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        opts.mode(0o600);
-    }
-    let mut file = opts.open(path)?;
-    file.write_all(contents.as_bytes())?;
-    file.sync_all()
 }
 
 #[cfg(test)]
@@ -967,6 +1005,44 @@ mod tests {
             .resolve_with_env(|name| (name == "TANDEM_JWT_SECRET").then(|| long.clone()))
             .unwrap();
         assert_eq!(cfg.jwt_secret.unwrap().expose(), long);
+    }
+
+    #[test]
+    fn data_keys_come_from_the_environment_or_a_file() {
+        let entry = crate::store::Keyring::generate_entry("k1").unwrap();
+        let cfg = Options::default()
+            .resolve_with_env(|name| (name == "TANDEM_DATA_KEYS").then(|| entry.clone()))
+            .unwrap();
+        assert_eq!(cfg.data_keys.unwrap().active_id(), "k1");
+        assert!(Options::default()
+            .resolve_with_env(|_| None)
+            .unwrap()
+            .data_keys
+            .is_none());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        std::fs::write(&path, format!("{entry}\n")).unwrap();
+        let cli = Cli::parse_from(["tandem", "--data-keys-file", path.to_str().unwrap()]);
+        let cfg = cli.options.clone().resolve_with_env(|_| None).unwrap();
+        assert_eq!(cfg.data_keys.unwrap().active_id(), "k1");
+        assert!(
+            !format!("{:?}", cli.options.clone().resolve_with_env(|_| None))
+                .contains(entry.split_once(':').unwrap().1)
+        );
+        assert!(matches!(
+            cli.options
+                .resolve_with_env(|name| (name == "TANDEM_DATA_KEYS").then(|| entry.clone())),
+            Err(Error::Invalid {
+                field: "data_keys",
+                ..
+            })
+        ));
+        assert!(matches!(
+            Options::default()
+                .resolve_with_env(|name| (name == "TANDEM_DATA_KEYS").then(|| "k1:short".into())),
+            Err(Error::DataKeys(_))
+        ));
     }
 
     #[test]

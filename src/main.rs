@@ -30,12 +30,14 @@ async fn main() -> anyhow::Result<()> {
              TANDEM_JWT_SECRET in production and keep it out of backups of the database"
         );
     }
-    let store = store::open(&config.database).await.with_context(|| {
-        format!(
-            "cannot open the database {:?}",
-            store::display_database(&config.database)
-        )
-    })?;
+    let store = store::open(&config.database, config.data_keys.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the database {:?}",
+                store::display_database(&config.database)
+            )
+        })?;
     let auth = config.auth().context("the JWT secret was not loaded")?;
     let pipeline = PipelineSetup {
         providers: server::openai_providers(config.openai(), config.realtime())
@@ -94,6 +96,14 @@ async fn main() -> anyhow::Result<()> {
             let password = cli::read_password()?;
             cli::user_passwd(store.as_ref(), &state.auth, &username, &password).await?;
             println!("password changed for {username}");
+            Ok(())
+        }
+        Command::RotateDataKey { batch_size } => {
+            let total = cli::rotate_data_key(store.as_ref(), batch_size, |done| {
+                eprintln!("re-encrypted {done} values so far");
+            })
+            .await?;
+            println!("done: re-encrypted {total} values; every stored value uses the active key");
             Ok(())
         }
         Command::Decode { .. } => Ok(()), // handled above, before opening the database

@@ -143,7 +143,14 @@ async fn by_default_no_audio_is_written_anywhere() {
         .collect();
     for name in &files {
         assert!(
-            ["tandem.db", "tandem.db-wal", "tandem.db-shm"].contains(&name.as_str()),
+            // The database and its generated data key (encryption at rest).
+            [
+                "tandem.db",
+                "tandem.db-wal",
+                "tandem.db-shm",
+                "tandem.db.key"
+            ]
+            .contains(&name.as_str()),
             "unexpected file {name} (all: {files:?})"
         );
     }

@@ -1134,9 +1134,13 @@ async fn postgres_store() -> Arc<dyn tandem::store::Store> {
         )
     });
     let schema = format!("faults_{}", tandem::store::new_id().replace('-', ""));
-    let store = tandem::store::postgres::PostgresStore::connect_with_schema(&url, &schema)
-        .await
-        .unwrap();
+    let keys =
+        tandem::store::Keyring::parse(&tandem::store::Keyring::generate_entry("k1").unwrap())
+            .unwrap();
+    let store =
+        tandem::store::postgres::PostgresStore::connect_with_schema(&url, &schema, Arc::new(keys))
+            .await
+            .unwrap();
     Arc::new(store)
 }
 

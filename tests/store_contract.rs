@@ -5,8 +5,19 @@
 //! `TANDEM_TEST_DATABASE_URL`: a feature-enabled run that silently skipped it would report a
 //! green build that tested nothing.
 
-use tandem::store::sqlite::SqliteStore;
-use tandem::store::{contract, NewUser, Store, UserRole};
+use std::sync::Arc;
+
+use tandem::store::sqlite::{SqliteStore, BUSY_TIMEOUT};
+use tandem::store::{contract, crypto, Error, Keyring, NewUser, Store, UserRole};
+
+/// A keyring from fresh keys with these ids, and the entries to build other rings from.
+fn keys(entries: &[&str]) -> Arc<Keyring> {
+    Arc::new(Keyring::parse(&entries.join(",")).expect("generated entries parse"))
+}
+
+fn entry(id: &str) -> String {
+    Keyring::generate_entry(id).expect("valid key id")
+}
 
 #[tokio::test]
 async fn sqlite_contract_and_restart() {
@@ -20,6 +31,8 @@ async fn sqlite_contract_and_restart() {
         [1, 2, 3, 6]
     );
     contract::run(&store).await;
+    // After the suite: its retention step deletes every conversation older than its run.
+    let sealed = contract::store_sealed_texts(&store).await;
     let org = store.create_organization("survives restart").await.unwrap();
     let user = store
         .create_user(NewUser {
@@ -46,6 +59,10 @@ async fn sqlite_contract_and_restart() {
     );
     assert_eq!(reopened.get_organization(&org.id).await.unwrap(), org);
     assert_eq!(reopened.count_users().await.unwrap(), users_before);
+    // The key generated next to the database on first open is reused, not replaced.
+    contract::read_sealed_texts(&reopened, &sealed)
+        .await
+        .unwrap();
     // The suite is repeatable on a database that already holds its earlier run.
     contract::run(&reopened).await;
 }
@@ -64,10 +81,173 @@ async fn sqlite_second_handle_on_same_file_sees_writes() {
     );
 }
 
+/// Every file of the database (main file, WAL, shared memory), concatenated.
+fn database_bytes(path: &std::path::Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        if let Ok(b) = std::fs::read(&name) {
+            bytes.extend(b);
+        }
+    }
+    bytes
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn sqlite_file_holds_envelopes_not_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tandem.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let texts = contract::store_sealed_texts(&store).await;
+    contract::read_sealed_texts(&store, &texts).await.unwrap();
+    drop(store);
+    let bytes = database_bytes(&path);
+    assert!(!contains(&bytes, &texts.marker), "plaintext in the file");
+    assert!(contains(&bytes, "tdm1:local-"), "no envelope in the file");
+
+    let key_file = crypto::key_file_for(&path);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the generated key is owner-only");
+    }
+    // The key file is what opens the data: without it (a copy of the database alone), the
+    // text stays sealed and reads fail clearly.
+    std::fs::remove_file(&key_file).unwrap();
+    let without_key = SqliteStore::open(&path).unwrap();
+    assert!(matches!(
+        contract::read_sealed_texts(&without_key, &texts).await,
+        Err(Error::Crypto(crypto::Error::UnknownKey(_)))
+    ));
+}
+
+#[tokio::test]
+async fn sqlite_key_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tandem.db");
+    let (a, b) = (entry("a"), entry("b"));
+    let open = |ring| SqliteStore::open_with_keys(&path, BUSY_TIMEOUT, ring).unwrap();
+    let old = open(keys(&[&a]));
+    let rotating = open(keys(&[&b, &a]));
+    let new = open(keys(&[&b]));
+    contract::key_rotation(&old, &rotating, &new).await;
+    drop((old, rotating, new));
+    let bytes = database_bytes(&path);
+    assert!(
+        !contains(&bytes, "tdm1:a:"),
+        "a value still under the removed key"
+    );
+}
+
+/// Raw edits through a second connection: an altered envelope, an envelope copied into
+/// another row, and a plaintext row from before encryption.
+#[tokio::test]
+async fn sqlite_tampered_moved_and_legacy_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tandem.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let first = contract::store_sealed_texts(&store).await;
+    let second = contract::store_sealed_texts(&store).await;
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let stored = |id: &str| -> String {
+        raw.query_row(
+            "SELECT original_text FROM messages WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let set = |id: &str, value: &str| {
+        raw.execute(
+            "UPDATE messages SET original_text = ?2 WHERE id = ?1",
+            [id, value],
+        )
+        .unwrap();
+    };
+
+    let original = stored(&first.message_id);
+    set(&first.message_id, &flip_last_body_byte(&original));
+    assert!(matches!(
+        contract::read_sealed_texts(&store, &first).await,
+        Err(Error::Crypto(crypto::Error::Tampered(_)))
+    ));
+    set(&first.message_id, &original);
+    contract::read_sealed_texts(&store, &first).await.unwrap();
+
+    set(&second.message_id, &original);
+    assert!(
+        matches!(
+            contract::read_sealed_texts(&store, &second).await,
+            Err(Error::Crypto(crypto::Error::Tampered(_)))
+        ),
+        "a ciphertext moved to another row must not read as that row's text"
+    );
+
+    // A row from before encryption reads as it is, and rotation seals it.
+    set(&second.message_id, &format!("{} original", second.marker));
+    contract::read_sealed_texts(&store, &second).await.unwrap();
+    assert_eq!(store.reencrypt_batch(100).await.unwrap(), 1);
+    assert!(stored(&second.message_id).starts_with("tdm1:"));
+    contract::read_sealed_texts(&store, &second).await.unwrap();
+}
+
+/// The envelope with one base64 character of its body changed (still valid base64).
+fn flip_last_body_byte(envelope: &str) -> String {
+    let mut bytes = envelope.as_bytes().to_vec();
+    let i = bytes.len() - 3;
+    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+    String::from_utf8(bytes).expect("an ASCII envelope stays ASCII")
+}
+
+#[tokio::test]
+async fn rotate_data_key_command_reports_the_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tandem.db");
+    let (a, b) = (entry("a"), entry("b"));
+    let old = SqliteStore::open_with_keys(&path, BUSY_TIMEOUT, keys(&[&a])).unwrap();
+    let texts = contract::store_sealed_texts(&old).await;
+    let rotating = SqliteStore::open_with_keys(&path, BUSY_TIMEOUT, keys(&[&b, &a])).unwrap();
+    let mut seen = Vec::new();
+    let total = tandem::cli::rotate_data_key(&rotating, 2, |n| seen.push(n))
+        .await
+        .unwrap();
+    assert_eq!(
+        total, 5,
+        "two message texts, the action data, its webhook event, the summary"
+    );
+    assert_eq!(seen, [2, 4, 5], "progress after each batch");
+    assert_eq!(
+        tandem::cli::rotate_data_key(&rotating, 2, |_| {})
+            .await
+            .unwrap(),
+        0
+    );
+    let new = SqliteStore::open_with_keys(&path, BUSY_TIMEOUT, keys(&[&b])).unwrap();
+    contract::read_sealed_texts(&new, &texts).await.unwrap();
+    assert!(matches!(
+        tandem::cli::rotate_data_key(&rotating, 0, |_| {}).await,
+        Err(tandem::cli::Error::Input(_))
+    ));
+}
+
 #[cfg(feature = "postgres")]
 mod postgres {
+    use std::sync::Arc;
+
     use tandem::store::postgres::PostgresStore;
-    use tandem::store::{contract, new_id, Error, Store};
+    use tandem::store::{contract, crypto, new_id, Error, Keyring, Store};
+
+    fn keys(entries: &[&str]) -> Arc<Keyring> {
+        super::keys(entries)
+    }
 
     fn database_url() -> String {
         std::env::var("TANDEM_TEST_DATABASE_URL").unwrap_or_else(|_| {
@@ -97,7 +277,8 @@ mod postgres {
     async fn postgres_contract() {
         let url = database_url();
         let schema = random_schema();
-        let store = PostgresStore::connect_with_schema(&url, &schema)
+        let ring = keys(&[&super::entry("k1")]);
+        let store = PostgresStore::connect_with_schema(&url, &schema, ring.clone())
             .await
             .unwrap();
         let migrations = store.applied_migrations().await.unwrap();
@@ -108,7 +289,7 @@ mod postgres {
         contract::run(&store).await;
 
         // A second store on the same schema neither re-applies migrations nor loses data.
-        let again = PostgresStore::connect_with_schema(&url, &schema)
+        let again = PostgresStore::connect_with_schema(&url, &schema, ring)
             .await
             .unwrap();
         assert_eq!(again.applied_migrations().await.unwrap(), migrations);
@@ -167,10 +348,122 @@ mod postgres {
     #[tokio::test]
     async fn postgres_unreachable_is_unavailable() {
         // Port 1 on loopback: nothing listens there.
-        let r = PostgresStore::connect("postgres://postgres@127.0.0.1:1/tandem_test").await;
+        let r = PostgresStore::connect(
+            "postgres://postgres@127.0.0.1:1/tandem_test",
+            keys(&[&super::entry("k1")]),
+        )
+        .await;
         assert!(
             matches!(r, Err(Error::Unavailable(_))),
             "connection refused must be Unavailable, got {r:?}"
         );
+    }
+
+    /// A raw `SELECT` sees envelopes, never the text; a value moved to another row or altered
+    /// fails; rotation across three handles; Postgres without keys refuses to open.
+    #[tokio::test]
+    async fn postgres_encryption_at_rest() {
+        let url = database_url();
+        let schema = random_schema();
+        let (a, b) = (super::entry("a"), super::entry("b"));
+        let connect = |ring| PostgresStore::connect_with_schema(&url, &schema, ring);
+        let old = connect(keys(&[&a])).await.unwrap();
+        let admin = raw_client(&url).await;
+        admin
+            .batch_execute(&format!("SET search_path TO \"{schema}\""))
+            .await
+            .unwrap();
+
+        let first = contract::store_sealed_texts(&old).await;
+        let second = contract::store_sealed_texts(&old).await;
+        let dump: Vec<String> = admin
+            .query(
+                "SELECT original_text FROM messages UNION ALL SELECT translated_text FROM messages \
+                 UNION ALL SELECT data FROM actions UNION ALL SELECT content FROM documents \
+                 UNION ALL SELECT payload FROM webhook_outbox",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(dump.len(), 10);
+        for value in &dump {
+            assert!(value.starts_with("tdm1:a:"), "{value}");
+            assert!(!value.contains(&first.marker) && !value.contains(&second.marker));
+        }
+
+        let stored: String = admin
+            .query_one(
+                "SELECT original_text FROM messages WHERE id = $1",
+                &[&first.message_id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let set = |id: String, value: String| {
+            let admin = &admin;
+            async move {
+                admin
+                    .execute(
+                        "UPDATE messages SET original_text = $2 WHERE id = $1",
+                        &[&id, &value],
+                    )
+                    .await
+                    .unwrap();
+            }
+        };
+        set(
+            first.message_id.clone(),
+            super::flip_last_body_byte(&stored),
+        )
+        .await;
+        assert!(matches!(
+            contract::read_sealed_texts(&old, &first).await,
+            Err(Error::Crypto(crypto::Error::Tampered(_)))
+        ));
+        set(first.message_id.clone(), stored.clone()).await;
+        set(second.message_id.clone(), stored.clone()).await;
+        assert!(matches!(
+            contract::read_sealed_texts(&old, &second).await,
+            Err(Error::Crypto(crypto::Error::Tampered(_)))
+        ));
+        // Back to a plaintext row from before encryption: it reads, and rotation seals it.
+        set(
+            second.message_id.clone(),
+            format!("{} original", second.marker),
+        )
+        .await;
+        contract::read_sealed_texts(&old, &second).await.unwrap();
+        assert_eq!(old.reencrypt_batch(100).await.unwrap(), 1);
+
+        let rotating = connect(keys(&[&b, &a])).await.unwrap();
+        let new = connect(keys(&[&b])).await.unwrap();
+        contract::key_rotation(&old, &rotating, &new).await;
+        contract::read_sealed_texts(&new, &first).await.unwrap();
+        let left: i64 = admin
+            .query_one(
+                "SELECT COUNT(*) FROM messages WHERE starts_with(original_text, 'tdm1:a:')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0);
+
+        let refused = tandem::store::open(&url, None).await;
+        match refused {
+            Err(Error::Crypto(crypto::Error::InvalidKeys(msg))) => {
+                assert!(msg.contains("TANDEM_DATA_KEYS"), "{msg}")
+            }
+            Err(e) => panic!("expected a missing-key refusal, got {e:?}"),
+            Ok(_) => panic!("expected a missing-key refusal, got a store"),
+        }
+
+        admin
+            .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .await
+            .unwrap();
     }
 }

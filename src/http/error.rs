@@ -175,7 +175,7 @@ fn store_status(e: &store::Error) -> StatusCode {
         store::Error::NotFound => StatusCode::NOT_FOUND,
         store::Error::Conflict(_) => StatusCode::CONFLICT,
         store::Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        store::Error::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        store::Error::Backend(_) | store::Error::Crypto(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

@@ -10,6 +10,8 @@
 
 use serde_json::json;
 
+use super::crypto;
+
 use super::{
     new_id, next_updated_at, now_millis, Action, ActionChange, AuditEntry, AuditQuery,
     CommandDefinition, CommandProduces, ConversationStatus, DeliveryOutcome, DeliveryStatus,
@@ -52,6 +54,7 @@ pub async fn run(store: &dyn Store) {
     clinic_commands(store).await;
     user_settings(store).await;
     patient_erasure(store).await;
+    reencryption_is_idempotent(store).await;
     // Last: retention deletes old conversations of every organization, earlier steps' too.
     retention(store).await;
 }
@@ -1978,4 +1981,165 @@ async fn retention(store: &dyn Store) {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// Text stored by [`store_sealed_texts`], each containing its marker.
+#[derive(Debug, Clone)]
+pub struct SealedTexts {
+    pub organization_id: String,
+    pub conversation_id: String,
+    pub message_id: String,
+    pub action_id: String,
+    pub delivery_id: String,
+    /// The marker that every sealed value contains in plaintext.
+    pub marker: String,
+}
+
+/// Stores one value in every sealed column, each containing a fresh marker, so a backend test
+/// can look at the raw database for the marker (it must not be there).
+///
+/// # Panics
+/// If a store call fails.
+pub async fn store_sealed_texts(store: &dyn Store) -> SealedTexts {
+    let marker = format!("chest-pain-{}", new_id());
+    let (org, user) = tenant(store).await;
+    let conv = conversation(store, &org, &user).await;
+    let mut new = new_message(&conv, SenderType::Patient, &format!("{marker} original"));
+    new.translated_text = Some(format!("{marker} translated"));
+    let message = store.insert_message(new).await.unwrap().into_inner();
+    let action = store
+        .insert_action(NewAction {
+            conversation_id: conv.clone(),
+            kind: "note".into(),
+            status: "pending_review".into(),
+            data: json!({"content": format!("{marker} draft")}),
+        })
+        .await
+        .unwrap();
+    store
+        .put_webhook(&org.id, "https://clinic.example/hook", "secret")
+        .await
+        .unwrap();
+    let (action, delivery) = store
+        .update_action(
+            &org.id,
+            &action.id,
+            ActionChange {
+                expected_updated_at: action.updated_at,
+                status: "confirmed".into(),
+                data: json!({"content": format!("{marker} note")}),
+                updated_at: next_updated_at(action.updated_at),
+                delivery: Some(NewDelivery {
+                    event: "action.confirmed".into(),
+                    idempotency_key: format!("{}:action.confirmed", action.id),
+                    payload: json!({"action": {"content": format!("{marker} event")}}),
+                }),
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .upsert_document(DocumentKind::Summary, &conv, &format!("{marker} summary"))
+        .await
+        .unwrap();
+    SealedTexts {
+        organization_id: org.id,
+        conversation_id: conv,
+        message_id: message.id,
+        action_id: action.id,
+        delivery_id: delivery.unwrap().id,
+        marker,
+    }
+}
+
+/// Reads every value [`store_sealed_texts`] stored through `store` and checks the text.
+///
+/// # Errors
+/// The first store error (e.g. [`Error::Crypto`] when a key is missing).
+///
+/// # Panics
+/// If a value reads back as a different text.
+pub async fn read_sealed_texts(store: &dyn Store, texts: &SealedTexts) -> Result<(), Error> {
+    let m = &texts.marker;
+    let messages = store
+        .list_messages(&texts.conversation_id, &Page::default())
+        .await?;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].original_text, format!("{m} original"));
+    assert_eq!(
+        messages[0].translated_text.as_deref(),
+        Some(format!("{m} translated").as_str())
+    );
+    let action = store
+        .get_action(&texts.organization_id, &texts.action_id)
+        .await?;
+    assert_eq!(action.data, json!({"content": format!("{m} note")}));
+    let summary = store
+        .get_document(DocumentKind::Summary, &texts.conversation_id)
+        .await?
+        .unwrap();
+    assert_eq!(summary.content, format!("{m} summary"));
+    let deliveries = store
+        .list_deliveries(
+            &texts.organization_id,
+            Some(&texts.action_id),
+            &Page::default(),
+        )
+        .await?;
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(deliveries[0].id, texts.delivery_id);
+    assert_eq!(
+        deliveries[0].payload,
+        json!({"action": {"content": format!("{m} event")}})
+    );
+    Ok(())
+}
+
+/// Re-encrypts until nothing is left under another key; returns how many values changed.
+async fn reencrypt_all(store: &dyn Store) -> u64 {
+    let mut total = 0;
+    loop {
+        match store.reencrypt_batch(7).await.unwrap() {
+            0 => return total,
+            n => total += n,
+        }
+    }
+}
+
+/// Values written by this store are already under its active key: re-encryption finds nothing
+/// of them to do, however often it runs, and they read back unchanged.
+async fn reencryption_is_idempotent(store: &dyn Store) {
+    let texts = store_sealed_texts(store).await;
+    // The database may hold earlier runs' values under other keys (a rotated test database);
+    // a first pass brings them to this store's key.
+    reencrypt_all(store).await;
+    assert_eq!(store.reencrypt_batch(100).await.unwrap(), 0);
+    assert_eq!(reencrypt_all(store).await, 0);
+    read_sealed_texts(store, &texts).await.unwrap();
+}
+
+/// Key rotation across three handles on one database: `old` has only key A, `rotating` has B
+/// (active) then A, `new` has only B.
+///
+/// # Panics
+/// If rotation loses a value, a removed key still reads, or a missing key is not a clear
+/// [`Error::Crypto`].
+pub async fn key_rotation(old: &dyn Store, rotating: &dyn Store, new: &dyn Store) {
+    let texts = store_sealed_texts(old).await;
+    read_sealed_texts(rotating, &texts).await.unwrap();
+    match read_sealed_texts(new, &texts).await {
+        Err(Error::Crypto(crypto::Error::UnknownKey(_))) => {}
+        other => panic!("a value under a key that is not configured: got {other:?}"),
+    }
+    // Five sealed values at least (two message texts, the action, its event, the summary).
+    assert!(reencrypt_all(rotating).await >= 5);
+    assert_eq!(rotating.reencrypt_batch(100).await.unwrap(), 0, "re-run");
+    read_sealed_texts(new, &texts).await.unwrap();
+    read_sealed_texts(rotating, &texts).await.unwrap();
+    match read_sealed_texts(old, &texts).await {
+        Err(e @ Error::Crypto(crypto::Error::UnknownKey(_))) => {
+            assert_eq!(e.code(), "internal");
+        }
+        other => panic!("the old key alone no longer reads rotated values: got {other:?}"),
+    }
 }

@@ -13,11 +13,13 @@ use serde::{Deserialize, Serialize};
 
 mod columns;
 pub mod contract;
+pub mod crypto;
 mod outbox;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod sqlite;
 
+pub use crypto::Keyring;
 pub use outbox::{
     ClaimedDelivery, Delivery, DeliveryAttempt, DeliveryOutcome, DeliveryStatus, NewDelivery,
     NewDeliveryAttempt, Webhook,
@@ -64,23 +66,45 @@ pub fn display_database(database: &str) -> String {
 /// Opens the store a database setting names: a `postgres://` URL (with the `postgres` feature)
 /// or a SQLite file path. Migrations are applied on open.
 ///
+/// `keys` are the configured data keys. Without them SQLite uses (or creates) the key file
+/// next to the database ([`crypto::key_file_for`]); Postgres refuses, because every instance
+/// sharing the database must share the keys, and a key generated on one would make the others'
+/// rows unreadable.
+///
 /// # Errors
-/// The database cannot be opened or migrated, or Postgres is asked for without the feature.
-pub async fn open(database: &str) -> Result<std::sync::Arc<dyn Store>> {
+/// The database cannot be opened or migrated, Postgres is asked for without the feature or
+/// without keys, or the SQLite key file cannot be read or created.
+pub async fn open(
+    database: &str,
+    keys: Option<std::sync::Arc<Keyring>>,
+) -> Result<std::sync::Arc<dyn Store>> {
     if is_postgres_url(database) {
+        let Some(keys) = keys else {
+            return Err(Error::Crypto(crypto::Error::InvalidKeys(
+                "a postgres:// database needs TANDEM_DATA_KEYS (or TANDEM_DATA_KEYS_FILE): \
+                 every instance sharing the database must use the same data keys"
+                    .into(),
+            )));
+        };
         #[cfg(feature = "postgres")]
         return Ok(std::sync::Arc::new(
-            postgres::PostgresStore::connect(database).await?,
+            postgres::PostgresStore::connect(database, keys).await?,
         ));
         #[cfg(not(feature = "postgres"))]
-        return Err(Error::Unavailable(
-            "a postgres:// database needs a build with `--features postgres`".into(),
-        ));
+        {
+            drop(keys);
+            return Err(Error::Unavailable(
+                "a postgres:// database needs a build with `--features postgres`".into(),
+            ));
+        }
     }
     let path = std::path::PathBuf::from(database);
-    let store = tokio::task::spawn_blocking(move || sqlite::SqliteStore::open(&path))
-        .await
-        .map_err(|e| Error::Backend(format!("opening the SQLite store panicked: {e}")))??;
+    let store = tokio::task::spawn_blocking(move || match keys {
+        Some(keys) => sqlite::SqliteStore::open_with_keys(&path, sqlite::BUSY_TIMEOUT, keys),
+        None => sqlite::SqliteStore::open(&path),
+    })
+    .await
+    .map_err(|e| Error::Backend(format!("opening the SQLite store panicked: {e}")))??;
     Ok(std::sync::Arc::new(store))
 }
 
@@ -103,6 +127,10 @@ pub enum Error {
     Unavailable(String),
     #[error("store error: {0}")]
     Backend(String),
+    /// A sealed value cannot be opened (its key is not configured, or it was altered), or the
+    /// data keys are unusable. Not transient: an admin must restore the key or the row.
+    #[error("encryption at rest: {0}")]
+    Crypto(#[from] crypto::Error),
 }
 
 impl Error {
@@ -112,7 +140,7 @@ impl Error {
             Error::NotFound => "not_found",
             Error::Conflict(_) => "conflict",
             Error::Unavailable(_) => "store_unavailable",
-            Error::Backend(_) => "internal",
+            Error::Backend(_) | Error::Crypto(_) => "internal",
         }
     }
 }
@@ -892,6 +920,18 @@ pub trait Store: Send + Sync + 'static {
         patient_id: &str,
         audit: NewAuditEntry,
     ) -> Result<Vec<String>>;
+    // --- encryption at rest ---
+    /// Re-seals up to `limit` stored values of the sealed columns
+    /// ([`crypto::SEALED_COLUMNS`]) that are not under the active data key: values of older
+    /// keys, and plaintext written before encryption. Returns how many it changed; `0` means
+    /// every value is under the active key. Safe while serving and safe to re-run: each value
+    /// is replaced only if it is still the one read (compare-and-set), and writers seal with
+    /// the active key, so a value changed meanwhile no longer needs it.
+    ///
+    /// # Errors
+    /// [`Error::Crypto`] when a value cannot be opened (its key was removed, or it was
+    /// altered); the values re-sealed before it stay re-sealed.
+    async fn reencrypt_batch(&self, limit: u32) -> Result<u64>;
 
     // --- audit ---
     /// One insert, so that auditing a read costs a single round trip.

@@ -20,6 +20,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls, Row};
 
 use super::columns::*;
+use super::crypto::{Keyring, SEALED_COLUMNS};
 use super::{
     new_id, now_millis, Action, ActionChange, AppliedMigration, AuditEntry, AuditQuery,
     ClaimedDelivery, ClinicCommand, CommandDefinition, CommandProduces, Conversation,
@@ -59,6 +60,8 @@ pub struct PostgresStore {
     /// mutex is held only to clone the `Arc` or while dialing, so concurrent callers after a
     /// drop wait for one reconnect instead of racing several.
     client: tokio::sync::Mutex<Option<Arc<Client>>>,
+    /// Seals and opens the free-text columns; shared by every instance on the database.
+    keys: Arc<Keyring>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -77,8 +80,8 @@ impl PostgresStore {
     /// # Errors
     /// `Unavailable` if the server cannot be reached; `Backend` for a bad URL, failed
     /// authentication, a failed migration, or a schema migrated by a newer Tandem.
-    pub async fn connect(url: &str) -> Result<PostgresStore> {
-        Self::open(url, None).await
+    pub async fn connect(url: &str, keys: Arc<Keyring>) -> Result<PostgresStore> {
+        Self::open(url, None, keys).await
     }
 
     /// Like [`connect`](Self::connect), but creates `schema` if needed and keeps all tables
@@ -86,11 +89,15 @@ impl PostgresStore {
     ///
     /// # Errors
     /// As for [`connect`](Self::connect).
-    pub async fn connect_with_schema(url: &str, schema: &str) -> Result<PostgresStore> {
-        Self::open(url, Some(schema)).await
+    pub async fn connect_with_schema(
+        url: &str,
+        schema: &str,
+        keys: Arc<Keyring>,
+    ) -> Result<PostgresStore> {
+        Self::open(url, Some(schema), keys).await
     }
 
-    async fn open(url: &str, schema: Option<&str>) -> Result<PostgresStore> {
+    async fn open(url: &str, schema: Option<&str>, keys: Arc<Keyring>) -> Result<PostgresStore> {
         let mut config: Config = url
             .parse()
             .map_err(|e| Error::Backend(format!("invalid postgres url: {e}")))?;
@@ -104,6 +111,7 @@ impl PostgresStore {
             schema: schema.map(quote_ident),
             application_name,
             client: tokio::sync::Mutex::new(None),
+            keys,
         };
         let mut client = store.dial().await?;
         if let Some(schema) = &store.schema {
@@ -114,6 +122,31 @@ impl PostgresStore {
         migrate(&mut client).await?;
         *store.client.lock().await = Some(Arc::new(client));
         Ok(store)
+    }
+
+    /// A message row with its text opened.
+    fn message(&self, r: &Row) -> Result<Message> {
+        Ok(self.keys.open_message(message_row(r)?)?)
+    }
+
+    /// An action row with its data opened.
+    fn action(&self, r: &Row) -> Result<Action> {
+        let (action, data) = action_row(r)?;
+        self.keys.open_action(action, &data)
+    }
+
+    /// A delivery row with its payload opened.
+    fn delivery(&self, r: &Row) -> Result<Delivery> {
+        let (delivery, payload) = delivery_row(r)?;
+        self.keys.open_delivery(delivery, &payload)
+    }
+
+    /// A claimed delivery row with its payload opened.
+    fn claimed(&self, r: &Row) -> Result<ClaimedDelivery> {
+        let mut claim = claimed_row(r)?;
+        let payload: String = r.try_get(5)?;
+        claim.delivery = self.keys.open_delivery(claim.delivery, &payload)?;
+        Ok(claim)
     }
 
     /// The `application_name` this store's sessions carry, to find them in
@@ -343,16 +376,20 @@ fn message_row(r: &Row) -> Result<Message> {
     })
 }
 
-fn action_row(r: &Row) -> Result<Action> {
-    Ok(Action {
-        id: r.try_get(0)?,
-        conversation_id: r.try_get(1)?,
-        kind: r.try_get(2)?,
-        status: r.try_get(3)?,
-        data: json_col(r, 4)?.unwrap_or(serde_json::Value::Null),
-        created_at: r.try_get(5)?,
-        updated_at: r.try_get(6)?,
-    })
+/// The action with its `data` column still sealed; [`Keyring::open_action`] completes it.
+fn action_row(r: &Row) -> Result<(Action, String)> {
+    Ok((
+        Action {
+            id: r.try_get(0)?,
+            conversation_id: r.try_get(1)?,
+            kind: r.try_get(2)?,
+            status: r.try_get(3)?,
+            data: serde_json::Value::Null,
+            created_at: r.try_get(5)?,
+            updated_at: r.try_get(6)?,
+        },
+        r.try_get(4)?,
+    ))
 }
 
 /// A BIGINT count or duration that the domain keeps as a smaller unsigned type.
@@ -371,27 +408,31 @@ fn webhook_row(r: &Row) -> Result<Webhook> {
     })
 }
 
-fn delivery_row(r: &Row) -> Result<Delivery> {
-    Ok(Delivery {
-        id: r.try_get(0)?,
-        organization_id: r.try_get(1)?,
-        action_id: r.try_get(2)?,
-        event: r.try_get(3)?,
-        idempotency_key: r.try_get(4)?,
-        payload: json_col(r, 5)?.unwrap_or(serde_json::Value::Null),
-        status: enum_col(r, 6, DeliveryStatus::parse)?,
-        attempts: small_col(r, 7)?,
-        next_attempt_at: r.try_get(8)?,
-        last_error: r.try_get(9)?,
-        created_at: r.try_get(10)?,
-        updated_at: r.try_get(11)?,
-        delivered_at: r.try_get(12)?,
-    })
+/// The delivery with its `payload` still sealed; [`Keyring::open_delivery`] completes it.
+fn delivery_row(r: &Row) -> Result<(Delivery, String)> {
+    Ok((
+        Delivery {
+            id: r.try_get(0)?,
+            organization_id: r.try_get(1)?,
+            action_id: r.try_get(2)?,
+            event: r.try_get(3)?,
+            idempotency_key: r.try_get(4)?,
+            payload: serde_json::Value::Null,
+            status: enum_col(r, 6, DeliveryStatus::parse)?,
+            attempts: small_col(r, 7)?,
+            next_attempt_at: r.try_get(8)?,
+            last_error: r.try_get(9)?,
+            created_at: r.try_get(10)?,
+            updated_at: r.try_get(11)?,
+            delivered_at: r.try_get(12)?,
+        },
+        r.try_get(5)?,
+    ))
 }
 
 fn claimed_row(r: &Row) -> Result<ClaimedDelivery> {
     Ok(ClaimedDelivery {
-        delivery: delivery_row(r)?,
+        delivery: delivery_row(r)?.0,
         lease_token: r.try_get(DELIVERY_NCOLS)?,
         url: r.try_get(DELIVERY_NCOLS + 1)?,
         secret: r.try_get(DELIVERY_NCOLS + 2)?,
@@ -933,6 +974,7 @@ impl Store for PostgresStore {
 
     async fn insert_message(&self, message: NewMessage) -> Result<Inserted<Message>> {
         let msg = message.into_row();
+        let (original_text, translated_text) = self.keys.seal_message(&msg);
         let c = self.client().await?;
         // DO NOTHING fires only on the (conversation, item, kind) index: the id is fresh.
         let sql = format!(
@@ -948,8 +990,8 @@ impl Store for PostgresStore {
                     &msg.conversation_id,
                     &msg.timestamp,
                     &msg.sender_type.as_str(),
-                    &msg.original_text,
-                    &msg.translated_text,
+                    &original_text,
+                    &translated_text,
                     &msg.language,
                     &msg.is_final,
                     &msg.original_message_id,
@@ -977,7 +1019,8 @@ impl Store for PostgresStore {
                 ],
             )
             .await?;
-        Ok(Inserted::Existing(one(row, message_row)?))
+        let row = row.ok_or(Error::NotFound)?;
+        Ok(Inserted::Existing(self.message(&row)?))
     }
 
     async fn list_messages(&self, conversation_id: &str, page: &Page) -> Result<Vec<Message>> {
@@ -1004,7 +1047,7 @@ impl Store for PostgresStore {
         let found = c
             .query(&sql, &[&conversation_id, &ts, &cid, &sql_limit(page)])
             .await?;
-        rows(&found, message_row)
+        found.iter().map(|r| self.message(r)).collect()
     }
 
     async fn set_message_timings(&self, id: &str, timings: &serde_json::Value) -> Result<()> {
@@ -1035,7 +1078,7 @@ impl Store for PostgresStore {
                     &action.conversation_id,
                     &action.kind,
                     &action.status,
-                    &json_text(&action.data),
+                    &self.keys.seal_action_data(&action.id, &action.data),
                     &action.created_at,
                     &action.updated_at,
                 ],
@@ -1049,14 +1092,13 @@ impl Store for PostgresStore {
             "SELECT {ACTION_COLS} FROM actions WHERE conversation_id = $1 \
              ORDER BY created_at DESC, id DESC"
         );
-        rows(
-            &self
-                .client()
-                .await?
-                .query(&sql, &[&conversation_id])
-                .await?,
-            action_row,
-        )
+        self.client()
+            .await?
+            .query(&sql, &[&conversation_id])
+            .await?
+            .iter()
+            .map(|r| self.action(r))
+            .collect()
     }
 
     async fn get_action(&self, organization_id: &str, id: &str) -> Result<Action> {
@@ -1064,13 +1106,13 @@ impl Store for PostgresStore {
             "SELECT {A_ACTION_COLS} FROM actions a JOIN conversations c ON c.id = a.conversation_id \
              WHERE c.organization_id = $1 AND a.id = $2"
         );
-        one(
-            self.client()
-                .await?
-                .query_opt(&sql, &[&organization_id, &id])
-                .await?,
-            action_row,
-        )
+        let row = self
+            .client()
+            .await?
+            .query_opt(&sql, &[&organization_id, &id])
+            .await?
+            .ok_or(Error::NotFound)?;
+        self.action(&row)
     }
 
     async fn update_action(
@@ -1106,13 +1148,13 @@ impl Store for PostgresStore {
                     &organization_id,
                     &id,
                     &change.status,
-                    &json_text(&change.data),
+                    &self.keys.seal_action_data(id, &change.data),
                     &change.updated_at,
                     &change.expected_updated_at,
                     &d.map(|d| d.id.as_str()),
                     &d.map(|d| d.event.as_str()),
                     &d.map(|d| d.idempotency_key.as_str()),
-                    &d.map(|d| json_text(&d.payload)),
+                    &d.map(|d| self.keys.seal_delivery_payload(&d.id, &d.payload)),
                     &d.map(|d| d.created_at),
                     &d.is_some(),
                 ],
@@ -1125,7 +1167,7 @@ impl Store for PostgresStore {
                 "action {id} changed since it was read"
             )));
         };
-        let action = action_row(&row)?;
+        let action = self.action(&row)?;
         let queued: Option<String> = row.try_get(7)?;
         Ok((action, delivery.filter(|_| queued.is_some())))
     }
@@ -1208,7 +1250,7 @@ impl Store for PostgresStore {
             .await?
             .query(&sql, &[&now, &lease_until, &i64::from(limit), &new_id()])
             .await?;
-        rows.iter().map(claimed_row).collect()
+        rows.iter().map(|r| self.claimed(r)).collect()
     }
 
     async fn record_delivery_attempt(&self, attempt: NewDeliveryAttempt) -> Result<()> {
@@ -1295,7 +1337,7 @@ impl Store for PostgresStore {
                 ],
             )
             .await?;
-        rows(&found, delivery_row)
+        found.iter().map(|r| self.delivery(r)).collect()
     }
 
     async fn list_delivery_attempts(
@@ -1333,12 +1375,13 @@ impl Store for PostgresStore {
         );
         let c = self.client().await?;
         if let Some(row) = c.query_opt(&sql, &[&organization_id, &id, &now]).await? {
-            return delivery_row(&row);
+            return self.delivery(&row);
         }
         let sql = format!(
             "SELECT {DELIVERY_COLS} FROM webhook_outbox WHERE organization_id = $1 AND id = $2"
         );
-        let existing = one(
+        // Only its status is needed: the payload stays sealed.
+        let (existing, _) = one(
             c.query_opt(&sql, &[&organization_id, &id]).await?,
             delivery_row,
         )?;
@@ -1354,6 +1397,8 @@ impl Store for PostgresStore {
         conversation_id: &str,
         content: &str,
     ) -> Result<Document> {
+        let kind = document_kind(kind);
+        let content = self.keys.seal_document(conversation_id, kind, content);
         let sql = format!(
             "INSERT INTO documents (id, conversation_id, kind, content, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $5) \
@@ -1366,16 +1411,10 @@ impl Store for PostgresStore {
             .await?
             .query_one(
                 &sql,
-                &[
-                    &new_id(),
-                    &conversation_id,
-                    &document_kind(kind),
-                    &content,
-                    &now_millis(),
-                ],
+                &[&new_id(), &conversation_id, &kind, &content, &now_millis()],
             )
             .await?;
-        document_row(&row)
+        Ok(self.keys.open_document(kind, document_row(&row)?)?)
     }
 
     async fn get_document(
@@ -1389,8 +1428,11 @@ impl Store for PostgresStore {
             .await?
             .query_opt(&sql, &[&conversation_id, &document_kind(kind)])
             .await?
-            .as_ref()
-            .map(document_row)
+            .map(|r| {
+                Ok(self
+                    .keys
+                    .open_document(document_kind(kind), document_row(&r)?)?)
+            })
             .transpose()
     }
 
@@ -1409,8 +1451,11 @@ impl Store for PostgresStore {
             .await?
             .query_opt(&sql, &[&organization_id, &patient_id, &document_kind(kind)])
             .await?
-            .as_ref()
-            .map(document_row)
+            .map(|r| {
+                Ok(self
+                    .keys
+                    .open_document(document_kind(kind), document_row(&r)?)?)
+            })
             .transpose()
     }
     async fn create_command(
@@ -1643,6 +1688,37 @@ impl Store for PostgresStore {
             )));
         }
         Ok(row.try_get(1)?)
+    }
+
+    async fn reencrypt_batch(&self, limit: u32) -> Result<u64> {
+        let c = self.client().await?;
+        let prefix = self.keys.active_prefix();
+        let mut left = i64::from(limit);
+        let mut changed = 0u64;
+        for col in SEALED_COLUMNS {
+            if left <= 0 {
+                break;
+            }
+            let (table, column, row_key) = (col.table, col.column, col.row_key_sql);
+            let select = format!(
+                "SELECT id, {row_key}, {column} FROM {table} \
+                 WHERE {column} IS NOT NULL AND NOT starts_with({column}, $1) LIMIT $2"
+            );
+            let update =
+                format!("UPDATE {table} SET {column} = $1 WHERE id = $2 AND {column} = $3");
+            let todo = c.query(&select, &[&prefix, &left]).await?;
+            left -= i64::try_from(todo.len()).unwrap_or(i64::MAX);
+            for row in todo {
+                let (id, row_key, stored): (String, String, String) =
+                    (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                let Some(sealed) = self.keys.reseal(&stored, &col.associated_data(&row_key))?
+                else {
+                    continue;
+                };
+                changed += c.execute(&update, &[&sealed, &id, &stored]).await?;
+            }
+        }
+        Ok(changed)
     }
 
     async fn record_audit(&self, entry: NewAuditEntry) -> Result<()> {

@@ -17,6 +17,7 @@ use rusqlite::types::Type;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior};
 
 use super::columns::*;
+use super::crypto::{self, Keyring, SEALED_COLUMNS};
 use super::{
     new_id, now_millis, Action, ActionChange, AppliedMigration, AuditEntry, AuditQuery,
     ClaimedDelivery, ClinicCommand, CommandDefinition, CommandProduces, Conversation,
@@ -39,12 +40,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
 ];
 
 /// How long a statement waits for another process's lock before giving up as `Unavailable`.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// SQLite-backed [`Store`]. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// Seals and opens the free-text columns.
+    keys: Arc<Keyring>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -55,14 +58,17 @@ impl std::fmt::Debug for SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file, sets WAL, `synchronous=NORMAL`,
-    /// `foreign_keys=ON` and the busy timeout, and applies pending migrations.
+    /// `foreign_keys=ON` and the busy timeout, and applies pending migrations. The data keys
+    /// come from the key file next to it ([`crypto::key_file_for`]), created on first use:
+    /// the zero-configuration default.
     ///
     /// Synchronous on purpose: it runs once at startup, before the server accepts requests.
     ///
     /// # Errors
     /// `Backend` if the file cannot be opened, WAL cannot be enabled, a migration fails, or the
     /// database was migrated by a newer Tandem (unknown versions); `Unavailable` if another
-    /// process holds the lock longer than the busy timeout.
+    /// process holds the lock longer than the busy timeout; `Crypto` if the key file cannot be
+    /// read or created.
     pub fn open(path: &Path) -> Result<SqliteStore> {
         SqliteStore::open_with_busy_timeout(path, BUSY_TIMEOUT)
     }
@@ -73,6 +79,29 @@ impl SqliteStore {
     /// # Errors
     /// As [`SqliteStore::open`].
     pub fn open_with_busy_timeout(path: &Path, busy_timeout: Duration) -> Result<SqliteStore> {
+        let key_file = crypto::key_file_for(path);
+        let (keys, created) = Keyring::load_or_create(&key_file)?;
+        if created {
+            tracing::warn!(
+                key_file = %key_file.display(),
+                "no data keys configured (TANDEM_DATA_KEYS): generated the key that encrypts \
+                 stored transcripts and saved it next to the database; back this file up, apart \
+                 from database backups: without it the stored text cannot be read"
+            );
+        }
+        SqliteStore::open_with_keys(path, busy_timeout, Arc::new(keys))
+    }
+
+    /// [`SqliteStore::open_with_busy_timeout`] with configured data keys instead of the key
+    /// file.
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open`], without the key file's.
+    pub fn open_with_keys(
+        path: &Path,
+        busy_timeout: Duration,
+        keys: Arc<Keyring>,
+    ) -> Result<SqliteStore> {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(busy_timeout)?;
         let mode: String =
@@ -88,6 +117,7 @@ impl SqliteStore {
         migrate(&mut conn)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
+            keys,
         })
     }
 
@@ -306,16 +336,20 @@ fn message_row(r: &Row<'_>) -> rusqlite::Result<Message> {
     })
 }
 
-fn action_row(r: &Row<'_>) -> rusqlite::Result<Action> {
-    Ok(Action {
-        id: r.get(0)?,
-        conversation_id: r.get(1)?,
-        kind: r.get(2)?,
-        status: r.get(3)?,
-        data: json_col(r, 4)?.unwrap_or(serde_json::Value::Null),
-        created_at: r.get(5)?,
-        updated_at: r.get(6)?,
-    })
+/// The action with its `data` column still sealed; [`Keyring::open_action`] completes it.
+fn action_row(r: &Row<'_>) -> rusqlite::Result<(Action, String)> {
+    Ok((
+        Action {
+            id: r.get(0)?,
+            conversation_id: r.get(1)?,
+            kind: r.get(2)?,
+            status: r.get(3)?,
+            data: serde_json::Value::Null,
+            created_at: r.get(5)?,
+            updated_at: r.get(6)?,
+        },
+        r.get(4)?,
+    ))
 }
 
 fn webhook_row(r: &Row<'_>) -> rusqlite::Result<Webhook> {
@@ -328,31 +362,40 @@ fn webhook_row(r: &Row<'_>) -> rusqlite::Result<Webhook> {
     })
 }
 
-fn delivery_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
-    Ok(Delivery {
-        id: r.get(0)?,
-        organization_id: r.get(1)?,
-        action_id: r.get(2)?,
-        event: r.get(3)?,
-        idempotency_key: r.get(4)?,
-        payload: json_col(r, 5)?.unwrap_or(serde_json::Value::Null),
-        status: enum_col(r, 6, DeliveryStatus::parse)?,
-        attempts: r.get(7)?,
-        next_attempt_at: r.get(8)?,
-        last_error: r.get(9)?,
-        created_at: r.get(10)?,
-        updated_at: r.get(11)?,
-        delivered_at: r.get(12)?,
-    })
+/// The delivery with its `payload` still sealed; [`Keyring::open_delivery`] completes it.
+fn delivery_row(r: &Row<'_>) -> rusqlite::Result<(Delivery, String)> {
+    Ok((
+        Delivery {
+            id: r.get(0)?,
+            organization_id: r.get(1)?,
+            action_id: r.get(2)?,
+            event: r.get(3)?,
+            idempotency_key: r.get(4)?,
+            payload: serde_json::Value::Null,
+            status: enum_col(r, 6, DeliveryStatus::parse)?,
+            attempts: r.get(7)?,
+            next_attempt_at: r.get(8)?,
+            last_error: r.get(9)?,
+            created_at: r.get(10)?,
+            updated_at: r.get(11)?,
+            delivered_at: r.get(12)?,
+        },
+        r.get(5)?,
+    ))
 }
 
-fn claimed_row(r: &Row<'_>) -> rusqlite::Result<ClaimedDelivery> {
-    Ok(ClaimedDelivery {
-        delivery: delivery_row(r)?,
-        lease_token: r.get(DELIVERY_NCOLS)?,
-        url: r.get(DELIVERY_NCOLS + 1)?,
-        secret: r.get(DELIVERY_NCOLS + 2)?,
-    })
+/// As [`delivery_row`], with the lease and the webhook.
+fn claimed_row(r: &Row<'_>) -> rusqlite::Result<(ClaimedDelivery, String)> {
+    let (delivery, payload) = delivery_row(r)?;
+    Ok((
+        ClaimedDelivery {
+            delivery,
+            lease_token: r.get(DELIVERY_NCOLS)?,
+            url: r.get(DELIVERY_NCOLS + 1)?,
+            secret: r.get(DELIVERY_NCOLS + 2)?,
+        },
+        payload,
+    ))
 }
 
 fn attempt_row(r: &Row<'_>) -> rusqlite::Result<DeliveryAttempt> {
@@ -367,23 +410,31 @@ fn attempt_row(r: &Row<'_>) -> rusqlite::Result<DeliveryAttempt> {
     })
 }
 
-fn get_action(conn: &Connection, organization_id: &str, id: &str) -> Result<Action> {
+fn get_action(
+    conn: &Connection,
+    keys: &Keyring,
+    organization_id: &str,
+    id: &str,
+) -> Result<Action> {
     let sql = format!(
         "SELECT {A_ACTION_COLS} FROM actions a JOIN conversations c ON c.id = a.conversation_id \
          WHERE c.organization_id = ?1 AND a.id = ?2"
     );
-    Ok(conn
+    let (action, data) = conn
         .prepare_cached(&sql)?
-        .query_row(params![organization_id, id], action_row)?)
+        .query_row(params![organization_id, id], action_row)?;
+    keys.open_action(action, &data)
 }
 
+/// The delivery with its payload still sealed (callers here only need its status).
 fn get_delivery(conn: &Connection, organization_id: &str, id: &str) -> Result<Delivery> {
     let sql = format!(
         "SELECT {DELIVERY_COLS} FROM webhook_outbox WHERE organization_id = ?1 AND id = ?2"
     );
     Ok(conn
         .prepare_cached(&sql)?
-        .query_row(params![organization_id, id], delivery_row)?)
+        .query_row(params![organization_id, id], delivery_row)?
+        .0)
 }
 
 fn command_row(r: &Row<'_>) -> rusqlite::Result<ClinicCommand> {
@@ -908,7 +959,9 @@ impl Store for SqliteStore {
 
     async fn insert_message(&self, message: NewMessage) -> Result<Inserted<Message>> {
         let msg = message.into_row();
+        let keys = Arc::clone(&self.keys);
         self.call(move |c| {
+            let (original_text, translated_text) = keys.seal_message(&msg);
             // DO NOTHING fires only on the (conversation, item, kind) index: the id is fresh.
             let sql = format!(
                 "INSERT INTO messages ({MSG_COLS}) \
@@ -920,8 +973,8 @@ impl Store for SqliteStore {
                 msg.conversation_id,
                 msg.timestamp,
                 msg.sender_type.as_str(),
-                msg.original_text,
-                msg.translated_text,
+                original_text,
+                translated_text,
                 msg.language,
                 msg.is_final,
                 msg.original_message_id,
@@ -945,7 +998,7 @@ impl Store for SqliteStore {
                 ],
                 message_row,
             )?;
-            Ok(Inserted::Existing(existing))
+            Ok(Inserted::Existing(keys.open_message(existing)?))
         })
         .await
     }
@@ -953,6 +1006,7 @@ impl Store for SqliteStore {
     async fn list_messages(&self, conversation_id: &str, page: &Page) -> Result<Vec<Message>> {
         let conv = conversation_id.to_owned();
         let (after, limit) = (page.after.clone(), sql_limit(page));
+        let keys = Arc::clone(&self.keys);
         self.call(move |c| {
             let cursor: Option<(Millis, String)> = match &after {
                 None => None,
@@ -971,7 +1025,7 @@ impl Store for SqliteStore {
             );
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map(params![conv, ts, cid, limit], message_row)?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            rows.map(|m| Ok(keys.open_message(m?)?)).collect()
         })
         .await
     }
@@ -992,6 +1046,7 @@ impl Store for SqliteStore {
 
     async fn insert_action(&self, action: NewAction) -> Result<Action> {
         let action = action.into_row();
+        let data = self.keys.seal_action_data(&action.id, &action.data);
         self.call(move |c| {
             let sql =
                 format!("INSERT INTO actions ({ACTION_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
@@ -1000,7 +1055,7 @@ impl Store for SqliteStore {
                 action.conversation_id,
                 action.kind,
                 action.status,
-                json_text(&action.data),
+                data,
                 action.created_at,
                 action.updated_at
             ])?;
@@ -1011,6 +1066,7 @@ impl Store for SqliteStore {
 
     async fn list_actions(&self, conversation_id: &str) -> Result<Vec<Action>> {
         let conv = conversation_id.to_owned();
+        let keys = Arc::clone(&self.keys);
         self.call(move |c| {
             let sql = format!(
                 "SELECT {ACTION_COLS} FROM actions WHERE conversation_id = ?1 \
@@ -1018,14 +1074,19 @@ impl Store for SqliteStore {
             );
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map([conv], action_row)?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            rows.map(|row| {
+                let (action, data) = row?;
+                keys.open_action(action, &data)
+            })
+            .collect()
         })
         .await
     }
 
     async fn get_action(&self, organization_id: &str, id: &str) -> Result<Action> {
         let (org, id) = (organization_id.to_owned(), id.to_owned());
-        self.call(move |c| get_action(c, &org, &id)).await
+        let keys = Arc::clone(&self.keys);
+        self.call(move |c| get_action(c, &keys, &org, &id)).await
     }
 
     async fn update_action(
@@ -1035,9 +1096,10 @@ impl Store for SqliteStore {
         change: ActionChange,
     ) -> Result<(Action, Option<Delivery>)> {
         let (org, id) = (organization_id.to_owned(), id.to_owned());
+        let keys = Arc::clone(&self.keys);
         self.call(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let current = get_action(&tx, &org, &id)?;
+            let current = get_action(&tx, &keys, &org, &id)?;
             if current.updated_at != change.expected_updated_at {
                 return Err(Error::Conflict(format!(
                     "action {id} changed since it was read"
@@ -1047,15 +1109,16 @@ impl Store for SqliteStore {
                 "UPDATE actions SET status = ?2, data = ?3, updated_at = ?4 WHERE id = ?1 \
                  RETURNING {ACTION_COLS}"
             );
-            let action = tx.prepare_cached(&sql)?.query_row(
+            let (action, data) = tx.prepare_cached(&sql)?.query_row(
                 params![
                     id,
                     change.status,
-                    json_text(&change.data),
+                    keys.seal_action_data(&id, &change.data),
                     change.updated_at
                 ],
                 action_row,
             )?;
+            let action = keys.open_action(action, &data)?;
             let has_webhook: bool = tx.query_row(
                 "SELECT EXISTS (SELECT 1 FROM webhooks WHERE organization_id = ?1)",
                 [&org],
@@ -1074,7 +1137,7 @@ impl Store for SqliteStore {
                         d.action_id,
                         d.event,
                         d.idempotency_key,
-                        json_text(&d.payload),
+                        keys.seal_delivery_payload(&d.id, &d.payload),
                         d.status.as_str(),
                         d.attempts,
                         d.next_attempt_at,
@@ -1150,6 +1213,7 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<ClaimedDelivery>> {
         let token = new_id();
+        let keys = Arc::clone(&self.keys);
         self.call(move |c| {
             // The connection mutex plus IMMEDIATE make claim-then-read atomic here; other
             // processes on the same file wait for the write lock.
@@ -1174,7 +1238,13 @@ impl Store for SqliteStore {
                 .query_map([&token], claimed_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             tx.commit()?;
-            Ok(claimed)
+            claimed
+                .into_iter()
+                .map(|(mut claim, payload)| {
+                    claim.delivery = keys.open_delivery(claim.delivery, &payload)?;
+                    Ok(claim)
+                })
+                .collect()
         })
         .await
     }
@@ -1235,6 +1305,7 @@ impl Store for SqliteStore {
         let org = organization_id.to_owned();
         let action = action_id.map(str::to_owned);
         let (after, limit) = (page.after.clone(), sql_limit(page));
+        let keys = Arc::clone(&self.keys);
         self.call(move |c| {
             let cursor: Option<(Millis, String)> = match &after {
                 None => None,
@@ -1255,7 +1326,11 @@ impl Store for SqliteStore {
             );
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map(params![org, action, created, cid, limit], delivery_row)?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            rows.map(|row| {
+                let (delivery, payload) = row?;
+                keys.open_delivery(delivery, &payload)
+            })
+            .collect()
         })
         .await
     }
@@ -1289,6 +1364,7 @@ impl Store for SqliteStore {
         now: Millis,
     ) -> Result<Delivery> {
         let (org, id) = (organization_id.to_owned(), id.to_owned());
+        let keys = Arc::clone(&self.keys);
         self.call(move |c| {
             let sql = format!(
                 "UPDATE webhook_outbox SET status = 'pending', attempts = 0, next_attempt_at = ?3, \
@@ -1301,7 +1377,7 @@ impl Store for SqliteStore {
                 .query_row(params![org, id, now], delivery_row)
                 .optional()?
             {
-                Some(d) => Ok(d),
+                Some((delivery, payload)) => keys.open_delivery(delivery, &payload),
                 None => {
                     let existing = get_delivery(c, &org, &id)?;
                     Err(Error::Conflict(format!(
@@ -1320,7 +1396,10 @@ impl Store for SqliteStore {
         conversation_id: &str,
         content: &str,
     ) -> Result<Document> {
-        let (conv, content) = (conversation_id.to_owned(), content.to_owned());
+        let kind = document_kind(kind);
+        let conv = conversation_id.to_owned();
+        let content = self.keys.seal_document(&conv, kind, content);
+        let keys = Arc::clone(&self.keys);
         self.call(move |c| {
             let sql = format!(
                 "INSERT INTO documents (id, conversation_id, kind, content, created_at, updated_at) \
@@ -1329,10 +1408,11 @@ impl Store for SqliteStore {
                  SET content = excluded.content, updated_at = excluded.updated_at \
                  RETURNING {DOC_COLS}"
             );
-            Ok(c.prepare_cached(&sql)?.query_row(
-                params![new_id(), conv, document_kind(kind), content, now_millis()],
+            let doc = c.prepare_cached(&sql)?.query_row(
+                params![new_id(), conv, kind, content, now_millis()],
                 document_row,
-            )?)
+            )?;
+            Ok(keys.open_document(kind, doc)?)
         })
         .await
     }
@@ -1342,14 +1422,17 @@ impl Store for SqliteStore {
         kind: DocumentKind,
         conversation_id: &str,
     ) -> Result<Option<Document>> {
-        let conv = conversation_id.to_owned();
+        let (conv, kind) = (conversation_id.to_owned(), document_kind(kind));
+        let keys = Arc::clone(&self.keys);
         self.call(move |c| {
             let sql = format!(
                 "SELECT {DOC_COLS} FROM documents WHERE conversation_id = ?1 AND kind = ?2"
             );
-            Ok(c.prepare_cached(&sql)?
-                .query_row(params![conv, document_kind(kind)], document_row)
-                .optional()?)
+            c.prepare_cached(&sql)?
+                .query_row(params![conv, kind], document_row)
+                .optional()?
+                .map(|d| Ok(keys.open_document(kind, d)?))
+                .transpose()
         })
         .await
     }
@@ -1361,15 +1444,19 @@ impl Store for SqliteStore {
         patient_id: &str,
     ) -> Result<Option<Document>> {
         let (org, patient) = (organization_id.to_owned(), patient_id.to_owned());
+        let kind = document_kind(kind);
+        let keys = Arc::clone(&self.keys);
         self.call(move |c| {
             let sql = format!(
                 "SELECT {D_DOC_COLS} FROM documents d JOIN conversations c ON c.id = d.conversation_id \
                  WHERE c.organization_id = ?1 AND c.patient_id = ?2 AND d.kind = ?3 \
                  ORDER BY d.created_at, d.id LIMIT 1"
             );
-            Ok(c.prepare_cached(&sql)?
-                .query_row(params![org, patient, document_kind(kind)], document_row)
-                .optional()?)
+            c.prepare_cached(&sql)?
+                .query_row(params![org, patient, kind], document_row)
+                .optional()?
+                .map(|d| Ok(keys.open_document(kind, d)?))
+                .transpose()
         })
         .await
     }
@@ -1512,6 +1599,46 @@ impl Store for SqliteStore {
                 now_millis()
             ])?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn reencrypt_batch(&self, limit: u32) -> Result<u64> {
+        let keys = Arc::clone(&self.keys);
+        self.call(move |c| {
+            let prefix = keys.active_prefix();
+            let mut left = i64::from(limit);
+            let mut changed = 0u64;
+            for col in SEALED_COLUMNS {
+                if left <= 0 {
+                    break;
+                }
+                let (table, column, row_key) = (col.table, col.column, col.row_key_sql);
+                let select = format!(
+                    "SELECT id, {row_key}, {column} FROM {table} \
+                     WHERE {column} IS NOT NULL AND substr({column}, 1, length(?1)) <> ?1 \
+                     LIMIT ?2"
+                );
+                let update =
+                    format!("UPDATE {table} SET {column} = ?1 WHERE id = ?2 AND {column} = ?3");
+                let todo: Vec<(String, String, String)> = c
+                    .prepare_cached(&select)?
+                    .query_map(params![prefix, left], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                left -= i64::try_from(todo.len()).unwrap_or(i64::MAX);
+                for (id, row_key, stored) in todo {
+                    let Some(sealed) = keys.reseal(&stored, &col.associated_data(&row_key))? else {
+                        continue;
+                    };
+                    let n = c
+                        .prepare_cached(&update)?
+                        .execute(params![sealed, id, stored])?;
+                    changed += n as u64;
+                }
+            }
+            Ok(changed)
         })
         .await
     }
