@@ -19,8 +19,9 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::task::JoinHandle;
 
+use super::cluster::Cluster;
 use super::event::{self, CommandExecuted, ServerEvent};
-use super::hub::{Audience, Hub};
+use super::hub::Audience;
 use super::{lock, transcript, Live, Pipelines};
 use crate::records::{self, HistoryOrigin, Records, SummaryStage, SummaryView};
 use crate::store::{ConversationStatus, ConversationWithPatient, Document};
@@ -100,7 +101,7 @@ impl Pipelines {
             }
             summarize(
                 &pipelines.records,
-                &pipelines.hub,
+                &*pipelines.cluster,
                 &organization_id,
                 &conversation_id,
                 SummaryStage::Final,
@@ -121,7 +122,7 @@ impl Pipelines {
     ) -> Result<Document, records::Error> {
         summarize(
             &self.records,
-            &self.hub,
+            &*self.cluster,
             organization_id,
             conversation_id,
             SummaryStage::Final,
@@ -134,10 +135,10 @@ impl Pipelines {
     /// `request_medical_history` tries again.
     pub fn prepare_medical_history(self: &Arc<Self>, conversation: ConversationWithPatient) {
         let records = Arc::clone(&self.records);
-        let hub = Arc::clone(&self.hub);
+        let cluster = Arc::clone(&self.cluster);
         self.tasks.spawn(async move {
             // Errors are announced inside; nothing waits for this task.
-            let _ = medical_history(&records, &hub, &conversation).await;
+            let _ = medical_history(&records, &*cluster, &conversation).await;
         });
     }
 }
@@ -146,7 +147,7 @@ impl Pipelines {
 /// `error` event (`summary_failed`) otherwise.
 async fn summarize(
     records: &Records,
-    hub: &Hub,
+    cluster: &dyn Cluster,
     organization_id: &str,
     conversation_id: &str,
     stage: SummaryStage,
@@ -175,13 +176,13 @@ async fn summarize(
                 },
             };
             tracing::info!(%conversation_id, ?stage, "summary written");
-            announce(hub, conversation_id, &[ready, data]);
+            announce(cluster, conversation_id, &[ready, data]);
         }
         Err(records::Error::Ended) => {}
         Err(e) => {
             tracing::warn!(%conversation_id, ?stage, code = e.code(), error = %e, "summary failed");
             announce(
-                hub,
+                cluster,
                 conversation_id,
                 &[ServerEvent::error(
                     "summary_failed",
@@ -201,7 +202,7 @@ async fn summarize(
 /// are logged and announced as `error` (`medical_history_failed`).
 async fn medical_history(
     records: &Records,
-    hub: &Hub,
+    cluster: &dyn Cluster,
     conversation: &ConversationWithPatient,
 ) -> Result<Document, records::Error> {
     let id = &conversation.conversation.id;
@@ -211,7 +212,7 @@ async fn medical_history(
                 tracing::info!(conversation_id = %id, ?origin, "medical history attached");
             }
             announce(
-                hub,
+                cluster,
                 id,
                 &[ServerEvent::MedicalHistoryData {
                     payload: event::MedicalHistoryData::new(id.clone(), Some(doc.content.clone())),
@@ -222,7 +223,7 @@ async fn medical_history(
         Err(e) => {
             tracing::warn!(conversation_id = %id, code = e.code(), error = %e, "medical history failed");
             announce(
-                hub,
+                cluster,
                 id,
                 &[ServerEvent::error(
                     "medical_history_failed",
@@ -238,11 +239,11 @@ async fn medical_history(
 }
 
 /// Sends events to the conversation's control sockets and its audio sockets.
-fn announce(hub: &Hub, conversation_id: &str, events: &[ServerEvent]) {
+fn announce(cluster: &dyn Cluster, conversation_id: &str, events: &[ServerEvent]) {
     for event in events {
         let frame = event.to_frame();
-        hub.publish(conversation_id, Audience::Control, frame.clone());
-        hub.publish(conversation_id, Audience::Audio, frame);
+        cluster.publish(conversation_id, Audience::Control, frame.clone());
+        cluster.publish(conversation_id, Audience::Audio, frame);
     }
 }
 
@@ -259,14 +260,14 @@ fn public_reason(e: &records::Error) -> &'static str {
 /// hold up the next utterances) and announced with `summary_ready`.
 pub(super) fn request_summary(pipelines: &Pipelines, live: &Live) -> CommandExecuted {
     let records = Arc::clone(&pipelines.records);
-    let hub = Arc::clone(&pipelines.hub);
+    let cluster = Arc::clone(&pipelines.cluster);
     let organization_id = live.organization_id.clone();
     let conversation_id = live.conversation_id.clone();
     pipelines.tasks.spawn(async move {
         // Announced inside; an ended visit gets its final summary instead.
         let _ = summarize(
             &records,
-            &hub,
+            &*cluster,
             &organization_id,
             &conversation_id,
             SummaryStage::Interim,
@@ -301,7 +302,7 @@ pub(super) async fn request_medical_history(pipelines: &Pipelines, live: &Live) 
             );
         }
     };
-    match medical_history(&pipelines.records, &pipelines.hub, &conversation).await {
+    match medical_history(&pipelines.records, &*pipelines.cluster, &conversation).await {
         Ok(doc) => CommandExecuted::without_action(
             "success",
             NAME,

@@ -34,6 +34,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("migrations/sqlite/0003_clinic_commands.sql"),
     ),
+    (7, include_str!("migrations/sqlite/0007_event_payloads.sql")),
 ];
 
 /// How long a statement waits for another process's lock before giving up as `Unavailable`.
