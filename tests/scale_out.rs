@@ -290,7 +290,8 @@ async fn edit_note(user: &support::Client, action_id: &str, content: &str) -> Va
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_two_instances_share_a_conversation_and_one_takes_over_when_the_other_dies() {
+async fn postgres_two_instances_share_a_conversation_one_takes_over_when_the_other_dies_and_a_third_ends_it(
+) {
     let url = schema_url().await;
     let fake = FakeOpenAi::start(
         speech_script().script_per_connection(),
@@ -433,6 +434,30 @@ async fn postgres_two_instances_share_a_conversation_and_one_takes_over_when_the
         .filter(|p| p.starts_with("\"action_created\""))
         .count();
     assert_eq!(creations, 2, "{:?}", control.pushes());
+
+    // A third instance joins, and the visit is ended through it while B drives the audio: B's
+    // audio socket is told and closed, and the summary, written once B drained, reaches the
+    // control socket on B.
+    let c = Process::start(&url, &fake);
+    let on_c = support::Client {
+        base: format!("http://{}/api/v1", c.addr),
+        ..on_a.clone()
+    };
+    let res = on_c
+        .post(&format!("/conversations/{id}/end"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    audio
+        .until("conversation_ended on B", |e| {
+            e["type"] == "conversation_ended"
+        })
+        .await;
+    let summary = control
+        .until("the summary on B", |e| e["type"] == "summary_ready")
+        .await;
+    assert_eq!(summary["payload"]["status"], "summarized", "{summary}");
 
     // Everything both instances announced is stored.
     let page = on_b

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tokio::sync::broadcast;
 
 use super::hub::{Audience, Hub};
 
@@ -61,6 +62,14 @@ pub trait Cluster: Send + Sync {
 
     /// Gives back one [`claim`](Self::claim); the last one frees the conversation for others.
     async fn release(&self, conversation_id: &str);
+
+    /// Asks the other instances to stop the conversation's audio, as the visit was ended
+    /// through this one (the one driving it ends its audio sockets and drains).
+    fn stop_audio_elsewhere(&self, conversation_id: &str);
+
+    /// Conversations whose audio other instances asked this one to stop; `None` when there
+    /// are no other instances.
+    fn stop_requests(&self) -> Option<broadcast::Receiver<String>>;
 }
 
 /// The only instance: local delivery, every claim granted (the live-conversation registry
@@ -86,6 +95,12 @@ impl Cluster for Standalone {
     }
 
     async fn release(&self, _conversation_id: &str) {}
+
+    fn stop_audio_elsewhere(&self, _conversation_id: &str) {}
+
+    fn stop_requests(&self) -> Option<broadcast::Receiver<String>> {
+        None
+    }
 }
 
 /// The cluster a database setting calls for: several-instance coordination over a

@@ -15,10 +15,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -222,7 +222,8 @@ impl Pipelines {
             providers.summarizer.clone(),
             providers.history.clone(),
         ));
-        Arc::new(Pipelines {
+        let stop_requests = cluster.stop_requests();
+        let pipelines = Arc::new(Pipelines {
             store,
             hub,
             cluster,
@@ -234,7 +235,11 @@ impl Pipelines {
             metrics: StageMetrics { stage },
             live: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
-        })
+        });
+        if let Some(requests) = stop_requests {
+            tokio::spawn(stop_on_request(Arc::downgrade(&pipelines), requests));
+        }
+        pipelines
     }
 
     /// The hub the pipeline publishes on (sockets subscribe to it).
@@ -457,6 +462,30 @@ impl Pipelines {
     fn publish(&self, conversation_id: &str, audience: Audience, event: &ServerEvent) {
         self.hub
             .publish(conversation_id, audience, event.to_frame());
+    }
+}
+
+/// Ends the audio of conversations whose visit was ended through another instance. Lives as
+/// long as the pipelines (it holds them weakly) or the cluster's request channel.
+async fn stop_on_request(pipelines: Weak<Pipelines>, mut requests: broadcast::Receiver<String>) {
+    loop {
+        let conversation_id = match requests.recv().await {
+            Ok(id) => id,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "requests to stop audio from other instances were missed"
+                );
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(pipelines) = pipelines.upgrade() else {
+            return;
+        };
+        if pipelines.end_live_audio(&conversation_id).is_some() {
+            tracing::info!(%conversation_id, "visit ended through another instance; stopping its audio");
+        }
     }
 }
 

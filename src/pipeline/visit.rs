@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use super::cluster::Cluster;
+use super::cluster::{self, Cluster};
 use super::event::{self, CommandExecuted, ServerEvent};
 use super::hub::Audience;
 use super::{lock, transcript, Live, Pipelines};
@@ -30,6 +30,9 @@ use crate::store::{ConversationStatus, ConversationWithPatient, Document};
 /// Draining is one STT commit plus one utterance's processing; this leaves room for a slow
 /// provider without holding the summary back forever.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How often an ending visit driven by another instance checks whether it has drained.
+const CLAIM_RETRY: Duration = Duration::from_millis(100);
 
 /// The right to end one conversation, held from the status change until its summary is
 /// written; dropping it releases the conversation.
@@ -59,12 +62,20 @@ impl Pipelines {
     /// Stops the conversation's audio: its sockets are told (`conversation_ended`) and close,
     /// then this waits until every utterance already spoken is processed, at most `deadline`.
     /// Returns whether it drained in time (a conversation without live audio has nothing to
-    /// drain).
+    /// drain). Audio driven by another instance is stopped there.
     pub async fn stop_audio(&self, conversation_id: &str, deadline: Duration) -> bool {
-        let live = lock(&self.live).get(conversation_id).cloned();
-        let Some(live) = live else {
-            return true;
+        let Some(live) = self.end_live_audio(conversation_id) else {
+            return self.stop_audio_elsewhere(conversation_id, deadline).await;
         };
+        tokio::time::timeout(deadline, live.drained.cancelled())
+            .await
+            .is_ok()
+    }
+
+    /// Tells this instance's audio sockets of the conversation that the visit ended and makes
+    /// them close; returns its runtime, if it is live here.
+    pub(super) fn end_live_audio(&self, conversation_id: &str) -> Option<Arc<Live>> {
+        let live = lock(&self.live).get(conversation_id).cloned()?;
         self.publish(
             conversation_id,
             Audience::Audio,
@@ -76,9 +87,29 @@ impl Pipelines {
             },
         );
         live.ended.cancel();
-        tokio::time::timeout(deadline, live.drained.cancelled())
+        Some(live)
+    }
+
+    /// Asks whichever instance drives the conversation to end its audio, then waits until it
+    /// let go: the claim is released only once its last utterance is processed, so a claim
+    /// this instance can take means the audio drained (at once with a single instance).
+    async fn stop_audio_elsewhere(&self, conversation_id: &str, deadline: Duration) -> bool {
+        self.cluster.stop_audio_elsewhere(conversation_id);
+        let drained = async {
+            loop {
+                match self.cluster.claim(conversation_id).await {
+                    Ok(()) => {
+                        self.cluster.release(conversation_id).await;
+                        return true;
+                    }
+                    Err(cluster::Error::Busy) => tokio::time::sleep(CLAIM_RETRY).await,
+                    Err(cluster::Error::Unavailable) => return false,
+                }
+            }
+        };
+        tokio::time::timeout(deadline, drained)
             .await
-            .is_ok()
+            .unwrap_or(false)
     }
 
     /// Finishes an ended visit in the background: stop and drain its audio, then write the

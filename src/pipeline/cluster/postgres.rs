@@ -14,6 +14,9 @@
 //!   [`PAYLOAD_TTL`].
 //! - A claim is `pg_try_advisory_lock` on a connection used for nothing else: when the
 //!   instance dies, the server ends its session and the locks are free at once.
+//! - Ending a visit through an instance that does not drive it sends a stop request the same
+//!   way; the driving instance ends its audio, and the requester knows it drained when it can
+//!   claim the conversation itself.
 //! - Channel and lock keys include `current_schema()`, so installs (and tests) sharing a
 //!   database in separate schemas do not see each other.
 
@@ -25,7 +28,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Notification};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -52,6 +55,10 @@ const MAX_TRACKED_INSTANCES: usize = 1024;
 /// How often the claim connection is checked, so claims lost with it are taken again.
 const LEASE_CHECK: Duration = Duration::from_secs(2);
 
+/// Stop requests waiting for the pipeline; a burst of ended visits is far smaller. Lagging
+/// (dropped) requests are logged; those visits drain at their next audio socket close.
+const STOP_REQUESTS: usize = 64;
+
 /// The key a conversation's advisory lock is taken on.
 const LOCK_KEY: &str =
     "hashtextextended('tandem.conversation.' || current_schema() || '.' || $1, 0)";
@@ -69,6 +76,9 @@ struct Envelope {
     /// Otherwise the `event_payloads` row holding it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     payload_id: Option<i64>,
+    /// No event: a request to stop the conversation's audio.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    stop_audio: bool,
 }
 
 /// [`Cluster`] over Postgres. Its background tasks stop when it is dropped.
@@ -79,6 +89,8 @@ pub struct PostgresCluster {
     /// To the publisher task; see [`OUTGOING_CAPACITY`] for the full policy.
     outgoing: mpsc::Sender<Envelope>,
     leases: Arc<Leases>,
+    /// Stop requests from other instances, to the pipeline; see [`STOP_REQUESTS`].
+    stops: broadcast::Sender<String>,
     _stop: DropGuard,
 }
 
@@ -114,6 +126,7 @@ impl PostgresCluster {
             .map_err(unavailable)?;
         let stop = CancellationToken::new();
         let (outgoing, rx) = mpsc::channel(OUTGOING_CAPACITY);
+        let (stops, _) = broadcast::channel(STOP_REQUESTS);
         let listener = Listener {
             config: config.clone(),
             channel: channel.clone(),
@@ -121,6 +134,7 @@ impl PostgresCluster {
             hub: Arc::clone(&hub),
             fetch: Conn::new(config.clone(), "fetch"),
             last_seq: HashMap::new(),
+            stops: stops.clone(),
         };
         // Listening before the first publish, so no event of this instance's start is missed.
         let (client, connection) = listener.listen().await.map_err(unavailable)?;
@@ -141,6 +155,7 @@ impl PostgresCluster {
             seq: AtomicU64::new(0),
             outgoing,
             leases,
+            stops,
             _stop: stop.drop_guard(),
         })
     }
@@ -156,20 +171,7 @@ impl Cluster for PostgresCluster {
     fn publish(&self, conversation_id: &str, audience: Audience, frame: Arc<str>) {
         self.hub
             .publish(conversation_id, audience, Arc::clone(&frame));
-        let envelope = Envelope {
-            instance: self.instance.clone(),
-            conversation: conversation_id.to_owned(),
-            audience,
-            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
-            event: Some(frame.to_string()),
-            payload_id: None,
-        };
-        if self.outgoing.try_send(envelope).is_err() {
-            tracing::warn!(
-                conversation_id,
-                "event relay queue full; other instances miss this event"
-            );
-        }
+        self.relay(conversation_id, audience, Some(frame.to_string()));
     }
 
     async fn claim(&self, conversation_id: &str) -> Result<(), Error> {
@@ -178,6 +180,35 @@ impl Cluster for PostgresCluster {
 
     async fn release(&self, conversation_id: &str) {
         self.leases.release(conversation_id).await;
+    }
+
+    fn stop_audio_elsewhere(&self, conversation_id: &str) {
+        self.relay(conversation_id, Audience::Audio, None);
+    }
+
+    fn stop_requests(&self) -> Option<broadcast::Receiver<String>> {
+        Some(self.stops.subscribe())
+    }
+}
+
+impl PostgresCluster {
+    /// Queues an envelope for the other instances: an event, or (`None`) a stop request.
+    fn relay(&self, conversation_id: &str, audience: Audience, event: Option<String>) {
+        let envelope = Envelope {
+            instance: self.instance.clone(),
+            conversation: conversation_id.to_owned(),
+            audience,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            stop_audio: event.is_none(),
+            event,
+            payload_id: None,
+        };
+        if self.outgoing.try_send(envelope).is_err() {
+            tracing::warn!(
+                conversation_id,
+                "event relay queue full; other instances miss this event"
+            );
+        }
     }
 }
 
@@ -282,6 +313,7 @@ async fn notify(
             seq: envelope.seq,
             event: None,
             payload_id: Some(row.try_get(0)?),
+            stop_audio: false,
         });
     }
     client
@@ -306,6 +338,8 @@ struct Listener {
     fetch: Conn,
     /// Last sequence number seen per publishing instance.
     last_seq: HashMap<String, u64>,
+    /// To the pipeline (no receiver: nothing to stop).
+    stops: broadcast::Sender<String>,
 }
 
 type Connection =
@@ -389,6 +423,10 @@ impl Listener {
             }
         };
         if envelope.instance == self.instance || !self.in_order(&envelope) {
+            return;
+        }
+        if envelope.stop_audio {
+            let _ = self.stops.send(envelope.conversation);
             return;
         }
         let frame = match (envelope.event, envelope.payload_id) {
@@ -569,6 +607,7 @@ mod tests {
             seq,
             event: Some("{}".into()),
             payload_id: None,
+            stop_audio: false,
         }
     }
 
@@ -581,6 +620,7 @@ mod tests {
             hub: Arc::new(Hub::new()),
             fetch: Conn::new(Config::new(), "fetch"),
             last_seq: HashMap::new(),
+            stops: broadcast::channel(1).0,
         };
         assert!(listener.in_order(&envelope("a", 1)));
         assert!(
@@ -600,7 +640,7 @@ mod tests {
     #[test]
     fn envelopes_round_trip_and_reconnects_back_off_to_a_cap() {
         let text = json(&envelope("a", 3));
-        assert!(!text.contains("payloadId") && !text.contains("payload_id"));
+        assert!(!text.contains("payload_id") && !text.contains("stop_audio"));
         let back: Envelope = serde_json::from_str(&text).unwrap();
         assert_eq!((back.seq, back.audience), (3, Audience::Control));
         assert_eq!(retry_delay(0), Duration::from_millis(100));
