@@ -179,6 +179,9 @@ pub struct Principal {
     pub username: String,
     pub organization_id: String,
     pub role: UserRole,
+    /// The peer address the request or socket came from (proxies are not trusted), for the
+    /// audit log. Not part of the token: the HTTP layer fills it in per connection.
+    pub remote: Option<std::net::IpAddr>,
 }
 
 /// Access-token claims. `id`/`username` are the original backend's payload, kept for clients
@@ -323,6 +326,7 @@ impl Authenticator {
             username: c.username,
             organization_id: c.org,
             role: c.role,
+            remote: None,
         })
     }
 

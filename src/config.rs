@@ -201,6 +201,11 @@ pub struct Options {
     #[arg(long, env = "TANDEM_SHUTDOWN_GRACE_SECS", global = true)]
     pub shutdown_grace_secs: Option<u64>,
 
+    /// How long a transcript waits for an unavailable database (restart, failover) before it
+    /// is reported unsaved, in seconds. The client is told while it waits. [default: 60]
+    #[arg(long, env = "TANDEM_TRANSCRIPT_RETRY_SECS", global = true)]
+    pub transcript_retry_secs: Option<u64>,
+
     /// Log format. Levels come from TANDEM_LOG (or RUST_LOG), e.g. `info,tandem=debug`.
     /// [default: human]
     #[arg(long, env = "TANDEM_LOG_FORMAT", value_enum, global = true)]
@@ -337,6 +342,7 @@ pub struct Config {
     pub refresh_token_ttl: Duration,
     pub openai_base_url: url::Url,
     pub shutdown_grace: Duration,
+    pub transcript_retry: Duration,
     pub log_format: LogFormat,
     pub stt_dialect: SttDialect,
     pub stt_model: String,
@@ -510,6 +516,11 @@ impl Options {
                     .or(file.shutdown_grace_secs)
                     .unwrap_or(10),
             ),
+            transcript_retry: Duration::from_secs(
+                self.transcript_retry_secs
+                    .or(file.transcript_retry_secs)
+                    .unwrap_or(60),
+            ),
             log_format: self
                 .log_format
                 .or(file.log_format)
@@ -677,6 +688,7 @@ impl Config {
                 })
                 .collect(),
             stt_prompt: self.stt_prompt.clone(),
+            store_retry_window: self.transcript_retry,
         }
     }
 

@@ -7,6 +7,7 @@
 //! - [`pipeline`]: per-conversation live processing and the fan-out of its events.
 //! - [`records`]: what a visit leaves behind: summaries, synthetic medical histories, exports.
 //! - [`stt`]: the Realtime speech-to-text client (reconnects, replay, local VAD).
+//! - [`audit`]: the names of audited reads of patient data (the audit log's `action`s).
 //! - [`actions`]: the review rules of actions (editable fields, confirm/cancel).
 //! - [`webhook`]: signed delivery of confirmed actions to a clinic system, from the outbox.
 //! - [`store`]: persistence behind one trait; SQLite by default, Postgres behind a feature.
@@ -22,6 +23,7 @@
 pub mod actions;
 pub mod ai;
 pub mod audio;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod commands;

@@ -250,7 +250,7 @@ async fn actions_are_read_edited_confirmed_and_cancelled() {
     };
     assert!(logged("update", rx) && logged("update", followup));
     assert!(logged("confirm", rx) && logged("cancel", rx) && logged("cancel", note));
-    assert!(logged("read", rx));
+    assert!(logged("action.read", rx));
     assert!(
         !logged("confirm", note),
         "refused changes are not audited as done"

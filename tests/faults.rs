@@ -20,6 +20,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
+use tandem::pipeline::PipelineConfig;
 use tandem::server::HttpConfig;
 use tandem::testing::fake_openai::http::{Fault, CHAT_PATH, SPEECH_PATH};
 use tandem::testing::fake_openai::realtime::State;
@@ -846,19 +847,33 @@ fn take_write_lock(db: &std::path::Path) -> rusqlite::Connection {
     conn
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_locked_store_retries_then_hands_the_transcript_to_the_client() {
+/// A server whose transcripts wait up to `retry_window` for the store, and a call whose first
+/// utterance was spoken (its captions arrived) while another connection holds SQLite's write
+/// lock, which is returned.
+async fn first_utterance_into_a_locked_store(
+    retry_window: Duration,
+) -> (support::TestServer, Visit, Call, rusqlite::Connection) {
     let srv = start_scripted_tuned(script(), |t| {
         t.sqlite_busy_timeout = Duration::from_millis(50);
+        t.pipeline.store_retry_window = retry_window;
     })
     .await;
     let visit = Visit::start(&srv).await;
     let mut call = visit.open_audio().await;
-
-    // Locked for the whole retry window: the transcript cannot be stored.
     let lock = take_write_lock(&srv.db_path);
     call.stream_until_utterance().await;
+    (srv, visit, call, lock)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_store_retries_then_hands_the_transcript_to_the_client() {
+    // Locked for the whole retry window: the transcript cannot be stored. The client hears
+    // first that it is held, then that the wait is over and it is not stored.
+    let (srv, visit, mut call, lock) =
+        first_utterance_into_a_locked_store(Duration::from_secs(1)).await;
+    let pending = call.until(|e| is_error(e, "transcript_pending")).await;
     let unsaved = call.until(|e| is_error(e, "store_unavailable")).await;
+    assert_eq!(pending["payload"], unsaved["payload"]);
     assert_eq!(unsaved["payload"]["originalText"], CLINICIAN, "{unsaved}");
     assert_eq!(unsaved["payload"]["senderType"], "user");
     assert_eq!(unsaved["payload"]["language"], "en");
@@ -884,15 +899,9 @@ async fn a_locked_store_retries_then_hands_the_transcript_to_the_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_briefly_locked_store_is_retried_and_nothing_is_reported_lost() {
-    let srv = start_scripted_tuned(script(), |t| {
-        t.sqlite_busy_timeout = Duration::from_millis(50);
-    })
-    .await;
-    let visit = Visit::start(&srv).await;
-    let mut call = visit.open_audio().await;
-    let lock = take_write_lock(&srv.db_path);
-    call.stream_until_utterance().await;
-    // Released well inside the retry window (three attempts, 100 + 200 ms apart).
+    let (srv, visit, mut call, lock) =
+        first_utterance_into_a_locked_store(PipelineConfig::default().store_retry_window).await;
+    // Released well inside the retry window.
     tokio::time::sleep(Duration::from_millis(150)).await;
     drop(lock);
     call.until_completed(1).await;
@@ -913,36 +922,70 @@ async fn a_briefly_locked_store_is_retried_and_nothing_is_reported_lost() {
     srv.stop().await;
 }
 
+/// The store stays unavailable longer than a blip but comes back inside the window: the
+/// client is told the transcript is held, then gets it as an ordinary `new_message`, and the
+/// row is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_back_within_the_window_gets_the_held_transcript_once() {
+    let (srv, visit, mut call, lock) =
+        first_utterance_into_a_locked_store(PipelineConfig::default().store_retry_window).await;
+    held_then_stored(&mut call, &visit, || drop(lock)).await;
+    call.close().await;
+    srv.stop().await;
+}
+
+/// Waits for the `transcript_pending` error of the first utterance, checks nothing claims to
+/// be stored, calls `recover`, then checks the transcript arrives as `new_message`, is
+/// interpreted as usual and is stored exactly once.
+async fn held_then_stored(call: &mut Call, visit: &Visit, recover: impl FnOnce()) {
+    let pending = call.until(|e| is_error(e, "transcript_pending")).await;
+    assert_eq!(pending["payload"]["originalText"], CLINICIAN, "{pending}");
+    assert_eq!(pending["payload"]["conversationId"], visit.id.as_str());
+    let item = pending["payload"]["sttItemId"].as_str().unwrap().to_owned();
+    assert_eq!(call.count("new_message"), 0, "nothing claims to be stored");
+    recover();
+    let stored = call.until(|e| e["type"] == "new_message").await;
+    assert_eq!(stored["payload"]["originalText"], CLINICIAN, "{stored}");
+    call.until_completed(1).await;
+    assert!(
+        !call.events.iter().any(|e| is_error(e, "store_unavailable")),
+        "never reported lost: {:?}",
+        call.types()
+    );
+    let rows = visit.stored(2).await;
+    assert_eq!(originals(&rows), [CLINICIAN], "stored once: {rows:?}");
+    let original = rows
+        .iter()
+        .find(|m| m["senderType"] != "translation")
+        .unwrap();
+    assert_eq!(original["id"], stored["payload"]["id"]);
+    assert_eq!(
+        rows.iter()
+            .filter(|m| m["senderType"] == "translation")
+            .count(),
+        1,
+        "interpreted once: {rows:?}"
+    );
+    assert_eq!(
+        original["sttItemId"],
+        item.as_str(),
+        "the held utterance's row"
+    );
+}
+
 /// Postgres stopped and started again mid-test (`pg_ctl` through `.ci/postgres.sh`): requests
 /// during the outage get 503 `store_unavailable`, and the store reconnects by itself.
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_is_503_during_the_outage_then_reconnects() {
-    let url = std::env::var("TANDEM_TEST_DATABASE_URL").unwrap_or_else(|_| {
-        panic!(
-            "the `postgres` feature is on but TANDEM_TEST_DATABASE_URL is unset; start one with \
-             eval \"$(.ci/postgres.sh start)\""
-        )
-    });
-    let schema = format!("faults_{}", tandem::store::new_id().replace('-', ""));
-    let store = tandem::store::postgres::PostgresStore::connect_with_schema(&url, &schema)
-        .await
-        .unwrap();
-    let store: Arc<dyn tandem::store::Store> = Arc::new(store);
+    let _cluster = POSTGRES_CLUSTER.lock().await;
+    let store = postgres_store().await;
     let srv = start_scripted_tuned(script(), |t| t.store = Some(store)).await;
     let user = srv.new_user("dr_pg").await;
     let created = user
         .create_conversation("Ana", "García", "1980-04-02")
         .await;
-    let ctl = |action: &str| {
-        let status = std::process::Command::new(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/postgres.sh"),
-        )
-        .arg(action)
-        .status()
-        .unwrap();
-        assert!(status.success(), ".ci/postgres.sh {action}");
-    };
+    let ctl = postgres_ctl;
 
     ctl("halt");
     let res = user.get("/conversations").send().await.unwrap();
@@ -969,5 +1012,75 @@ async fn postgres_restart_is_503_during_the_outage_then_reconnects() {
         listed.to_string().contains(created["id"].as_str().unwrap()),
         "the conversation from before the restart: {listed}"
     );
+    srv.stop().await;
+}
+
+/// The cluster is one for the whole binary and the `postgres_` tests stop and start it: each
+/// holds this for its whole run, so one's outage never lands in another's.
+#[cfg(feature = "postgres")]
+static POSTGRES_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A Postgres store in a fresh schema of the cluster `.ci/postgres.sh start` runs.
+#[cfg(feature = "postgres")]
+async fn postgres_store() -> Arc<dyn tandem::store::Store> {
+    let url = std::env::var("TANDEM_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "the `postgres` feature is on but TANDEM_TEST_DATABASE_URL is unset; start one with \
+             eval \"$(.ci/postgres.sh start)\""
+        )
+    });
+    let schema = format!("faults_{}", tandem::store::new_id().replace('-', ""));
+    let store = tandem::store::postgres::PostgresStore::connect_with_schema(&url, &schema)
+        .await
+        .unwrap();
+    Arc::new(store)
+}
+
+/// `.ci/postgres.sh halt|resume`: stops the cluster keeping its data, or starts it again.
+#[cfg(feature = "postgres")]
+fn postgres_ctl(action: &str) {
+    let status = std::process::Command::new(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/postgres.sh"),
+    )
+    .arg(action)
+    .status()
+    .unwrap();
+    assert!(status.success(), ".ci/postgres.sh {action}");
+}
+
+/// Postgres goes down while the clinician is speaking, so the utterance's transcript arrives
+/// during the outage, and comes back a while later: the transcript is held and retried, the
+/// client is told, and after the restart it is stored exactly once and interpreted as usual.
+/// Then the next utterance works.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_during_a_live_utterance_holds_the_transcript_until_it_is_stored() {
+    let _cluster = POSTGRES_CLUSTER.lock().await;
+    let store = postgres_store().await;
+    let srv = start_scripted_tuned(script(), |t| t.store = Some(store)).await;
+    let visit = Visit::start(&srv).await;
+    let mut call = visit.open_audio().await;
+    // The utterance has begun (audio reached the provider, no transcript yet) when the
+    // database stops.
+    call.send_chunk().await;
+    call.collect_idle(CHUNK_GAP).await;
+    assert_eq!(call.captions(), 0, "{:?}", call.types());
+    tokio::task::spawn_blocking(|| postgres_ctl("halt"))
+        .await
+        .unwrap();
+    call.stream_until_utterance().await;
+    held_then_stored(&mut call, &visit, || postgres_ctl("resume")).await;
+
+    let mark = call.events.len();
+    call.stream_rest().await;
+    call.until_completed(2).await;
+    assert!(
+        !call.since(mark).iter().any(|e| e["type"] == "error"),
+        "{:?}",
+        call.types()
+    );
+    let rows = visit.stored(4).await;
+    assert_eq!(originals(&rows), [CLINICIAN, PATIENT]);
+    call.close().await;
     srv.stop().await;
 }

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use support::ws::{close_code, connect, next_error, next_event, send, Ws};
 use support::{Client, TestServer};
 use tandem::server::HttpConfig;
+use tandem::store::UserRole;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -59,6 +60,8 @@ enum Auth {
     Valid,
     /// This exact header value.
     Header(String),
+    /// No `Authorization`; this `Cookie` header instead.
+    Cookie(String),
 }
 
 #[derive(Clone)]
@@ -80,7 +83,8 @@ struct Case {
     code: &'static str,
 }
 
-/// A route of the REST API. `{c}` / `{p}` stand for a conversation / patient id.
+/// A route of the REST API. `{c}` / `{p}` / `{a}` / `{d}` / `{k}` stand for a conversation /
+/// patient / action / webhook delivery / clinic command id (see [`Ids`]).
 struct Route {
     method: Method,
     path: &'static str,
@@ -88,6 +92,36 @@ struct Route {
     json_body: bool,
     /// A method the route does not accept.
     wrong_method: Method,
+    /// Only an organization admin may call it; a clinician gets 403.
+    admin: bool,
+}
+
+impl Route {
+    /// A body the route accepts (so a row fails for the reason it is about), if it takes one.
+    fn valid_body(&self) -> Body {
+        if !self.json_body {
+            return Body::Empty;
+        }
+        let body = match self.path {
+            "/api/v1/actions/{a}" => json!({"data": {"dosage": "1 g"}}),
+            "/api/v1/organization/webhook" => json!({"url": "https://ehr.example/hooks/tandem"}),
+            "/api/v1/commands" | "/api/v1/commands/{k}" => referral_command(),
+            "/api/v1/users/me/settings" => json!({"builtinCommands": true}),
+            _ => json!({}),
+        };
+        Body::Bytes(body.to_string().into_bytes())
+    }
+}
+
+/// A valid clinic-command definition.
+fn referral_command() -> Value {
+    json!({
+        "name": "refer_patient",
+        "description": "Refer the patient to a specialist.",
+        "examples": ["refer to cardiology"],
+        "parameters": {"type": "object", "properties": {"specialty": {"type": "string"}}, "required": ["specialty"]},
+        "produces": {"kind": "action", "actionType": "referral"}
+    })
 }
 
 fn routes() -> Vec<Route> {
@@ -97,6 +131,11 @@ fn routes() -> Vec<Route> {
         authed,
         json_body,
         wrong_method,
+        admin: false,
+    };
+    let admin = |method: Method, path, json_body, wrong_method: Method| Route {
+        admin: true,
+        ..r(method, path, true, json_body, wrong_method)
     };
     use Method as M;
     vec![
@@ -149,7 +188,151 @@ fn routes() -> Vec<Route> {
         r(M::GET, "/api/v1/patients", true, false, M::POST),
         r(M::GET, "/api/v1/patients/{p}", true, false, M::DELETE),
         r(M::PATCH, "/api/v1/patients/{p}", true, true, M::PUT),
+        // Issue #5: records, actions, the webhook and its log, clinic commands, settings.
+        r(
+            M::POST,
+            "/api/v1/conversations/{c}/summary",
+            true,
+            false,
+            M::PUT,
+        ),
+        r(
+            M::GET,
+            "/api/v1/conversations/{c}/export",
+            true,
+            false,
+            M::POST,
+        ),
+        r(M::GET, "/api/v1/actions/{a}", true, false, M::PUT),
+        r(M::PATCH, "/api/v1/actions/{a}", true, true, M::DELETE),
+        r(M::POST, "/api/v1/actions/{a}/confirm", true, false, M::GET),
+        r(M::POST, "/api/v1/actions/{a}/cancel", true, false, M::PUT),
+        r(
+            M::GET,
+            "/api/v1/actions/{a}/deliveries",
+            true,
+            false,
+            M::POST,
+        ),
+        r(M::GET, "/api/v1/organization/webhook", true, false, M::POST),
+        admin(M::PUT, "/api/v1/organization/webhook", true, M::PATCH),
+        admin(M::DELETE, "/api/v1/organization/webhook", false, M::POST),
+        r(M::GET, "/api/v1/webhook-deliveries", true, false, M::DELETE),
+        admin(
+            M::POST,
+            "/api/v1/webhook-deliveries/{d}/retry",
+            false,
+            M::GET,
+        ),
+        r(M::GET, "/api/v1/commands", true, false, M::PATCH),
+        admin(M::POST, "/api/v1/commands", true, M::PUT),
+        r(M::GET, "/api/v1/commands/{k}", true, false, M::POST),
+        admin(M::PUT, "/api/v1/commands/{k}", true, M::PATCH),
+        admin(M::DELETE, "/api/v1/commands/{k}", false, M::POST),
+        r(M::GET, "/api/v1/users/me/settings", true, false, M::POST),
+        r(M::PATCH, "/api/v1/users/me/settings", true, true, M::PUT),
     ]
+}
+
+/// The ids a table fills into route paths: rows of the table user's organization.
+struct Ids {
+    c: String,
+    p: String,
+    /// An action under review.
+    a: String,
+    /// A failed webhook delivery.
+    d: String,
+    /// A clinic command.
+    k: String,
+}
+
+impl Ids {
+    fn fill(&self, path: &str) -> String {
+        fill_with(path, |_| None, self)
+    }
+}
+
+/// `path` with its placeholders replaced: by `odd(placeholder)` where that gives an id, by
+/// the id in `ids` otherwise.
+fn fill_with(path: &str, odd: impl Fn(&str) -> Option<String>, ids: &Ids) -> String {
+    let mut out = path.to_owned();
+    for (key, id) in [
+        ("{c}", &ids.c),
+        ("{p}", &ids.p),
+        ("{a}", &ids.a),
+        ("{d}", &ids.d),
+        ("{k}", &ids.k),
+    ] {
+        out = out.replace(key, &odd(key).unwrap_or_else(|| id.clone()));
+    }
+    out
+}
+
+/// An admin of `user`'s organization and the ids of rows it owns besides the conversation:
+/// an action under review, a failed webhook delivery (a confirmed action whose webhook was
+/// then removed; a webhook is configured again after) and a clinic command.
+async fn org_rows(srv: &TestServer, user: &Client, c: &str, p: &str) -> (Client, Ids) {
+    use tandem::ai::Command;
+    let org = srv
+        .store
+        .user_by_id(&user.user_id)
+        .await
+        .unwrap()
+        .organization_id;
+    let admin = srv
+        .user_with_role(&org, &format!("{}_admin", user.user_id), UserRole::Admin)
+        .await;
+    let prescription = || Command::WritePrescription {
+        medication_name: "metformin".into(),
+        dosage: "500 mg".into(),
+        frequency: "twice a day".into(),
+        details: None,
+    };
+    let a = support::voice_action(srv, c, &prescription()).await;
+    let confirmed = support::voice_action(srv, c, &prescription()).await;
+    let put_webhook = || async {
+        let res = admin
+            .put("/organization/webhook")
+            .json(&json!({"url": "http://127.0.0.1:9/hooks/tandem"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    };
+    put_webhook().await;
+    let res = admin
+        .post(&format!("/actions/{confirmed}/confirm"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = admin.delete("/organization/webhook").send().await.unwrap();
+    assert_eq!(res.status(), 204);
+    put_webhook().await;
+    let deliveries = admin
+        .get_json(&format!("/actions/{confirmed}/deliveries"), 200)
+        .await;
+    assert_eq!(deliveries[0]["status"], "failed", "{deliveries}");
+    let d = deliveries[0]["id"].as_str().unwrap().to_owned();
+    let res = admin
+        .post("/commands")
+        .json(&referral_command())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let k = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ids = Ids {
+        c: c.to_owned(),
+        p: p.to_owned(),
+        a,
+        d,
+        k,
+    };
+    (admin, ids)
 }
 
 /// Ids a client can put in a path segment, as sent on the wire (percent-encoded or not).
@@ -165,6 +348,9 @@ fn odd_ids() -> Vec<String> {
         "a%00b".into(),
         "%ff%fe".into(),
         "%27%3B%20DROP%20TABLE%20conversations%3B--".into(),
+        "%C3%A9t%C3%A9".into(),
+        "%F0%9F%92%A9".into(),
+        "%E2%80%AEdi".into(),
         "a".repeat(10_000),
     ]
 }
@@ -201,7 +387,7 @@ fn bad_bodies() -> Vec<(&'static str, Body, u16, &'static str)> {
         (
             "wrong types",
             bytes(
-                br#"{"username":1,"password":[],"refreshToken":{},"firstName":true,"lastName":2,"dob":3,"preferredLanguage":4}"#,
+                br#"{"username":1,"password":[],"refreshToken":{},"firstName":true,"lastName":2,"dob":3,"preferredLanguage":4,"data":5,"url":6,"secret":7,"name":8,"description":9,"examples":10,"parameters":11,"produces":12,"builtinCommands":"yes","wakePhrase":13}"#,
             ),
             422,
             "invalid_field",
@@ -223,22 +409,14 @@ fn bad_bodies() -> Vec<(&'static str, Body, u16, &'static str)> {
     ]
 }
 
-fn rest_table(c: &str, p: &str, token: &str) -> Vec<Case> {
-    let fill = |path: &str, c: &str, p: &str| path.replace("{c}", c).replace("{p}", p);
+fn rest_table(ids: &Ids, token: &str, admin_token: &str) -> Vec<Case> {
     let mut cases = Vec::new();
     for route in routes() {
-        let path = fill(route.path, c, p);
-        let auth = if route.authed {
-            Auth::Valid
-        } else {
-            Auth::None
-        };
-        let minimal_body = || {
-            if route.json_body {
-                Body::Bytes(b"{}".to_vec())
-            } else {
-                Body::Empty
-            }
+        let path = ids.fill(route.path);
+        let (auth, role_token) = match (route.authed, route.admin) {
+            (false, _) => (Auth::None, token),
+            (true, false) => (Auth::Valid, token),
+            (true, true) => (Auth::Header(format!("Bearer {admin_token}")), admin_token),
         };
         cases.push(Case {
             what: format!("{} {} wrong method", route.wrong_method, route.path),
@@ -267,12 +445,12 @@ fn rest_table(c: &str, p: &str, token: &str) -> Vec<Case> {
                 ("no token", Auth::None, String::new()),
                 (
                     "scheme missing",
-                    Auth::Header(token.to_owned()),
+                    Auth::Header(role_token.to_owned()),
                     String::new(),
                 ),
                 (
                     "Basic scheme",
-                    Auth::Header(format!("Basic {token}")),
+                    Auth::Header(format!("Basic {role_token}")),
                     String::new(),
                 ),
                 (
@@ -282,14 +460,34 @@ fn rest_table(c: &str, p: &str, token: &str) -> Vec<Case> {
                 ),
                 (
                     "token plus junk",
-                    Auth::Header(format!("Bearer {token} x")),
+                    Auth::Header(format!("Bearer {role_token} x")),
                     String::new(),
                 ),
-                ("only ?token=", Auth::None, format!("?token={token}")),
+                ("only ?token=", Auth::None, format!("?token={role_token}")),
+                (
+                    "only ?access_token=",
+                    Auth::None,
+                    format!("?access_token={role_token}"),
+                ),
                 (
                     "forged header, valid ?token=",
                     Auth::Header("Bearer forged".into()),
-                    format!("?token={token}"),
+                    format!("?token={role_token}"),
+                ),
+                (
+                    "token in a cookie",
+                    Auth::Cookie(format!("token={role_token}")),
+                    String::new(),
+                ),
+                (
+                    "access_token cookie",
+                    Auth::Cookie(format!("access_token={role_token}")),
+                    String::new(),
+                ),
+                (
+                    "Authorization cookie",
+                    Auth::Cookie(format!("Authorization=Bearer {role_token}")),
+                    String::new(),
                 ),
             ];
             for (what, auth, query) in wrong_places {
@@ -298,7 +496,7 @@ fn rest_table(c: &str, p: &str, token: &str) -> Vec<Case> {
                     method: route.method.clone(),
                     path: format!("{path}{query}"),
                     auth,
-                    body: minimal_body(),
+                    body: route.valid_body(),
                     status: 401,
                     code: "unauthorized",
                 });
@@ -309,7 +507,7 @@ fn rest_table(c: &str, p: &str, token: &str) -> Vec<Case> {
                 path: path.clone(),
                 auth: Auth::None,
                 body: Body::Bytes(
-                    json!({"token": token, "accessToken": token, "authorization": format!("Bearer {token}")})
+                    json!({"token": role_token, "accessToken": role_token, "authorization": format!("Bearer {role_token}")})
                         .to_string()
                         .into_bytes(),
                 ),
@@ -317,26 +515,41 @@ fn rest_table(c: &str, p: &str, token: &str) -> Vec<Case> {
                 code: "unauthorized",
             });
         }
-        if route.path.contains("{c}") || route.path.contains("{p}") {
+        if route.admin {
+            cases.push(Case {
+                what: format!("{} {}: a clinician", route.method, route.path),
+                method: route.method.clone(),
+                path: path.clone(),
+                auth: Auth::Valid,
+                body: route.valid_body(),
+                status: 403,
+                code: "forbidden",
+            });
+        }
+        if route.path.contains('{') {
             for id in odd_ids() {
                 let shown: String = id.chars().take(40).collect();
                 cases.push(Case {
                     what: format!("{} {} with id {shown}", route.method, route.path),
                     method: route.method.clone(),
-                    path: fill(route.path, &id, &id),
-                    auth: Auth::Valid,
-                    body: minimal_body(),
+                    path: fill_with(route.path, |_| Some(id.clone()), ids),
+                    auth: auth.clone(),
+                    body: route.valid_body(),
                     status: 404,
                     code: "not_found",
                 });
             }
         }
     }
+    cases.extend(invalid_values(ids, admin_token));
     for path in [
         "/api/v1/../../etc/passwd",
         "/api/v1/%2e%2e/%2e%2e/etc/passwd",
         "/api/v2/conversations",
         "/api/v1/conversations/x/y/z",
+        "/api/v1/actions/x/confirm/y",
+        "/api/v1/organization/webhook/x",
+        "/api/v1/users/other/settings",
         "/.env",
     ] {
         cases.push(Case {
@@ -347,6 +560,224 @@ fn rest_table(c: &str, p: &str, token: &str) -> Vec<Case> {
             body: Body::Empty,
             status: 404,
             code: "not_found",
+        });
+    }
+    cases
+}
+
+/// Well-formed JSON the #5 routes must refuse field by field (unknown fields where they are
+/// refused, values out of range), and hostile query strings: each 422 `invalid_field` unless
+/// noted.
+fn invalid_values(ids: &Ids, admin_token: &str) -> Vec<Case> {
+    let long = "x".repeat(10_001);
+    let mut command_bodies: Vec<(&str, Value)> = Vec::new();
+    let mut command = |what, edit: &dyn Fn(&mut Value)| {
+        let mut body = referral_command();
+        edit(&mut body);
+        command_bodies.push((what, body));
+    };
+    command("an unknown field in produces", &|b| {
+        b["produces"]["extra"] = json!(1)
+    });
+    command("an unknown produces kind", &|b| {
+        b["produces"] = json!({"kind": "shell"})
+    });
+    command("a $ref in parameters", &|b| {
+        b["parameters"]["properties"]["specialty"] = json!({"$ref": "#/x"})
+    });
+    command("a built-in name", &|b| b["name"] = json!("Take_Note"));
+    command("a unicode name", &|b| b["name"] = json!("réferer"));
+    command("a 65-character name", &|b| {
+        b["name"] = json!("n".repeat(65))
+    });
+    command("a blank description", &|b| b["description"] = json!("  "));
+    command("21 examples", &|b| b["examples"] = json!(vec!["refer"; 21]));
+    command("a control character in an example", &|b| {
+        b["examples"] = json!(["refer\u{0007}"])
+    });
+    command("parameters nested 7 deep", &|b| {
+        let mut p = json!({"type": "string"});
+        for _ in 0..6 {
+            p = json!({"type": "object", "properties": {"x": p}});
+        }
+        b["parameters"] = p;
+    });
+    command("required naming an unknown property", &|b| {
+        b["parameters"]["required"] = json!(["nope"])
+    });
+    command("a built-in action type", &|b| {
+        b["produces"]["actionType"] = json!("prescription")
+    });
+
+    let mut rows: Vec<(Method, String, String, Value)> = Vec::new();
+    for (what, body) in command_bodies {
+        rows.push((
+            Method::POST,
+            "/api/v1/commands".into(),
+            what.into(),
+            body.clone(),
+        ));
+        rows.push((
+            Method::PUT,
+            ids.fill("/api/v1/commands/{k}"),
+            what.into(),
+            body,
+        ));
+    }
+    let action = ids.fill("/api/v1/actions/{a}");
+    for (what, body) in [
+        ("an unknown data field", json!({"data": {"bogus": 1}})),
+        (
+            "scheduledFor on a prescription",
+            json!({"data": {"scheduledFor": "2030-01-01"}}),
+        ),
+        ("no field to change", json!({"data": {}})),
+        ("data as an array", json!({"data": [1]})),
+        (
+            "a number for a string field",
+            json!({"data": {"dosage": 5}}),
+        ),
+        (
+            "a blank medication",
+            json!({"data": {"medicationName": " "}}),
+        ),
+        ("an over-long value", json!({"data": {"details": long}})),
+    ] {
+        rows.push((Method::PATCH, action.clone(), what.into(), body));
+    }
+    for (what, body) in [
+        ("a javascript: URL", json!({"url": "javascript:alert(1)"})),
+        ("a file: URL", json!({"url": "file:///etc/passwd"})),
+        (
+            "credentials in the URL",
+            json!({"url": "https://user:pw@ehr.example/h"}),
+        ),
+        ("a relative URL", json!({"url": "/hooks/tandem"})),
+        (
+            "a 3000-character URL",
+            json!({"url": format!("https://ehr.example/{}", "a".repeat(3000))}),
+        ),
+        (
+            "a short secret",
+            json!({"url": "https://ehr.example/h", "secret": "short"}),
+        ),
+        (
+            "a control character in the secret",
+            json!({"url": "https://ehr.example/h", "secret": "0123456789abcdef\u{0000}"}),
+        ),
+    ] {
+        rows.push((
+            Method::PUT,
+            "/api/v1/organization/webhook".into(),
+            what.into(),
+            body,
+        ));
+    }
+    for (what, body) in [
+        ("a numeric wake phrase", json!({"wakePhrase": 5})),
+        ("an empty wake phrase", json!({"wakePhrase": ""})),
+        (
+            "digits in the wake phrase",
+            json!({"wakePhrase": "hey 123"}),
+        ),
+        (
+            "a 41-letter wake phrase",
+            json!({"wakePhrase": "a".repeat(41)}),
+        ),
+        (
+            "an RTL override in the wake phrase",
+            json!({"wakePhrase": "hey\u{202e}tandem"}),
+        ),
+        (
+            "builtinCommands as a string",
+            json!({"builtinCommands": "yes"}),
+        ),
+    ] {
+        rows.push((
+            Method::PATCH,
+            "/api/v1/users/me/settings".into(),
+            what.into(),
+            body,
+        ));
+    }
+    let mut cases: Vec<Case> = rows
+        .into_iter()
+        .map(|(method, path, what, body)| Case {
+            what: format!("{method} {path}: {what}"),
+            method,
+            path,
+            auth: Auth::Header(format!("Bearer {admin_token}")),
+            body: Body::Bytes(body.to_string().into_bytes()),
+            status: 422,
+            code: "invalid_field",
+        })
+        .collect();
+    let export = ids.fill("/api/v1/conversations/{c}/export");
+    let end = ids.fill("/api/v1/conversations/{c}/end");
+    for (method, path, status, code) in [
+        (
+            Method::GET,
+            "/api/v1/webhook-deliveries?limit=abc".to_owned(),
+            422,
+            "invalid_field",
+        ),
+        (
+            Method::GET,
+            "/api/v1/webhook-deliveries?limit=-1".into(),
+            422,
+            "invalid_field",
+        ),
+        (
+            Method::GET,
+            "/api/v1/webhook-deliveries?limit=99999999999999999999".into(),
+            422,
+            "invalid_field",
+        ),
+        (
+            Method::GET,
+            "/api/v1/webhook-deliveries?after=..%2F..".into(),
+            404,
+            "not_found",
+        ),
+        (
+            Method::GET,
+            "/api/v1/webhook-deliveries?after=%F0%9F%92%A9".into(),
+            404,
+            "not_found",
+        ),
+        (
+            Method::GET,
+            format!("{export}?format=exe"),
+            400,
+            "invalid_query",
+        ),
+        (
+            Method::GET,
+            format!("{export}?format=%00"),
+            400,
+            "invalid_query",
+        ),
+        (
+            Method::GET,
+            format!("{export}?format=%ff"),
+            400,
+            "invalid_query",
+        ),
+        (
+            Method::POST,
+            format!("{end}?wait=maybe"),
+            422,
+            "invalid_field",
+        ),
+    ] {
+        cases.push(Case {
+            what: format!("{method} {path}"),
+            method,
+            path,
+            auth: Auth::Valid,
+            body: Body::Empty,
+            status,
+            code,
         });
     }
     cases
@@ -366,12 +797,12 @@ async fn raw_request(
     addr: SocketAddr,
     method: &Method,
     path: &str,
-    auth: Option<&str>,
+    header: Option<(&str, &str)>,
     body: &[u8],
 ) -> (u16, Vec<u8>) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = auth
-        .map(|a| format!("Authorization: {a}\r\n"))
+    let auth = header
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
         .unwrap_or_default();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n",
@@ -397,11 +828,13 @@ async fn raw_request(
     (status, response[split + 4..].to_vec())
 }
 
-async fn run_case(srv: &TestServer, user: &Client, case: &Case) {
-    let auth_value = match &case.auth {
+/// Sends `case` and checks its status and JSON error body; returns the body.
+async fn run_case(srv: &TestServer, user: &Client, case: &Case) -> Value {
+    let header = match &case.auth {
         Auth::None => None,
-        Auth::Valid => Some(format!("Bearer {}", user.access_token)),
-        Auth::Header(h) => Some(h.clone()),
+        Auth::Valid => Some(("authorization", format!("Bearer {}", user.access_token))),
+        Auth::Header(h) => Some(("authorization", h.clone())),
+        Auth::Cookie(c) => Some(("cookie", c.clone())),
     };
     let (status, body) = if has_dot_segment(&case.path) {
         let body = match &case.body {
@@ -413,14 +846,14 @@ async fn run_case(srv: &TestServer, user: &Client, case: &Case) {
             srv.addr,
             &case.method,
             &case.path,
-            auth_value.as_deref(),
+            header.as_ref().map(|(name, value)| (*name, value.as_str())),
             body,
         )
         .await
     } else {
         let mut req = srv.http.request(case.method.clone(), srv.url(&case.path));
-        if let Some(a) = &auth_value {
-            req = req.header("authorization", a);
+        if let Some((name, value)) = &header {
+            req = req.header(*name, value);
         }
         req = match &case.body {
             Body::Empty => req,
@@ -464,6 +897,7 @@ async fn run_case(srv: &TestServer, user: &Client, case: &Case) {
         "{}: a message: {body}",
         case.what
     );
+    body
 }
 
 /// The server still serves: `/healthz`, and the user's own data.
@@ -479,15 +913,125 @@ async fn assert_healthy(srv: &TestServer, user: &Client, conversation_id: &str) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rest_route_answers_bad_input_with_a_json_error() {
     let (srv, user, c, p) = table_server("table").await;
-    let cases = rest_table(&c, &p, &user.access_token);
-    assert!(cases.len() > 250, "{} cases", cases.len());
+    let (admin, ids) = org_rows(&srv, &user, &c, &p).await;
+    let before = org_snapshot(&admin, &ids).await;
+    let cases = rest_table(&ids, &user.access_token, &admin.access_token);
+    assert!(cases.len() > 800, "{} cases", cases.len());
     for case in &cases {
         run_case(&srv, &user, case).await;
     }
     assert_healthy(&srv, &user, &c).await;
-    // Nothing in the table created an account or changed the patient.
+    // Nothing in the table created an account or changed a row of the organization.
     let patient = user.get_json(&format!("/patients/{p}"), 200).await;
     assert_eq!(patient["firstName"], "Tab");
+    assert_eq!(org_snapshot(&admin, &ids).await, before);
+    srv.stop().await;
+}
+
+/// Everything an organization's rows look like over REST, for before/after comparisons.
+async fn org_snapshot(member: &Client, ids: &Ids) -> Value {
+    let mut snapshot = serde_json::Map::new();
+    for path in [
+        "/conversations",
+        "/conversations/{c}",
+        "/conversations/{c}/messages",
+        "/conversations/{c}/actions",
+        "/conversations/{c}/summary",
+        "/actions/{a}",
+        "/actions/{a}/deliveries",
+        "/patients",
+        "/patients/{p}",
+        "/organization/webhook",
+        "/webhook-deliveries",
+        "/commands",
+        "/commands/{k}",
+        "/users/me/settings",
+    ] {
+        let filled = ids.fill(path);
+        snapshot.insert(path.into(), member.get_json(&filled, 200).await);
+    }
+    Value::Object(snapshot)
+}
+
+/// A user of organization B, admin or clinician, on every authenticated REST route with A's
+/// ids: 404 where the route takes an id (403 first where B's clinician is not allowed at all),
+/// and never A's data in any answer, nor a change to A's rows after any attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_organization_is_refused_on_every_rest_route() {
+    let (srv, owner, c, p) = table_server("owner").await;
+    let (owner_admin, ids) = org_rows(&srv, &owner, &c, &p).await;
+    let before = org_snapshot(&owner_admin, &ids).await;
+    let marks = [
+        ids.c.clone(),
+        ids.p.clone(),
+        ids.a.clone(),
+        ids.d.clone(),
+        ids.k.clone(),
+        "127.0.0.1:9".to_owned(),
+    ];
+    let intruder_admin = srv
+        .user_in_new_org_as("Other Clinic", "intruder_admin", UserRole::Admin)
+        .await;
+    let other = srv
+        .store
+        .organization_by_name("Other Clinic")
+        .await
+        .unwrap();
+    let intruder = srv
+        .user_with_role(&other.id, "intruder", UserRole::Clinician)
+        .await;
+
+    let mut attempts = 0;
+    for (who, is_admin) in [(&intruder_admin, true), (&intruder, false)] {
+        for route in routes().into_iter().filter(|r| r.authed) {
+            let path = ids.fill(route.path);
+            let what = format!("{} {} as {}", route.method, route.path, who.user_id);
+            let body = if route.path.contains('{') {
+                let (status, code) = if route.admin && !is_admin {
+                    (403, "forbidden")
+                } else {
+                    (404, "not_found")
+                };
+                let case = Case {
+                    what: what.clone(),
+                    method: route.method.clone(),
+                    path,
+                    auth: Auth::Header(format!("Bearer {}", who.access_token)),
+                    body: route.valid_body(),
+                    status,
+                    code,
+                };
+                run_case(&srv, who, &case).await.to_string()
+            } else {
+                // Organization-scoped routes act on B's own rows: whatever they answer, it is
+                // not A's data.
+                let mut req = srv
+                    .http
+                    .request(route.method.clone(), srv.url(&path))
+                    .bearer_auth(&who.access_token);
+                if let Body::Bytes(b) = route.valid_body() {
+                    req = req.header("content-type", "application/json").body(b);
+                }
+                let res = req.send().await.unwrap();
+                assert!(res.status().as_u16() < 500, "{what}: {}", res.status());
+                res.text().await.unwrap()
+            };
+            for mark in &marks {
+                assert!(
+                    !body.contains(mark.as_str()),
+                    "{what} shows A's {mark}: {body}"
+                );
+            }
+            assert_eq!(
+                org_snapshot(&owner_admin, &ids).await,
+                before,
+                "{what} changed A's rows"
+            );
+            attempts += 1;
+        }
+    }
+    assert!(attempts >= 60, "{attempts} attempts");
+    assert_healthy(&srv, &owner, &c).await;
     srv.stop().await;
 }
 
@@ -983,6 +1527,7 @@ fn bad_tokens(user_id: &str, org: &str) -> (String, Vec<(&'static str, String, &
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_are_refused_on_every_route_and_both_sockets() {
     let (srv, user, c, p) = table_server("victim").await;
+    let (_, ids) = org_rows(&srv, &user, &c, &p).await;
     let org = srv
         .store
         .user_by_id(&user.user_id)
@@ -1005,13 +1550,9 @@ async fn bad_tokens_are_refused_on_every_route_and_both_sockets() {
             let case = Case {
                 what: format!("{} {} with a token {what}", route.method, route.path),
                 method: route.method.clone(),
-                path: route.path.replace("{c}", &c).replace("{p}", &p),
+                path: ids.fill(route.path),
                 auth: Auth::Header(format!("Bearer {token}")),
-                body: if route.json_body {
-                    Body::Bytes(b"{}".to_vec())
-                } else {
-                    Body::Empty
-                },
+                body: route.valid_body(),
                 status: 401,
                 code,
             };
@@ -1113,6 +1654,18 @@ async fn another_organization_gets_nothing_over_either_socket() {
     ))
     .await;
     assert_eq!(refusal(audio).await, (Some("not_found".into()), Some(1008)));
+    let audio = connect_with_header(
+        &format!("ws://{}/transcription?conversationId={c}", srv.addr),
+        &format!("Bearer {}", intruder.access_token),
+    )
+    .await;
+    assert_eq!(refusal(audio).await, (Some("not_found".into()), Some(1008)));
+    // Nothing reached A's conversation.
+    assert_healthy(&srv, &owner, &c).await;
+    let messages = owner
+        .get_json(&format!("/conversations/{c}/messages"), 200)
+        .await;
+    assert_eq!(messages["messages"], json!([]));
     srv.stop().await;
 }
 
@@ -1197,14 +1750,48 @@ fn fuzz_inputs(target: &str) -> Vec<(String, Vec<u8>)> {
     inputs
 }
 
+/// Why `PATCH /actions/:id` refuses `body` for a prescription under review, if it does.
+fn action_edit_refusal(body: &[u8]) -> Option<tandem::http::error::ApiError> {
+    let edit =
+        match tandem::http::filters::parse_json::<tandem::http::models::EditActionRequest>(body) {
+            Ok(edit) => edit,
+            Err(e) => return Some(e),
+        };
+    let data = json!({"medicationName": "metformin", "dosage": "500 mg", "frequency": "twice a day", "details": null});
+    tandem::actions::edit("prescription", "pending_review", &data, &edit.data, 0)
+        .err()
+        .map(Into::into)
+}
+
+/// Why `PATCH /users/me/settings` refuses `body`, if it does; a patch naming no setting counts
+/// as refused here (the route accepts it as a no-op, but it is no seed of that route).
+fn settings_refusal(body: &[u8]) -> Option<tandem::http::error::ApiError> {
+    use tandem::http::error::ApiError;
+    let patch =
+        match tandem::http::filters::parse_json::<tandem::http::commands::SettingsPatch>(body) {
+            Ok(patch) => patch,
+            Err(e) => return Some(e),
+        };
+    match patch.wake_phrase {
+        Some(Some(phrase)) if tandem::commands::wake::normalize(&phrase).is_none() => {
+            Some(ApiError::InvalidField("wakePhrase".into()))
+        }
+        None if patch.builtin_commands.is_none() => {
+            Some(ApiError::InvalidField("no setting named".into()))
+        }
+        _ => None,
+    }
+}
+
 /// Replays the JSON fuzz targets' kept inputs through the same functions the targets (and the
 /// server) call: each is parsed or refused with one of the documented codes, never a panic.
 #[test]
 fn kept_fuzz_inputs_parse_or_get_a_documented_code() {
+    use tandem::http::commands::CommandRequest;
     use tandem::http::filters::parse_json;
     use tandem::http::models::{
-        CreateConversationRequest, LoginRequest, RefreshRequest, RegisterRequest,
-        UpdatePatientRequest,
+        CreateConversationRequest, LoginRequest, PutWebhookRequest, RefreshRequest,
+        RegisterRequest, UpdatePatientRequest,
     };
     let control = fuzz_inputs("control_message");
     assert!(control.len() >= 5, "seeds are committed");
@@ -1240,7 +1827,7 @@ fn kept_fuzz_inputs_parse_or_get_a_documented_code() {
         }
     }
     let bodies = fuzz_inputs("rest_body");
-    assert!(bodies.len() >= 5, "seeds are committed");
+    assert!(bodies.len() >= 9, "seeds are committed, #5 bodies included");
     for (name, body) in bodies {
         let codes = [
             parse_json::<RegisterRequest>(&body).err(),
@@ -1248,6 +1835,17 @@ fn kept_fuzz_inputs_parse_or_get_a_documented_code() {
             parse_json::<RefreshRequest>(&body).err(),
             parse_json::<CreateConversationRequest>(&body).err(),
             parse_json::<UpdatePatientRequest>(&body).err(),
+            action_edit_refusal(&body),
+            parse_json::<PutWebhookRequest>(&body)
+                .and_then(|h| {
+                    tandem::webhook::validate_url(&h.url)
+                        .map_err(tandem::http::error::ApiError::InvalidField)
+                })
+                .err(),
+            parse_json::<CommandRequest>(&body)
+                .and_then(CommandRequest::into_definition)
+                .err(),
+            settings_refusal(&body),
         ];
         if name.contains("/seeds/") {
             assert!(

@@ -297,9 +297,9 @@ async fn conversation_lifecycle() {
     assert!(audit
         .iter()
         .any(|a| a.action == "create" && a.entity_type == "conversation" && a.entity_id == id));
-    assert!(audit
-        .iter()
-        .any(|a| a.action == "read" && a.entity_type == "conversation" && a.entity_id == id));
+    assert!(audit.iter().any(|a| a.action == "conversation.read"
+        && a.entity_type == "conversation"
+        && a.entity_id == id));
     assert!(audit
         .iter()
         .any(|a| a.action == "update" && a.entity_type == "conversation" && a.entity_id == id));

@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
 use tandem::ai::SYNTHETIC_HISTORY_HEADER;
-use tandem::store::{NewMessage, SenderType};
+use tandem::store::{AuditQuery, NewMessage, SenderType};
 use tandem::testing::fake_openai::http::{Fault, ScriptedReply, CHAT_PATH};
 use tandem::testing::fake_openai::realtime::{ScriptLine, State};
 use tokio::net::TcpStream;
@@ -439,6 +439,24 @@ async fn voice_requests_give_an_interim_summary_and_the_medical_history() {
         .as_str()
         .unwrap()
         .starts_with(SYNTHETIC_HISTORY_HEADER));
+    // The spoken request is an audited read, attributed to the visit's clinician (it comes
+    // from the pipeline, so it has no peer address).
+    let me = srv.store.user_by_id(&user.user_id).await.unwrap();
+    let reads = srv
+        .store
+        .search_audit(
+            &me.organization_id,
+            &AuditQuery {
+                user_id: Some(me.id.clone()),
+                action: Some("conversation.medical_history.read".into()),
+                ..AuditQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert_eq!(reads[0].entity_id, id);
+    assert_eq!(reads[0].remote_addr, None);
 
     // The interim summary (written in the background) and the history push arrive in either
     // order.
@@ -591,7 +609,7 @@ async fn exports_carry_the_transcript_in_order_in_both_languages() {
         .await
         .unwrap()
         .into_iter()
-        .filter(|a| a.action == "export" && a.entity_id == id)
+        .filter(|a| a.action == "conversation.export" && a.entity_id == id)
         .count();
     assert_eq!(exports, 2);
 

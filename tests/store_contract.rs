@@ -17,7 +17,7 @@ async fn sqlite_contract_and_restart() {
     let migrations = store.applied_migrations().await.unwrap();
     assert_eq!(
         migrations.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [1, 2, 3, 7]
+        [1, 2, 3, 6, 7]
     );
     contract::run(&store).await;
     let org = store.create_organization("survives restart").await.unwrap();
@@ -103,7 +103,7 @@ mod postgres {
         let migrations = store.applied_migrations().await.unwrap();
         assert_eq!(
             migrations.iter().map(|m| m.version).collect::<Vec<_>>(),
-            [1, 2, 3, 7]
+            [1, 2, 3, 6, 7]
         );
         contract::run(&store).await;
 

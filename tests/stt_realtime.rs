@@ -59,6 +59,16 @@ fn config(fake: &FakeOpenAi, dialect: Dialect) -> RealtimeConfig {
 
 /// Streams `audio` in 40 ms frames, closes, and collects every event up to `Closed`.
 async fn transcribe(cfg: RealtimeConfig, audio: Vec<i16>) -> Vec<SttEvent> {
+    transcribe_then_idle(cfg, audio, Duration::ZERO).await
+}
+
+/// [`transcribe`], but the input stays open and silent (no frames at all, as when a browser
+/// stops recording) for `idle` before the close.
+async fn transcribe_then_idle(
+    cfg: RealtimeConfig,
+    audio: Vec<i16>,
+    idle: Duration,
+) -> Vec<SttEvent> {
     let session = RealtimeStt::new(cfg)
         .open(SttOptions {
             languages: vec!["en".into(), "es".into()],
@@ -75,6 +85,7 @@ async fn transcribe(cfg: RealtimeConfig, audio: Vec<i16>) -> Vec<SttEvent> {
                 .await
                 .expect("send audio");
         }
+        tokio::time::sleep(idle).await;
         tx.send(SttInput::Close).await.expect("send close");
     });
     let mut got = Vec::new();
@@ -182,6 +193,27 @@ async fn ga_utterances_are_transcribed_in_order_with_deltas() {
     assert_eq!(first["type"], "session.update");
     assert_eq!(first["session"]["type"], "transcription");
     assert_eq!(first["session"]["audio"]["input"]["format"]["rate"], 24000);
+}
+
+/// The watchdog waits for an answer to what was asked: a close that commits the last turn
+/// after the provider has been quiet for longer than the watchdog is not a lost connection.
+#[tokio::test]
+async fn a_commit_after_a_long_quiet_spell_gets_its_answer_on_the_same_connection() {
+    let fake = start(realtime::State::new(SCRIPT)).await;
+    let mut cfg = config(&fake, Dialect::Ga);
+    cfg.watchdog = Duration::from_millis(300);
+    // Speech that the provider's VAD never sees end, then nothing for 4 watchdog periods.
+    let events = transcribe_then_idle(
+        cfg,
+        pcm(&[(0.5, false), (1.0, true)]),
+        Duration::from_millis(1200),
+    )
+    .await;
+    assert_eq!(finals(&events), SCRIPT[..1]);
+    assert_eq!(fake.realtime.connection_count(), 1, "no reconnect");
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, SttEvent::Status(ConnectionStatus::Reconnecting { .. }))));
 }
 
 #[tokio::test]

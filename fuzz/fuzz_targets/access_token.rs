@@ -13,8 +13,10 @@ use tandem::http::redact_query;
 fuzz_target!(|data: &[u8]| {
     static AUTH: OnceLock<Authenticator> = OnceLock::new();
     let auth = AUTH.get_or_init(|| {
-        Authenticator::new(AuthConfig::new(b"fuzz-secret-fuzz-secret-fuzz-secret!".to_vec()))
-            .expect("valid auth config")
+        Authenticator::new(AuthConfig::new(
+            b"fuzz-secret-fuzz-secret-fuzz-secret!".to_vec(),
+        ))
+        .expect("valid auth config")
     });
     let text = String::from_utf8_lossy(data);
     // A forged token must never authenticate: the fuzzer cannot produce an HMAC.

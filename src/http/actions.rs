@@ -12,10 +12,12 @@
 
 use warp::reply::{Reply as _, Response};
 
+use super::audit_log;
 use super::error::ApiError;
 use super::handlers::{audit, json, not_found, split_page, DEFAULT_PAGE, MAX_PAGE};
 use super::models::*;
 use crate::actions::{self, Review};
+use crate::audit::{distinct, PhiRead};
 use crate::auth::Principal;
 use crate::pipeline::event::ServerEvent;
 use crate::server::AppState;
@@ -46,7 +48,8 @@ async fn action(state: &AppState, p: &Principal, id: &str) -> Result<Action> {
 
 pub async fn get_action(state: AppState, p: Principal, id: String) -> Result {
     let action = action(&state, &p, &id).await?;
-    audit(&state, &p, "read", "action", &id).await?;
+    let conversation = vec![action.conversation_id.clone()];
+    audit_log::read(&state, &p, PhiRead::Action, &id, conversation).await?;
     Ok(json(&ActionView::from(&action)))
 }
 
@@ -238,12 +241,13 @@ async fn with_logs(
 }
 
 pub async fn action_deliveries(state: AppState, p: Principal, id: String) -> Result {
-    action(&state, &p, &id).await?;
+    let action = action(&state, &p, &id).await?;
     let rows = state
         .store
         .list_deliveries(&p.organization_id, Some(&id), &Page::default())
         .await?;
-    audit(&state, &p, "read", "action", &id).await?;
+    let conversation = vec![action.conversation_id.clone()];
+    audit_log::read(&state, &p, PhiRead::ActionDeliveries, &id, conversation).await?;
     Ok(json(&with_logs(&state, &p, &rows).await?))
 }
 
@@ -261,7 +265,10 @@ pub async fn list_deliveries(state: AppState, p: Principal, q: PageQuery) -> Res
         )
         .await?;
     let (rows, next_cursor) = split_page(rows, limit, |d| d.id.clone());
-    audit(&state, &p, "list", "webhook_delivery", "*").await?;
+    let ids = rows
+        .iter()
+        .flat_map(|d| [d.id.clone(), d.action_id.clone()]);
+    audit_log::read(&state, &p, PhiRead::DeliveryList, "*", distinct(ids)).await?;
     Ok(json(&DeliveryPage {
         deliveries: with_logs(&state, &p, &rows).await?,
         next_cursor,

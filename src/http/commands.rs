@@ -161,8 +161,12 @@ pub struct CommandRequest {
 }
 
 impl CommandRequest {
-    /// The definition, once it meets every rule that does not need the store.
-    fn into_definition(self) -> Result<CommandDefinition> {
+    /// The definition, once it meets every rule that does not need the store (public so the
+    /// `rest_body` fuzz target runs the same checks as the handler).
+    ///
+    /// # Errors
+    /// [`ApiError::InvalidField`] naming the first rule the definition breaks.
+    pub fn into_definition(self) -> Result<CommandDefinition> {
         let definition = CommandDefinition {
             name: self.name,
             description: self.description,

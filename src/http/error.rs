@@ -59,6 +59,13 @@ pub enum ApiError {
     /// The operation needs an ended conversation (a summary is written after the visit).
     #[error("the conversation is still active; end it first")]
     ConversationActive,
+    /// The audit-log entry of a read or change could not be written, so the request fails
+    /// instead of touching patient data unaudited (fail closed). 503 `store_unavailable`: the
+    /// same client retry applies as for any store outage.
+    #[error(
+        "the access could not be recorded in the audit log, so nothing was returned; try again"
+    )]
+    AuditUnavailable(store::Error),
     /// Writing a summary or medical history failed (the provider, or the store).
     #[error(transparent)]
     Records(records::Error),
@@ -103,6 +110,7 @@ impl ApiError {
             ApiError::Store(e) => store_status(e),
             ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
             ApiError::ConversationActive => StatusCode::CONFLICT,
+            ApiError::AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Records(e) => match e {
                 records::Error::Store(e) => store_status(e),
                 records::Error::Provider(_) => StatusCode::BAD_GATEWAY,
@@ -128,6 +136,7 @@ impl ApiError {
             ApiError::Store(e) => e.code(),
             ApiError::InvalidQuery(_) => "invalid_query",
             ApiError::ConversationActive => "conversation_active",
+            ApiError::AuditUnavailable(_) => "store_unavailable",
             ApiError::Records(e) => e.code(),
         }
     }
@@ -135,6 +144,9 @@ impl ApiError {
     /// The message sent to the client: `Display`, except for internal failures, whose cause
     /// stays in the logs.
     pub(crate) fn public_message(&self) -> String {
+        if let ApiError::AuditUnavailable(_) = self {
+            return self.to_string();
+        }
         match self.status() {
             StatusCode::INTERNAL_SERVER_ERROR => "internal server error".to_owned(),
             StatusCode::SERVICE_UNAVAILABLE => "service temporarily unavailable".to_owned(),

@@ -24,20 +24,27 @@ pub fn with_state(
 }
 
 /// Requires `Authorization: Bearer <access token>`. For REST routes: tokens in URLs end up in
-/// proxy logs and browser history, so REST does not accept `?token=`.
+/// proxy logs and browser history, so REST does not accept `?token=`. The principal carries
+/// the peer address for the audit log.
 pub fn with_auth(
     state: AppState,
 ) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone {
-    warp::header::headers_cloned().and_then(move |headers: HeaderMap| {
-        let state = state.clone();
-        async move {
-            let token = bearer(&headers).ok_or(ApiError::Auth(auth::Error::InvalidToken))?;
-            state
-                .auth
-                .authenticate(token)
-                .map_err(|e| warp::reject::custom(ApiError::Auth(e)))
-        }
-    })
+    warp::header::headers_cloned().and(client_ip()).and_then(
+        move |headers: HeaderMap, remote: Option<IpAddr>| {
+            let state = state.clone();
+            async move {
+                let token = bearer(&headers).ok_or(ApiError::Auth(auth::Error::InvalidToken))?;
+                let principal = state
+                    .auth
+                    .authenticate(token)
+                    .map_err(|e| warp::reject::custom(ApiError::Auth(e)))?;
+                Ok::<_, Rejection>(Principal {
+                    remote,
+                    ..principal
+                })
+            }
+        },
+    )
 }
 
 /// The raw query string, empty when there is none (warp's own filter rejects that case).
@@ -64,8 +71,8 @@ pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The peer address, for per-IP login throttling. Proxies are not trusted: behind one, all
-/// clients share the proxy's IP and its limit.
+/// The peer address, for per-IP login throttling and the audit log. Proxies are not trusted:
+/// behind one, all clients share the proxy's IP (and its login limit).
 pub fn client_ip() -> impl Filter<Extract = (Option<IpAddr>,), Error = Infallible> + Clone {
     warp::addr::remote().map(|addr: Option<std::net::SocketAddr>| addr.map(|a| a.ip()))
 }

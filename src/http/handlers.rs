@@ -16,8 +16,10 @@ use time::macros::format_description;
 use warp::http::StatusCode;
 use warp::reply::{self, Reply, Response};
 
+use super::audit_log;
 use super::error::ApiError;
 use super::models::*;
+use crate::audit::{distinct, PhiRead};
 use crate::auth::{self, Principal};
 use crate::server::AppState;
 use crate::store::{
@@ -168,7 +170,10 @@ pub async fn list_conversations(state: AppState, p: Principal, q: PageQuery) -> 
         .store
         .list_conversations(&p.organization_id, &page)
         .await?;
-    audit(&state, &p, "list", "conversation", "*").await?;
+    let ids = rows
+        .iter()
+        .flat_map(|c| [c.conversation.id.clone(), c.patient.id.clone()]);
+    audit_log::read(&state, &p, PhiRead::ConversationList, "*", distinct(ids)).await?;
     let views: Vec<ConversationView> = rows.iter().map(ConversationView::from).collect();
     Ok(json(&views))
 }
@@ -230,12 +235,12 @@ pub async fn create_conversation(
 
 pub async fn get_conversation(state: AppState, p: Principal, id: String) -> Result {
     let c = conversation(&state, &p, &id).await?;
-    audit(&state, &p, "read", "conversation", &id).await?;
+    audit_log::read(&state, &p, PhiRead::Conversation, &id, patient_of(&c)).await?;
     Ok(json(&ConversationView::from(&c)))
 }
 
 pub async fn list_messages(state: AppState, p: Principal, id: String, q: PageQuery) -> Result {
-    conversation(&state, &p, &id).await?;
+    let c = conversation(&state, &p, &id).await?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     let rows = state
         .store
@@ -248,7 +253,7 @@ pub async fn list_messages(state: AppState, p: Principal, id: String, q: PageQue
         )
         .await?;
     let (rows, next_cursor) = split_page(rows, limit, |m| m.id.clone());
-    audit(&state, &p, "read", "conversation", &id).await?;
+    audit_log::read(&state, &p, PhiRead::Messages, &id, patient_of(&c)).await?;
     Ok(json(&MessagePage {
         messages: rows.iter().map(MessageView::from).collect(),
         next_cursor,
@@ -256,9 +261,9 @@ pub async fn list_messages(state: AppState, p: Principal, id: String, q: PageQue
 }
 
 pub async fn list_actions(state: AppState, p: Principal, id: String) -> Result {
-    conversation(&state, &p, &id).await?;
+    let c = conversation(&state, &p, &id).await?;
     let rows = state.store.list_actions(&id).await?;
-    audit(&state, &p, "read", "conversation", &id).await?;
+    audit_log::read(&state, &p, PhiRead::Actions, &id, patient_of(&c)).await?;
     let views: Vec<ActionView> = rows.iter().map(ActionView::from).collect();
     Ok(json(&views))
 }
@@ -266,12 +271,12 @@ pub async fn list_actions(state: AppState, p: Principal, id: String) -> Result {
 /// The conversation's medical history row (the original `{content, …}`), or `null` while it
 /// is being prepared.
 pub async fn medical_history(state: AppState, p: Principal, id: String) -> Result {
-    conversation(&state, &p, &id).await?;
+    let c = conversation(&state, &p, &id).await?;
     let doc = state
         .store
         .get_document(DocumentKind::MedicalHistory, &id)
         .await?;
-    audit(&state, &p, "read", "conversation", &id).await?;
+    audit_log::read(&state, &p, PhiRead::MedicalHistory, &id, patient_of(&c)).await?;
     Ok(json(&doc.as_ref().map(DocumentView::from)))
 }
 
@@ -292,7 +297,8 @@ pub async fn list_patients(state: AppState, p: Principal, q: PatientQuery) -> Re
         )
         .await?;
     let (rows, next_cursor) = split_page(rows, limit, |r| r.id.clone());
-    audit(&state, &p, "list", "patient", "*").await?;
+    let ids = rows.iter().map(|r| r.id.clone()).collect();
+    audit_log::read(&state, &p, PhiRead::PatientList, "*", ids).await?;
     Ok(json(&PatientPage {
         patients: rows.iter().map(PatientView::from).collect(),
         next_cursor,
@@ -305,7 +311,7 @@ pub async fn get_patient(state: AppState, p: Principal, id: String) -> Result {
         .get_patient(&p.organization_id, &id)
         .await
         .map_err(not_found("Patient"))?;
-    audit(&state, &p, "read", "patient", &id).await?;
+    audit_log::read(&state, &p, PhiRead::Patient, &id, Vec::new()).await?;
     Ok(json(&PatientView::from(&patient)))
 }
 
@@ -364,6 +370,14 @@ pub(super) fn not_found(what: &'static str) -> impl Fn(store::Error) -> ApiError
     }
 }
 
+/// The patient of a conversation read, as the entry's `record_ids`: a conversation's
+/// responses carry its patient's name and date of birth.
+pub(super) fn patient_of(c: &store::ConversationWithPatient) -> Vec<String> {
+    vec![c.patient.id.clone()]
+}
+
+/// Audits a change (`create`, `update`, `delete`...; reads go through [`audit_log::read`]). Fails
+/// closed like a read: the change may already be stored, but its answer is not sent unaudited.
 pub(super) async fn audit(
     state: &AppState,
     p: &Principal,
@@ -371,17 +385,16 @@ pub(super) async fn audit(
     entity_type: &str,
     entity_id: &str,
 ) -> Result<()> {
-    state
-        .store
-        .record_audit(NewAuditEntry {
-            organization_id: p.organization_id.clone(),
-            user_id: Some(p.user_id.clone()),
-            action: action.to_owned(),
-            entity_type: entity_type.to_owned(),
-            entity_id: entity_id.to_owned(),
-        })
-        .await?;
-    Ok(())
+    let entry = NewAuditEntry {
+        organization_id: p.organization_id.clone(),
+        user_id: Some(p.user_id.clone()),
+        action: action.to_owned(),
+        entity_type: entity_type.to_owned(),
+        entity_id: entity_id.to_owned(),
+        record_ids: Vec::new(),
+        remote_addr: p.remote.map(|ip| ip.to_string()),
+    };
+    audit_log::record(state, entry).await
 }
 
 /// Given up to `limit + 1` rows, keeps `limit` and returns the cursor of the last kept row

@@ -19,6 +19,7 @@ use warp::reply::Response;
 use warp::{Filter, Reply as _};
 
 pub mod actions;
+pub mod audit_log;
 pub mod commands;
 pub mod console;
 pub mod cors;
@@ -195,11 +196,18 @@ fn sockets(state: AppState) -> BoxedFilter<(Response,)> {
         .or(warp::path::end())
         .unify()
         .and(upgrade())
+        .and(client_ip())
         .map(
-            |ws: warp::ws::Ws, state: AppState, headers: HeaderMap, query: String| {
+            |ws: warp::ws::Ws,
+             state: AppState,
+             headers: HeaderMap,
+             query: String,
+             remote: Option<std::net::IpAddr>| {
                 ws.max_message_size(CONTROL_MESSAGE_BYTES)
                     .max_frame_size(CONTROL_MESSAGE_BYTES * 2)
-                    .on_upgrade(move |socket| ws_control::serve(socket, state, headers, query))
+                    .on_upgrade(move |socket| {
+                        ws_control::serve(socket, state, headers, query, remote)
+                    })
                     .into_response()
             },
         );
@@ -373,7 +381,7 @@ fn api(state: AppState) -> BoxedFilter<(Response,)> {
 }
 
 /// Action review (`/actions/:id`, edit, confirm, cancel, deliveries), the organization's
-/// webhook and the delivery log.
+/// webhook, the delivery log and the audit log.
 fn action_api(state: AppState) -> BoxedFilter<(Response,)> {
     let limit = state.http.max_body_bytes;
     let st = || with_state(state.clone());
@@ -455,6 +463,15 @@ fn action_api(state: AppState) -> BoxedFilter<(Response,)> {
         .map(respond)
         .boxed();
 
+    let audit = warp::path!("api" / "v1" / "audit")
+        .and(warp::get())
+        .and(st())
+        .and(auth())
+        .and(warp::query())
+        .then(audit_log::list)
+        .map(respond)
+        .boxed();
+
     [
         edit_action,
         confirm,
@@ -465,6 +482,7 @@ fn action_api(state: AppState) -> BoxedFilter<(Response,)> {
         delete_webhook,
         deliveries,
         retry,
+        audit,
     ]
     .into_iter()
     .fold(get_action, |acc, route| acc.or(route).unify().boxed())
@@ -497,6 +515,7 @@ fn route_label(path: &str) -> String {
         "webhook",
         "webhook-deliveries",
         "retry",
+        "audit",
         "commands",
         "users",
         "settings",

@@ -10,8 +10,10 @@ use serde::Deserialize;
 use warp::http::{header, HeaderValue};
 use warp::reply::{self, Reply, Response};
 
+use super::audit_log;
 use super::error::ApiError;
-use super::handlers::{audit, conversation};
+use super::handlers::{audit, conversation, patient_of};
+use crate::audit::PhiRead;
 use crate::auth::Principal;
 use crate::records::export::{Export, Format};
 use crate::records::SummaryView;
@@ -76,9 +78,9 @@ pub async fn end_conversation(state: AppState, p: Principal, id: String, q: EndQ
 /// `GET …/summary`: the summary row (`content` is the clinical text) with its structured
 /// fields, or `null`.
 pub async fn get_summary(state: AppState, p: Principal, id: String) -> Result {
-    conversation(&state, &p, &id).await?;
+    let c = conversation(&state, &p, &id).await?;
     let doc = state.store.get_document(DocumentKind::Summary, &id).await?;
-    audit(&state, &p, "read", "conversation", &id).await?;
+    audit_log::read(&state, &p, PhiRead::Summary, &id, patient_of(&c)).await?;
     Ok(reply::json(&doc.as_ref().map(SummaryView::from)).into_response())
 }
 
@@ -94,7 +96,8 @@ pub async fn regenerate_summary(state: AppState, p: Principal, id: String) -> Re
     Ok(reply::json(&SummaryView::from(&doc)).into_response())
 }
 
-/// `GET …/export?format=json|markdown`: the whole record as a download; audited as `export`.
+/// `GET …/export?format=json|markdown`: the whole record as a download; audited as
+/// `conversation.export`.
 pub async fn export(state: AppState, p: Principal, id: String, q: ExportQuery) -> Result {
     let format = match q.format.as_deref() {
         None => Format::Json,
@@ -113,7 +116,7 @@ pub async fn export(state: AppState, p: Principal, id: String, q: ExportQuery) -
     let history = store
         .get_document(DocumentKind::MedicalHistory, &id)
         .await?;
-    audit(&state, &p, "export", "conversation", &id).await?;
+    audit_log::read(&state, &p, PhiRead::Export, &id, patient_of(&c)).await?;
     let record = Export::new(
         &c,
         &messages,

@@ -6,14 +6,18 @@
 //! and each waits for its own answer), while asking about a conversation subscribes *all* of
 //! the user's control sockets to its pushes ([`crate::pipeline::hub::Hub::mark_interest`]).
 
+use std::net::IpAddr;
+
 use serde::Deserialize;
 use serde_json::Value;
 use warp::http::HeaderMap;
 use warp::ws::WebSocket;
 
+use super::audit_log;
 use super::error::ApiError;
 use super::handlers;
 use super::ws::{self, close, Problem};
+use crate::audit::PhiRead;
 use crate::auth::Principal;
 use crate::pipeline::event::{self, ServerEvent};
 use crate::records::{SummaryRecord, SummaryView};
@@ -64,6 +68,17 @@ impl QueryKind {
         })
     }
 
+    /// The audit-log read each request is (see [`PhiRead`]).
+    fn audited_as(self) -> PhiRead {
+        match self {
+            QueryKind::SelectConversation => PhiRead::ConversationSelect,
+            QueryKind::GetMessages => PhiRead::Messages,
+            QueryKind::GetActions => PhiRead::Actions,
+            QueryKind::GetSummary => PhiRead::Summary,
+            QueryKind::GetMedicalHistory => PhiRead::MedicalHistory,
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             QueryKind::SelectConversation => "select_conversation",
@@ -107,12 +122,18 @@ pub fn parse_request(text: &str) -> Result<Request, Problem> {
     }
 }
 
-/// Serves one control socket until it closes.
-pub async fn serve(socket: WebSocket, state: AppState, headers: HeaderMap, query: String) {
+/// Serves one control socket until it closes; `remote` is the peer, for the audit log.
+pub async fn serve(
+    socket: WebSocket,
+    state: AppState,
+    headers: HeaderMap,
+    query: String,
+    remote: Option<IpAddr>,
+) {
     let hub = state.pipelines.hub().clone();
     let (mut stream, out) = ws::split(socket, &hub, state.http.control_pacing, &state.sockets);
     let principal = match ws::authenticate(&state.auth, &headers, &query) {
-        Ok(p) => p,
+        Ok(p) => Principal { remote, ..p },
         Err(e) => {
             out.send(&ServerEvent::error(e.code(), e.to_string()));
             out.finish(Some((close::UNAUTHORIZED, "Invalid or missing token")))
@@ -191,7 +212,10 @@ async fn answer(
     conversation_id: &str,
 ) -> Result<ServerEvent, ApiError> {
     let conversation = handlers::conversation(state, p, conversation_id).await?;
-    handlers::audit(state, p, "read", "conversation", conversation_id).await?;
+    // Before anything is read: a failed audit write answers `store_unavailable` and the
+    // socket gets no patient data (nor the conversation's pushes).
+    let patient = handlers::patient_of(&conversation);
+    audit_log::read(state, p, kind.audited_as(), conversation_id, patient).await?;
     state
         .pipelines
         .hub()

@@ -70,6 +70,10 @@ pub struct PipelineConfig {
     pub glossary: Vec<GlossaryEntry>,
     /// Free-text STT prompt (context for the transcription model).
     pub stt_prompt: Option<String>,
+    /// How long a transcript waits for an unavailable store (a database restart or failover)
+    /// before it is reported unsaved. Later utterances of the conversation queue behind it, so
+    /// this bounds how stale their events can get.
+    pub store_retry_window: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -78,6 +82,7 @@ impl Default for PipelineConfig {
             tts_format: AudioFormat::Mp3,
             glossary: Vec::new(),
             stt_prompt: None,
+            store_retry_window: Duration::from_secs(60),
         }
     }
 }

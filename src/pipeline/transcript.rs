@@ -36,8 +36,12 @@ pub(crate) struct Utterance {
     pub received: Instant,
 }
 
-/// How often a transient store failure is retried before the utterance is reported lost.
-const STORE_ATTEMPTS: u32 = 3;
+/// Failed attempts that pass silently: a lock held for a moment is not worth an alarm.
+const QUIET_STORE_ATTEMPTS: u32 = 3;
+/// The first pause after an unavailable store; it doubles up to [`MAX_STORE_BACKOFF`].
+const FIRST_STORE_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest pause between attempts, so a store that comes back is used within seconds.
+const MAX_STORE_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Processes a conversation's utterances in order until the STT side ends.
 pub(crate) async fn run_lane(
@@ -118,7 +122,12 @@ async fn process(pipelines: &Pipelines, live: &Live, u: Utterance) {
             return;
         }
         Err(e) => {
-            tracing::error!(conversation_id = %id, error = %e, "could not store a transcript");
+            tracing::error!(
+                conversation_id = %id,
+                item_id = %u.item_id,
+                error = %e,
+                "TRANSCRIPT NOT STORED: the store refused it or stayed unavailable past the retry window"
+            );
             // The row is lost to the store, not to the clinician: the words go out with the
             // error, so the client can still show (and keep) them.
             pipelines.publish(
@@ -127,13 +136,7 @@ async fn process(pipelines: &Pipelines, live: &Live, u: Utterance) {
                 &ServerEvent::unsaved(
                     e.code(),
                     "The transcript could not be saved; its text is attached.",
-                    UnsavedTranscript {
-                        conversation_id: message.conversation_id,
-                        stt_item_id: message.stt_item_id,
-                        sender_type: message.sender_type,
-                        original_text: message.original_text,
-                        language: message.language,
-                    },
+                    unsaved(&message),
                 ),
             );
             return;
@@ -235,21 +238,79 @@ async fn follow_patient_language(pipelines: &Pipelines, live: &Live, spoken: &st
     }
 }
 
-/// Retries transient store failures: a transcript must not be lost to a busy database.
+/// Stores the transcript, waiting out an unavailable store (a database restart) with capped
+/// exponential backoff for up to [`super::PipelineConfig::store_retry_window`]. The message is
+/// held in memory meanwhile; once the wait is more than a blip the client is told with a
+/// `transcript_pending` error carrying the text, and `new_message` follows when it is stored.
 async fn store_message(
     pipelines: &Pipelines,
     message: &NewMessage,
 ) -> Result<Inserted<Message>, store::Error> {
-    let mut attempt = 1;
+    let started = Instant::now();
+    let window = pipelines.config.store_retry_window;
+    let mut backoff = FIRST_STORE_BACKOFF;
+    let mut failures = 0;
+    let mut held = Held(None);
     loop {
-        match pipelines.store.insert_message(message.clone()).await {
-            Err(store::Error::Unavailable(reason)) if attempt < STORE_ATTEMPTS => {
-                tracing::warn!(attempt, %reason, "store unavailable; retrying");
-                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
-                attempt += 1;
+        let attempt = pipelines.store.insert_message(message.clone()).await;
+        match attempt {
+            Err(store::Error::Unavailable(reason)) if started.elapsed() + backoff <= window => {
+                failures += 1;
+                held.0 = Some(message);
+                tracing::warn!(conversation_id = %message.conversation_id, failures, %reason, "store unavailable; the transcript is held and retried");
+                if failures == QUIET_STORE_ATTEMPTS {
+                    pipelines.publish(
+                        &message.conversation_id,
+                        Audience::Audio,
+                        &ServerEvent::unsaved(
+                            "transcript_pending",
+                            "The database is unavailable; the transcript is kept and will be \
+                             saved when it is back.",
+                            unsaved(message),
+                        ),
+                    );
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_STORE_BACKOFF);
             }
-            other => return other,
+            settled => {
+                held.0 = None;
+                if failures == 0 {
+                    return settled;
+                }
+                tracing::info!(conversation_id = %message.conversation_id, failures, ok = settled.is_ok(), "store answered after retries");
+                // An attempt whose answer was lost with the connection may have committed:
+                // that row is this utterance's, stored once, and must go on to be interpreted.
+                return settled.map(|row| Inserted::New(row.into_inner()));
+            }
         }
+    }
+}
+
+/// A transcript waiting for the store. Dropped while still set, it was abandoned unsaved (the
+/// server stopped past its drain deadline during an outage), which must not pass quietly.
+struct Held<'a>(Option<&'a NewMessage>);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Some(m) = self.0 {
+            tracing::error!(
+                conversation_id = %m.conversation_id,
+                item_id = ?m.stt_item_id,
+                "TRANSCRIPT NOT STORED: abandoned at shutdown while the store was unavailable"
+            );
+        }
+    }
+}
+
+/// What was said, for an `error` event about a transcript not (yet) stored.
+fn unsaved(message: &NewMessage) -> UnsavedTranscript {
+    UnsavedTranscript {
+        conversation_id: message.conversation_id.clone(),
+        stt_item_id: message.stt_item_id.clone(),
+        sender_type: message.sender_type,
+        original_text: message.original_text.clone(),
+        language: message.language.clone(),
     }
 }
 

@@ -23,6 +23,7 @@ use super::cluster::{self, Cluster};
 use super::event::{self, CommandExecuted, ServerEvent};
 use super::hub::Audience;
 use super::{lock, transcript, Live, Pipelines};
+use crate::audit::PhiRead;
 use crate::records::{self, HistoryOrigin, Records, SummaryStage, SummaryView};
 use crate::store::{ConversationStatus, ConversationWithPatient, Document};
 
@@ -333,6 +334,24 @@ pub(super) async fn request_medical_history(pipelines: &Pipelines, live: &Live) 
             );
         }
     };
+    // Audited like the control socket's `get_medical_history`, attributed to the clinician
+    // whose visit it is, and fail closed: no audit entry, no history.
+    let entry = PhiRead::MedicalHistory.entry(
+        &live.organization_id,
+        &live.clinician_id,
+        None,
+        &live.conversation_id,
+        vec![conversation.patient.id.clone()],
+    );
+    if let Err(e) = pipelines.store.record_audit(entry).await {
+        tracing::error!(conversation_id = %live.conversation_id, error = %e, "audit write failed; the medical history is not sent");
+        return CommandExecuted::without_action(
+            "error",
+            NAME,
+            "The medical history could not be sent: the access could not be recorded in the audit log.".to_owned(),
+            json!({}),
+        );
+    }
     match medical_history(&pipelines.records, &*pipelines.cluster, &conversation).await {
         Ok(doc) => CommandExecuted::without_action(
             "success",

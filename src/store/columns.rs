@@ -31,7 +31,7 @@ pub(super) const DOC_COLS: &str = "id, conversation_id, content, created_at, upd
 pub(super) const D_DOC_COLS: &str =
     "d.id, d.conversation_id, d.content, d.created_at, d.updated_at";
 pub(super) const AUDIT_COLS: &str =
-    "id, organization_id, user_id, action, entity_type, entity_id, at";
+    "id, organization_id, user_id, action, entity_type, entity_id, record_ids, remote_addr, at";
 pub(super) const WEBHOOK_COLS: &str = "organization_id, url, secret, created_at, updated_at";
 pub(super) const DELIVERY_COLS: &str = "id, organization_id, action_id, event, idempotency_key, \
      payload, status, attempts, next_attempt_at, last_error, created_at, updated_at, delivered_at";

@@ -11,11 +11,11 @@
 use serde_json::json;
 
 use super::{
-    new_id, next_updated_at, now_millis, Action, ActionChange, CommandDefinition, CommandProduces,
-    ConversationStatus, DeliveryOutcome, DeliveryStatus, DocumentKind, Error, Inserted, NewAction,
-    NewAuditEntry, NewConversation, NewDelivery, NewDeliveryAttempt, NewMessage, NewPatient,
-    NewUser, Organization, Page, PatientUpdate, RefreshToken, SenderType, Store, User, UserRole,
-    UserSettings,
+    new_id, next_updated_at, now_millis, Action, ActionChange, AuditEntry, AuditQuery,
+    CommandDefinition, CommandProduces, ConversationStatus, DeliveryOutcome, DeliveryStatus,
+    DocumentKind, Error, Inserted, NewAction, NewAuditEntry, NewConversation, NewDelivery,
+    NewDeliveryAttempt, NewMessage, NewPatient, NewUser, Organization, Page, PatientUpdate,
+    RefreshToken, SenderType, Store, User, UserRole, UserSettings,
 };
 
 /// Strings that must round-trip verbatim through every text column.
@@ -47,6 +47,7 @@ pub async fn run(store: &dyn Store) {
     action_review(store).await;
     webhook_outbox(store).await;
     audit(store).await;
+    audit_search(store).await;
     verbatim_strings(store).await;
     clinic_commands(store).await;
     user_settings(store).await;
@@ -1311,6 +1312,7 @@ async fn audit(store: &dyn Store) {
         action: action.into(),
         entity_type: "conversation".into(),
         entity_id: "c1".into(),
+        ..NewAuditEntry::default()
     };
     for action in ["create", "read", "update", "export"] {
         store
@@ -1330,9 +1332,130 @@ async fn audit(store: &dyn Store) {
     assert_eq!(all[0].user_id, None);
     assert_eq!(all[1].user_id.as_deref(), Some(user.id.as_str()));
     assert!(all.windows(2).all(|w| w[0].at >= w[1].at));
+    assert!(all
+        .iter()
+        .all(|e| e.record_ids.is_empty() && e.remote_addr.is_none()));
     let two = store.list_audit(&org.id, 2).await.unwrap();
     assert_eq!(two, all[..2].to_vec());
     assert!(store.list_audit(&other.id, 100).await.unwrap().is_empty());
+}
+
+/// The admin search: filters combine, a record id matches `entity_id` or `record_ids`, the
+/// `before` cursor pages without repeats, and another organization's entries never match.
+async fn audit_search(store: &dyn Store) {
+    let (org, alice) = tenant(store).await;
+    let (other, stranger) = tenant(store).await;
+    let read =
+        |org: &Organization, user: &User, action: &str, entity: &str, ids: &[&str]| NewAuditEntry {
+            organization_id: org.id.clone(),
+            user_id: Some(user.id.clone()),
+            action: action.into(),
+            entity_type: "conversation".into(),
+            entity_id: entity.into(),
+            record_ids: ids.iter().map(|s| s.to_string()).collect(),
+            remote_addr: Some("127.0.0.1".into()),
+        };
+    let bob = store
+        .create_user(NewUser {
+            organization_id: org.id.clone(),
+            username: format!("bob-{}", new_id()),
+            password_hash: "x".into(),
+            preferred_language: "en".into(),
+            role: UserRole::Clinician,
+        })
+        .await
+        .unwrap();
+    let rows = [
+        read(&org, &alice, "conversation.read", "c1", &["p1"]),
+        read(&org, &bob, "conversation.messages.read", "c1", &["p1"]),
+        read(&org, &alice, "patient.list", "*", &["p1", "p2"]),
+        read(&org, &alice, "patient.read", "p2", &[]),
+        // Ids that look like JSON or SQL are matched as whole values, never as patterns.
+        read(&org, &bob, "patient.list", "*", &["p%", "\"p1\"", "p1,p2"]),
+        read(&other, &stranger, "patient.read", "p1", &["p1"]),
+    ];
+    for row in rows {
+        store.record_audit(row).await.unwrap();
+    }
+    let org_id = org.id.as_str();
+    let search = |q: AuditQuery| async move { store.search_audit(org_id, &q).await.unwrap() };
+    let shape = |rows: Vec<AuditEntry>| -> Vec<(String, String)> {
+        rows.into_iter().map(|e| (e.action, e.entity_id)).collect()
+    };
+    let pair = |a: &str, e: &str| (a.to_owned(), e.to_owned());
+
+    let all = search(AuditQuery::default()).await;
+    assert_eq!(all.len(), 5, "the other organization's entry never appears");
+    assert_eq!(all[0].record_ids, ["p%", "\"p1\"", "p1,p2"]);
+    assert_eq!(all[0].remote_addr.as_deref(), Some("127.0.0.1"));
+
+    let p1 = search(AuditQuery {
+        record_id: Some("p1".into()),
+        ..AuditQuery::default()
+    })
+    .await;
+    assert_eq!(
+        shape(p1),
+        [
+            pair("patient.list", "*"),
+            pair("conversation.messages.read", "c1"),
+            pair("conversation.read", "c1"),
+        ]
+    );
+    let p2 = search(AuditQuery {
+        record_id: Some("p2".into()),
+        user_id: Some(alice.id.clone()),
+        ..AuditQuery::default()
+    })
+    .await;
+    assert_eq!(
+        shape(p2),
+        [pair("patient.read", "p2"), pair("patient.list", "*")]
+    );
+    let bobs_lists = search(AuditQuery {
+        user_id: Some(bob.id.clone()),
+        action: Some("patient.list".into()),
+        ..AuditQuery::default()
+    })
+    .await;
+    assert_eq!(bobs_lists.len(), 1);
+    for missing in ["p", "%", "p1,p2,"] {
+        let none = search(AuditQuery {
+            record_id: Some(missing.into()),
+            ..AuditQuery::default()
+        })
+        .await;
+        assert!(none.is_empty(), "{missing:?} matched {none:?}");
+    }
+
+    // Paging with `before` walks the same rows, newest first, without repeats.
+    let mut paged = Vec::new();
+    let mut before = None;
+    loop {
+        let page = search(AuditQuery {
+            before: before.clone(),
+            limit: 2,
+            ..AuditQuery::default()
+        })
+        .await;
+        if page.is_empty() {
+            break;
+        }
+        before = page.last().map(|e| e.id.clone());
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+    let stranger_cursor = store.list_audit(&other.id, 1).await.unwrap().remove(0).id;
+    for cursor in [stranger_cursor, "nope".to_owned()] {
+        let q = AuditQuery {
+            before: Some(cursor),
+            ..AuditQuery::default()
+        };
+        assert!(matches!(
+            store.search_audit(&org.id, &q).await,
+            Err(Error::NotFound)
+        ));
+    }
 }
 
 async fn verbatim_strings(store: &dyn Store) {
@@ -1392,11 +1515,15 @@ async fn verbatim_strings(store: &dyn Store) {
                 action: s.to_string(),
                 entity_type: s.to_string(),
                 entity_id: s.to_string(),
+                record_ids: vec![s.to_string()],
+                remote_addr: Some(s.to_string()),
             })
             .await
             .unwrap();
         let last = store.list_audit(&org.id, 1).await.unwrap();
         assert_eq!(last[0].entity_id, *s);
+        assert_eq!(last[0].record_ids, [*s]);
+        assert_eq!(last[0].remote_addr.as_deref(), Some(*s));
     }
     // The tables the strings aimed at are still there.
     assert!(store.count_users().await.unwrap() > 0);

@@ -449,27 +449,55 @@ pub enum DocumentKind {
     MedicalHistory,
 }
 
-/// One audit-log row: who did what to which record.
+/// One audit-log row: who did what to which record, when, and from where. Never holds the
+/// record's content: ids and action names only, so the trail itself is not a second copy of
+/// the patient data it protects.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditEntry {
     pub id: String,
     pub organization_id: String,
     pub user_id: Option<String>,
-    /// `read`, `create`, `update`, `delete`, `export`, `login`...
+    /// A change's verb (`create`, `update`, `delete`, `confirm`...) or a read of patient data
+    /// as `<record>.<what>.read` (`patient.read`, `conversation.messages.read`,
+    /// `conversation.export`...; the full list is [`crate::audit::PhiRead`]).
     pub action: String,
-    /// `conversation`, `patient`, `user`, ...
+    /// `conversation`, `patient`, `action`, `user`, ...
     pub entity_type: String,
+    /// The record acted on; `*` for a listing, whose rows are in `record_ids`.
     pub entity_id: String,
+    /// The other records whose data the response carried: the patient of a conversation
+    /// read, the rows of a listing. A search by record id matches these as well as
+    /// `entity_id`, so "who saw this patient" finds conversation reads and listings too.
+    pub record_ids: Vec<String>,
+    /// The peer address of the request or socket (proxies are not trusted), when known.
+    pub remote_addr: Option<String>,
     pub at: Millis,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewAuditEntry {
     pub organization_id: String,
     pub user_id: Option<String>,
     pub action: String,
     pub entity_type: String,
     pub entity_id: String,
+    pub record_ids: Vec<String>,
+    pub remote_addr: Option<String>,
+}
+
+/// A search of an organization's audit log: every filter that is set must match (exact,
+/// case-sensitive), newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub user_id: Option<String>,
+    /// Matches `entity_id` or any of `record_ids`.
+    pub record_id: Option<String>,
+    pub action: Option<String>,
+    /// Keyset cursor: only entries older than this entry (by `at`, then id). An id that is not
+    /// an entry of the organization is [`Error::NotFound`], as for [`Page::after`].
+    pub before: Option<String>,
+    /// At most this many rows; `0` means no limit.
+    pub limit: u32,
 }
 
 /// What executing a clinic-defined voice command produces.
@@ -840,9 +868,22 @@ pub trait Store: Send + Sync + 'static {
     async fn set_user_settings(&self, user_id: &str, settings: &UserSettings) -> Result<()>;
 
     // --- audit ---
+    /// One insert, so that auditing a read costs a single round trip.
     async fn record_audit(&self, entry: NewAuditEntry) -> Result<()>;
-    /// Newest first, at most `limit` rows.
-    async fn list_audit(&self, organization_id: &str, limit: u32) -> Result<Vec<AuditEntry>>;
+    /// The organization's entries matching `query`, newest first (by `at`, then id).
+    async fn search_audit(
+        &self,
+        organization_id: &str,
+        query: &AuditQuery,
+    ) -> Result<Vec<AuditEntry>>;
+    /// The latest `limit` entries: [`Store::search_audit`] without filters.
+    async fn list_audit(&self, organization_id: &str, limit: u32) -> Result<Vec<AuditEntry>> {
+        let query = AuditQuery {
+            limit,
+            ..AuditQuery::default()
+        };
+        self.search_audit(organization_id, &query).await
+    }
 }
 
 #[cfg(test)]

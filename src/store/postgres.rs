@@ -21,12 +21,13 @@ use tokio_postgres::{Client, Config, NoTls, Row};
 
 use super::columns::*;
 use super::{
-    new_id, now_millis, Action, ActionChange, AppliedMigration, AuditEntry, ClaimedDelivery,
-    ClinicCommand, CommandDefinition, CommandProduces, Conversation, ConversationStatus,
-    ConversationWithPatient, Delivery, DeliveryAttempt, DeliveryOutcome, DeliveryStatus, Document,
-    DocumentKind, Error, Inserted, Message, Millis, NewAction, NewAuditEntry, NewConversation,
-    NewDeliveryAttempt, NewMessage, NewPatient, NewUser, Organization, Page, Patient,
-    PatientUpdate, RefreshToken, Result, SenderType, Store, User, UserRole, UserSettings, Webhook,
+    new_id, now_millis, Action, ActionChange, AppliedMigration, AuditEntry, AuditQuery,
+    ClaimedDelivery, ClinicCommand, CommandDefinition, CommandProduces, Conversation,
+    ConversationStatus, ConversationWithPatient, Delivery, DeliveryAttempt, DeliveryOutcome,
+    DeliveryStatus, Document, DocumentKind, Error, Inserted, Message, Millis, NewAction,
+    NewAuditEntry, NewConversation, NewDeliveryAttempt, NewMessage, NewPatient, NewUser,
+    Organization, Page, Patient, PatientUpdate, RefreshToken, Result, SenderType, Store, User,
+    UserRole, UserSettings, Webhook,
 };
 
 /// Embedded migrations, applied in order on connect; the version is the file's number.
@@ -40,6 +41,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("migrations/postgres/0003_clinic_commands.sql"),
     ),
+    (6, include_str!("migrations/postgres/0006_audit_reads.sql")),
     (
         7,
         include_str!("migrations/postgres/0007_event_payloads.sql"),
@@ -450,6 +452,7 @@ fn document_row(r: &Row) -> Result<Document> {
 }
 
 fn audit_row(r: &Row) -> Result<AuditEntry> {
+    let record_ids: String = r.try_get(6)?;
     Ok(AuditEntry {
         id: r.try_get(0)?,
         organization_id: r.try_get(1)?,
@@ -457,7 +460,10 @@ fn audit_row(r: &Row) -> Result<AuditEntry> {
         action: r.try_get(3)?,
         entity_type: r.try_get(4)?,
         entity_id: r.try_get(5)?,
-        at: r.try_get(6)?,
+        record_ids: serde_json::from_str(&record_ids)
+            .map_err(|e| Error::Backend(format!("bad JSON in audit_log.record_ids: {e}")))?,
+        remote_addr: r.try_get(7)?,
+        at: r.try_get(8)?,
     })
 }
 
@@ -1559,8 +1565,9 @@ impl Store for PostgresStore {
     }
 
     async fn record_audit(&self, entry: NewAuditEntry) -> Result<()> {
-        let sql =
-            format!("INSERT INTO audit_log ({AUDIT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7)");
+        let sql = format!(
+            "INSERT INTO audit_log ({AUDIT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        );
         self.client()
             .await?
             .execute(
@@ -1572,6 +1579,8 @@ impl Store for PostgresStore {
                     &entry.action,
                     &entry.entity_type,
                     &entry.entity_id,
+                    &json_text(&serde_json::json!(entry.record_ids)),
+                    &entry.remote_addr,
                     &now_millis(),
                 ],
             )
@@ -1579,18 +1588,53 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn list_audit(&self, organization_id: &str, limit: u32) -> Result<Vec<AuditEntry>> {
+    async fn search_audit(
+        &self,
+        organization_id: &str,
+        query: &AuditQuery,
+    ) -> Result<Vec<AuditEntry>> {
+        let c = self.client().await?;
+        let cursor: Option<(Millis, String)> = match &query.before {
+            None => None,
+            Some(id) => {
+                let row = c
+                    .query_opt(
+                        "SELECT at, id FROM audit_log WHERE organization_id = $1 AND id = $2",
+                        &[&organization_id, id],
+                    )
+                    .await?
+                    .ok_or(Error::NotFound)?;
+                Some((row.try_get(0)?, row.try_get(1)?))
+            }
+        };
+        let (at, cid) = cursor.unzip();
+        let limit = sql_limit(&Page {
+            after: None,
+            limit: query.limit,
+        });
         let sql = format!(
             "SELECT {AUDIT_COLS} FROM audit_log WHERE organization_id = $1 \
-             ORDER BY at DESC, id DESC LIMIT $2"
+             AND ($2::text IS NULL OR user_id = $2) \
+             AND ($3::text IS NULL OR action = $3) \
+             AND ($4::text IS NULL OR entity_id = $4 \
+                  OR record_ids::jsonb @> jsonb_build_array($4::text)) \
+             AND ($5::bigint IS NULL OR (at, id) < ($5, $6)) \
+             ORDER BY at DESC, id DESC LIMIT $7"
         );
-        rows(
-            &self
-                .client()
-                .await?
-                .query(&sql, &[&organization_id, &i64::from(limit)])
-                .await?,
-            audit_row,
-        )
+        let found = c
+            .query(
+                &sql,
+                &[
+                    &organization_id,
+                    &query.user_id,
+                    &query.action,
+                    &query.record_id,
+                    &at,
+                    &cid,
+                    &limit,
+                ],
+            )
+            .await?;
+        rows(&found, audit_row)
     }
 }

@@ -18,12 +18,13 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, Transactio
 
 use super::columns::*;
 use super::{
-    new_id, now_millis, Action, ActionChange, AppliedMigration, AuditEntry, ClaimedDelivery,
-    ClinicCommand, CommandDefinition, CommandProduces, Conversation, ConversationStatus,
-    ConversationWithPatient, Delivery, DeliveryAttempt, DeliveryOutcome, DeliveryStatus, Document,
-    DocumentKind, Error, Inserted, Message, Millis, NewAction, NewAuditEntry, NewConversation,
-    NewDeliveryAttempt, NewMessage, NewPatient, NewUser, Organization, Page, Patient,
-    PatientUpdate, RefreshToken, Result, SenderType, Store, User, UserRole, UserSettings, Webhook,
+    new_id, now_millis, Action, ActionChange, AppliedMigration, AuditEntry, AuditQuery,
+    ClaimedDelivery, ClinicCommand, CommandDefinition, CommandProduces, Conversation,
+    ConversationStatus, ConversationWithPatient, Delivery, DeliveryAttempt, DeliveryOutcome,
+    DeliveryStatus, Document, DocumentKind, Error, Inserted, Message, Millis, NewAction,
+    NewAuditEntry, NewConversation, NewDeliveryAttempt, NewMessage, NewPatient, NewUser,
+    Organization, Page, Patient, PatientUpdate, RefreshToken, Result, SenderType, Store, User,
+    UserRole, UserSettings, Webhook,
 };
 
 /// Embedded migrations, applied in order on open; the version is the file's number.
@@ -34,6 +35,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("migrations/sqlite/0003_clinic_commands.sql"),
     ),
+    (6, include_str!("migrations/sqlite/0006_audit_reads.sql")),
     (7, include_str!("migrations/sqlite/0007_event_payloads.sql")),
 ];
 
@@ -423,6 +425,7 @@ fn document_row(r: &Row<'_>) -> rusqlite::Result<Document> {
 }
 
 fn audit_row(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
+    let record_ids: String = r.get(6)?;
     Ok(AuditEntry {
         id: r.get(0)?,
         organization_id: r.get(1)?,
@@ -430,7 +433,11 @@ fn audit_row(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
         action: r.get(3)?,
         entity_type: r.get(4)?,
         entity_id: r.get(5)?,
-        at: r.get(6)?,
+        record_ids: serde_json::from_str(&record_ids).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, e.into())
+        })?,
+        remote_addr: r.get(7)?,
+        at: r.get(8)?,
     })
 }
 
@@ -1493,9 +1500,11 @@ impl Store for SqliteStore {
     }
 
     async fn record_audit(&self, entry: NewAuditEntry) -> Result<()> {
+        let record_ids = serde_json::Value::from(entry.record_ids).to_string();
         self.call(move |c| {
-            let sql =
-                format!("INSERT INTO audit_log ({AUDIT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+            let sql = format!(
+                "INSERT INTO audit_log ({AUDIT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            );
             c.prepare_cached(&sql)?.execute(params![
                 new_id(),
                 entry.organization_id,
@@ -1503,6 +1512,8 @@ impl Store for SqliteStore {
                 entry.action,
                 entry.entity_type,
                 entry.entity_id,
+                record_ids,
+                entry.remote_addr,
                 now_millis()
             ])?;
             Ok(())
@@ -1510,15 +1521,42 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list_audit(&self, organization_id: &str, limit: u32) -> Result<Vec<AuditEntry>> {
+    async fn search_audit(
+        &self,
+        organization_id: &str,
+        query: &AuditQuery,
+    ) -> Result<Vec<AuditEntry>> {
         let org = organization_id.to_owned();
+        let q = query.clone();
+        let limit = sql_limit(&Page {
+            after: None,
+            limit: q.limit,
+        });
         self.call(move |c| {
+            let cursor: Option<(Millis, String)> = match &q.before {
+                None => None,
+                Some(id) => Some(
+                    c.prepare_cached(
+                        "SELECT at, id FROM audit_log WHERE organization_id = ?1 AND id = ?2",
+                    )?
+                    .query_row(params![org, id], |r| Ok((r.get(0)?, r.get(1)?)))?,
+                ),
+            };
+            let (at, cid) = cursor.unzip();
             let sql = format!(
                 "SELECT {AUDIT_COLS} FROM audit_log WHERE organization_id = ?1 \
-                 ORDER BY at DESC, id DESC LIMIT ?2"
+                 AND (?2 IS NULL OR user_id = ?2) \
+                 AND (?3 IS NULL OR action = ?3) \
+                 AND (?4 IS NULL OR entity_id = ?4 \
+                      OR EXISTS (SELECT 1 FROM json_each(record_ids) WHERE value = ?4)) \
+                 AND (?5 IS NULL OR (at, id) < (?5, ?6)) \
+                 ORDER BY at DESC, id DESC LIMIT ?7"
             );
             let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params![org, i64::from(limit)], audit_row)?;
+            let rows = stmt.query_map(
+                params![org, q.user_id, q.action, q.record_id, at, cid, limit],
+                audit_row,
+            )?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
         .await

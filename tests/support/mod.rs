@@ -142,6 +142,7 @@ pub struct Tuning {
     /// Serve this store instead of the SQLite file (the Postgres fault tests).
     pub store: Option<Arc<dyn Store>>,
     pub webhook: WebhookConfig,
+    pub pipeline: PipelineConfig,
 }
 
 /// Like [`start_full`], with `tune` adjusting the settings.
@@ -164,6 +165,7 @@ pub async fn start_tuned(
         sqlite_busy_timeout: Duration::from_secs(5),
         store: None,
         webhook: WebhookConfig::default(),
+        pipeline: PipelineConfig::default(),
     };
     tune(&mut tuning);
     let Tuning {
@@ -172,11 +174,12 @@ pub async fn start_tuned(
         sqlite_busy_timeout,
         store,
         webhook,
+        pipeline,
     } = tuning;
     let providers = server::openai_providers(ai, stt).expect("providers");
     let setup = PipelineSetup {
         providers,
-        config: PipelineConfig::default(),
+        config: pipeline,
         pool: PoolConfig::default(),
     };
     let store = store.unwrap_or_else(|| {

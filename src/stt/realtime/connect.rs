@@ -318,12 +318,21 @@ impl Driver {
             return Ended::ConsumerGone;
         }
         let mut connected_at = Instant::now();
+        // The watchdog counts from the later of the provider's last message and the moment we
+        // began waiting for one: a commit sent after a long quiet spell (a browser that stopped
+        // sending, then closed) gets the full period for its answer, not none.
         let mut last_server = Instant::now();
+        let mut was_awaiting = self.session.awaiting_server();
         loop {
             if self.session.is_drained() {
                 return Ended::Closed;
             }
             let now = Instant::now();
+            let awaiting = self.session.awaiting_server();
+            if awaiting && !was_awaiting {
+                last_server = last_server.max(now);
+            }
+            was_awaiting = awaiting;
             let age = now.duration_since(connected_at);
             if age >= self.cfg.max_session_age
                 && (self.session.at_turn_boundary()
@@ -342,7 +351,7 @@ impl Driver {
                 continue;
             }
             let mut deadline = connected_at + self.cfg.max_session_age;
-            if self.session.awaiting_server() {
+            if awaiting {
                 deadline = deadline.min(last_server + self.cfg.watchdog);
             }
             if let Some(d) = self.session.next_deadline() {
