@@ -35,6 +35,7 @@ use tandem::ai::{
 };
 use tandem::audio::pool::{DspPool, PoolConfig};
 use tandem::metrics::Metrics;
+use tandem::pipeline::cluster::Standalone;
 use tandem::pipeline::hub::{ClientRx, Hub};
 use tandem::pipeline::{AudioInput, PipelineConfig, Pipelines, Providers};
 use tandem::store::sqlite::SqliteStore;
@@ -341,9 +342,11 @@ impl Rig {
         })
         .expect("dsp pool");
         let metrics = Metrics::new();
+        let hub = Arc::new(Hub::new());
         let pipelines = Pipelines::new(
             store,
-            Arc::new(Hub::new()),
+            Arc::clone(&hub),
+            Arc::new(Standalone::new(hub)),
             providers,
             pool,
             PipelineConfig::default(),

@@ -4,6 +4,8 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use tandem::cli;
 use tandem::config::{Cli, Command, Config, LogFormat, SecretSource, UserCommand};
+use tandem::pipeline::cluster::{self, Cluster, Standalone};
+use tandem::pipeline::hub::Hub;
 use tandem::server::{self, AppState, PipelineSetup};
 use tandem::store::{self, UserRole};
 
@@ -45,7 +47,17 @@ async fn main() -> anyhow::Result<()> {
         config: config.pipeline(),
         pool: config.dsp_pool(),
     };
-    let state = AppState::new(store.clone(), auth, config.http(), pipeline)?
+    let hub = std::sync::Arc::new(Hub::new());
+    // Only a server coordinates with other instances; the one-shot commands stay standalone.
+    let cluster: std::sync::Arc<dyn Cluster> = match &cli.command {
+        None | Some(Command::Serve) => {
+            cluster::for_database(&config.database, config.data_keys.clone(), hub.clone())
+                .await
+                .context("cannot start the instance coordination")?
+        }
+        Some(_) => std::sync::Arc::new(Standalone::new(hub.clone())),
+    };
+    let state = AppState::in_cluster(store.clone(), auth, config.http(), pipeline, hub, cluster)?
         .with_webhook(config.webhook.clone())
         .with_retention(config.retention.clone());
 

@@ -18,6 +18,7 @@ use crate::ai::{self, LanguageDetector, LocalLanguageDetector};
 use crate::audio::pool::{DspPool, PoolConfig};
 use crate::auth::{self, AuthConfig, Authenticator};
 use crate::metrics::Gauge;
+use crate::pipeline::cluster::{Cluster, Standalone};
 use crate::pipeline::hub::Hub;
 use crate::pipeline::{PipelineConfig, Pipelines, Providers};
 use crate::retention::RetentionConfig;
@@ -109,11 +110,30 @@ impl AppState {
         http: HttpConfig,
         pipeline: PipelineSetup,
     ) -> Result<Self, StartError> {
+        let hub = Arc::new(Hub::new());
+        let cluster = Arc::new(Standalone::new(Arc::clone(&hub)));
+        Self::in_cluster(store, auth, http, pipeline, hub, cluster)
+    }
+
+    /// Like [`new`](Self::new), for one of several instances: `cluster` (built on `hub`)
+    /// relays events to the others and claims conversations (see [`crate::pipeline::cluster::for_database`]).
+    ///
+    /// # Errors
+    /// As for [`new`](Self::new).
+    pub fn in_cluster(
+        store: Arc<dyn Store>,
+        auth: AuthConfig,
+        http: HttpConfig,
+        pipeline: PipelineSetup,
+        hub: Arc<Hub>,
+        cluster: Arc<dyn Cluster>,
+    ) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new());
         let pool = DspPool::new(&pipeline.pool).map_err(StartError::DspPool)?;
         let pipelines = Pipelines::new(
             store.clone(),
-            Arc::new(Hub::new()),
+            hub,
+            cluster,
             pipeline.providers,
             pool,
             pipeline.config,

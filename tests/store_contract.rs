@@ -28,7 +28,7 @@ async fn sqlite_contract_and_restart() {
     let migrations = store.applied_migrations().await.unwrap();
     assert_eq!(
         migrations.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [1, 2, 3, 6]
+        [1, 2, 3, 6, 7]
     );
     contract::run(&store).await;
     // After the suite: its retention step deletes every conversation older than its run.
@@ -284,7 +284,7 @@ mod postgres {
         let migrations = store.applied_migrations().await.unwrap();
         assert_eq!(
             migrations.iter().map(|m| m.version).collect::<Vec<_>>(),
-            [1, 2, 3, 6]
+            [1, 2, 3, 6, 7]
         );
         contract::run(&store).await;
 

@@ -23,7 +23,7 @@ use crate::audio::{sniff, InputFormat};
 use crate::auth::Principal;
 use crate::pipeline::event::ServerEvent;
 use crate::pipeline::speaker::Role;
-use crate::pipeline::AudioInput;
+use crate::pipeline::{cluster, AudioInput, Error};
 use crate::server::AppState;
 use crate::store::{self, Conversation, ConversationStatus};
 
@@ -134,6 +134,17 @@ pub async fn serve(socket: WebSocket, state: AppState, headers: HeaderMap, query
         .await
     {
         Ok(input) => input,
+        Err(Error::Cluster(cluster::Error::Busy)) => {
+            tracing::info!(%conversation_id, "audio refused: the conversation is driven by another instance");
+            out.send(&ServerEvent::error(
+                cluster::Error::Busy.code(),
+                "This conversation is being recorded through another connection; close it \
+                 (or wait until it drops) and reconnect.",
+            ));
+            out.finish(Some((close::TRY_AGAIN_LATER, "Conversation busy")))
+                .await;
+            return;
+        }
         Err(e) => {
             tracing::warn!(%conversation_id, code = e.code(), error = %e, "cannot start transcription");
             out.send(&ServerEvent::error(

@@ -22,7 +22,8 @@ pub const CLIENT_QUEUE: usize = 64;
 pub const MAX_DROPPED: u32 = 32;
 
 /// Which sockets of a conversation an event goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Audience {
     /// The conversation's `/transcription` sockets (the original sent pipeline results there).
     Audio,

@@ -15,10 +15,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -34,6 +34,7 @@ use crate::records::Records;
 use crate::store::{Conversation, Store};
 use crate::stt::{ConnectionStatus, SpeechToText, SttEvent, SttInput, SttOptions};
 
+pub mod cluster;
 pub mod event;
 pub mod hub;
 pub mod speaker;
@@ -42,6 +43,7 @@ mod visit;
 
 pub use visit::EndClaim;
 
+use cluster::Cluster;
 use event::ServerEvent;
 use hub::{Audience, ClientTx, Hub};
 use speaker::Role;
@@ -98,6 +100,8 @@ pub enum Error {
     PoolClosed,
     #[error("the conversation's transcription session has ended")]
     SessionEnded,
+    #[error(transparent)]
+    Cluster(#[from] cluster::Error),
 }
 
 impl Error {
@@ -106,6 +110,7 @@ impl Error {
             Error::Stt(e) => e.code(),
             Error::PoolClosed => "shutting_down",
             Error::SessionEnded => "session_ended",
+            Error::Cluster(e) => e.code(),
         }
     }
 }
@@ -132,6 +137,9 @@ pub(crate) struct StageMetrics {
 pub struct Pipelines {
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
+    /// Relays events published outside a conversation's runtime (actions, summaries, medical
+    /// histories) to the other instances, and decides which instance runs a conversation.
+    cluster: Arc<dyn Cluster>,
     providers: Providers,
     pool: DspPool,
     config: PipelineConfig,
@@ -211,6 +219,7 @@ impl Pipelines {
     pub fn new(
         store: Arc<dyn Store>,
         hub: Arc<Hub>,
+        cluster: Arc<dyn Cluster>,
         providers: Providers,
         pool: DspPool,
         config: PipelineConfig,
@@ -228,9 +237,11 @@ impl Pipelines {
             providers.history.clone(),
         ));
         let recordings = Arc::new(Recordings::new(config.recordings.clone()));
-        Arc::new(Pipelines {
+        let stop_requests = cluster.stop_requests();
+        let pipelines = Arc::new(Pipelines {
             store,
             hub,
+            cluster,
             records,
             recordings,
             ending: Mutex::default(),
@@ -240,7 +251,11 @@ impl Pipelines {
             metrics: StageMetrics { stage },
             live: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
-        })
+        });
+        if let Some(requests) = stop_requests {
+            tokio::spawn(stop_on_request(Arc::downgrade(&pipelines), requests));
+        }
+        pipelines
     }
 
     /// The hub the pipeline publishes on (sockets subscribe to it).
@@ -300,6 +315,27 @@ impl Pipelines {
         if let Some(live) = self.join_existing(&conversation.id) {
             return Ok(live);
         }
+        // Held for as long as this runtime lives; released once its lane drained.
+        self.cluster.claim(&conversation.id).await?;
+        match self.start_live(conversation).await {
+            Ok((live, true)) => Ok(live),
+            Ok((live, false)) => {
+                self.cluster.release(&conversation.id).await;
+                Ok(live)
+            }
+            Err(e) => {
+                self.cluster.release(&conversation.id).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens the STT session and registers the runtime; `false` with the runtime another
+    /// socket registered meanwhile.
+    async fn start_live(
+        self: &Arc<Self>,
+        conversation: &Conversation,
+    ) -> Result<(Arc<Live>, bool), Error> {
         let options = SttOptions {
             languages: vec![
                 conversation.clinician_language.clone(),
@@ -340,7 +376,7 @@ impl Pipelines {
             if let Some(existing) = map.get(&conversation.id) {
                 if !existing.closing.load(Ordering::Acquire) {
                     *lock(&existing.sockets) += 1;
-                    return Ok(Arc::clone(existing));
+                    return Ok((Arc::clone(existing), false));
                 }
             }
             map.insert(conversation.id.clone(), Arc::clone(&live));
@@ -368,9 +404,10 @@ impl Pipelines {
             // Retired only now, not when the STT session closed, so that a visit ending
             // meanwhile still finds this runtime and waits for its last utterances.
             pipelines.retire(&lane_live);
+            pipelines.cluster.release(&lane_live.conversation_id).await;
             lane_live.drained.cancel();
         });
-        Ok(live)
+        Ok((live, true))
     }
 
     fn join_existing(&self, conversation_id: &str) -> Option<Arc<Live>> {
@@ -437,16 +474,45 @@ impl Pipelines {
 
     /// Announces an action's creation or change: to the control sockets of users who asked
     /// about the conversation, then to its audio sockets (if it is live).
+    /// Changes may be made through any instance, so this goes through the cluster.
     pub fn publish_action(&self, conversation_id: &str, event: &ServerEvent) {
         let frame = event.to_frame();
-        self.hub
+        self.cluster
             .publish(conversation_id, Audience::Control, frame.clone());
-        self.hub.publish(conversation_id, Audience::Audio, frame);
+        self.cluster
+            .publish(conversation_id, Audience::Audio, frame);
     }
 
+    /// Publishes a runtime's own event to this instance's sockets only: a conversation's audio
+    /// sockets are all on the instance that claimed it, so nothing else needs captions or
+    /// speech.
     fn publish(&self, conversation_id: &str, audience: Audience, event: &ServerEvent) {
         self.hub
             .publish(conversation_id, audience, event.to_frame());
+    }
+}
+
+/// Ends the audio of conversations whose visit was ended through another instance. Lives as
+/// long as the pipelines (it holds them weakly) or the cluster's request channel.
+async fn stop_on_request(pipelines: Weak<Pipelines>, mut requests: broadcast::Receiver<String>) {
+    loop {
+        let conversation_id = match requests.recv().await {
+            Ok(id) => id,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "requests to stop audio from other instances were missed"
+                );
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(pipelines) = pipelines.upgrade() else {
+            return;
+        };
+        if pipelines.end_live_audio(&conversation_id).is_some() {
+            tracing::info!(%conversation_id, "visit ended through another instance; stopping its audio");
+        }
     }
 }
 

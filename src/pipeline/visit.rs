@@ -19,8 +19,9 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::task::JoinHandle;
 
+use super::cluster::{self, Cluster};
 use super::event::{self, CommandExecuted, ServerEvent};
-use super::hub::{Audience, Hub};
+use super::hub::Audience;
 use super::{lock, transcript, Live, Pipelines};
 use crate::audit::PhiRead;
 use crate::records::{self, HistoryOrigin, Records, SummaryStage, SummaryView};
@@ -30,6 +31,9 @@ use crate::store::{ConversationStatus, ConversationWithPatient, Document};
 /// Draining is one STT commit plus one utterance's processing; this leaves room for a slow
 /// provider without holding the summary back forever.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How often an ending visit driven by another instance checks whether it has drained.
+const CLAIM_RETRY: Duration = Duration::from_millis(100);
 
 /// The right to end one conversation, held from the status change until its summary is
 /// written; dropping it releases the conversation.
@@ -59,12 +63,20 @@ impl Pipelines {
     /// Stops the conversation's audio: its sockets are told (`conversation_ended`) and close,
     /// then this waits until every utterance already spoken is processed, at most `deadline`.
     /// Returns whether it drained in time (a conversation without live audio has nothing to
-    /// drain).
+    /// drain). Audio driven by another instance is stopped there.
     pub async fn stop_audio(&self, conversation_id: &str, deadline: Duration) -> bool {
-        let live = lock(&self.live).get(conversation_id).cloned();
-        let Some(live) = live else {
-            return true;
+        let Some(live) = self.end_live_audio(conversation_id) else {
+            return self.stop_audio_elsewhere(conversation_id, deadline).await;
         };
+        tokio::time::timeout(deadline, live.drained.cancelled())
+            .await
+            .is_ok()
+    }
+
+    /// Tells this instance's audio sockets of the conversation that the visit ended and makes
+    /// them close; returns its runtime, if it is live here.
+    pub(super) fn end_live_audio(&self, conversation_id: &str) -> Option<Arc<Live>> {
+        let live = lock(&self.live).get(conversation_id).cloned()?;
         self.publish(
             conversation_id,
             Audience::Audio,
@@ -76,9 +88,29 @@ impl Pipelines {
             },
         );
         live.ended.cancel();
-        tokio::time::timeout(deadline, live.drained.cancelled())
+        Some(live)
+    }
+
+    /// Asks whichever instance drives the conversation to end its audio, then waits until it
+    /// let go: the claim is released only once its last utterance is processed, so a claim
+    /// this instance can take means the audio drained (at once with a single instance).
+    async fn stop_audio_elsewhere(&self, conversation_id: &str, deadline: Duration) -> bool {
+        self.cluster.stop_audio_elsewhere(conversation_id);
+        let drained = async {
+            loop {
+                match self.cluster.claim(conversation_id).await {
+                    Ok(()) => {
+                        self.cluster.release(conversation_id).await;
+                        return true;
+                    }
+                    Err(cluster::Error::Busy) => tokio::time::sleep(CLAIM_RETRY).await,
+                    Err(cluster::Error::Unavailable) => return false,
+                }
+            }
+        };
+        tokio::time::timeout(deadline, drained)
             .await
-            .is_ok()
+            .unwrap_or(false)
     }
 
     /// Finishes an ended visit in the background: stop and drain its audio, then write the
@@ -101,7 +133,7 @@ impl Pipelines {
             }
             summarize(
                 &pipelines.records,
-                &pipelines.hub,
+                &*pipelines.cluster,
                 &organization_id,
                 &conversation_id,
                 SummaryStage::Final,
@@ -122,7 +154,7 @@ impl Pipelines {
     ) -> Result<Document, records::Error> {
         summarize(
             &self.records,
-            &self.hub,
+            &*self.cluster,
             organization_id,
             conversation_id,
             SummaryStage::Final,
@@ -135,10 +167,10 @@ impl Pipelines {
     /// `request_medical_history` tries again.
     pub fn prepare_medical_history(self: &Arc<Self>, conversation: ConversationWithPatient) {
         let records = Arc::clone(&self.records);
-        let hub = Arc::clone(&self.hub);
+        let cluster = Arc::clone(&self.cluster);
         self.tasks.spawn(async move {
             // Errors are announced inside; nothing waits for this task.
-            let _ = medical_history(&records, &hub, &conversation).await;
+            let _ = medical_history(&records, &*cluster, &conversation).await;
         });
     }
 }
@@ -147,7 +179,7 @@ impl Pipelines {
 /// `error` event (`summary_failed`) otherwise.
 async fn summarize(
     records: &Records,
-    hub: &Hub,
+    cluster: &dyn Cluster,
     organization_id: &str,
     conversation_id: &str,
     stage: SummaryStage,
@@ -176,13 +208,13 @@ async fn summarize(
                 },
             };
             tracing::info!(%conversation_id, ?stage, "summary written");
-            announce(hub, conversation_id, &[ready, data]);
+            announce(cluster, conversation_id, &[ready, data]);
         }
         Err(records::Error::Ended) => {}
         Err(e) => {
             tracing::warn!(%conversation_id, ?stage, code = e.code(), error = %e, "summary failed");
             announce(
-                hub,
+                cluster,
                 conversation_id,
                 &[ServerEvent::error(
                     "summary_failed",
@@ -202,7 +234,7 @@ async fn summarize(
 /// are logged and announced as `error` (`medical_history_failed`).
 async fn medical_history(
     records: &Records,
-    hub: &Hub,
+    cluster: &dyn Cluster,
     conversation: &ConversationWithPatient,
 ) -> Result<Document, records::Error> {
     let id = &conversation.conversation.id;
@@ -212,7 +244,7 @@ async fn medical_history(
                 tracing::info!(conversation_id = %id, ?origin, "medical history attached");
             }
             announce(
-                hub,
+                cluster,
                 id,
                 &[ServerEvent::MedicalHistoryData {
                     payload: event::MedicalHistoryData::new(id.clone(), Some(doc.content.clone())),
@@ -223,7 +255,7 @@ async fn medical_history(
         Err(e) => {
             tracing::warn!(conversation_id = %id, code = e.code(), error = %e, "medical history failed");
             announce(
-                hub,
+                cluster,
                 id,
                 &[ServerEvent::error(
                     "medical_history_failed",
@@ -239,11 +271,11 @@ async fn medical_history(
 }
 
 /// Sends events to the conversation's control sockets and its audio sockets.
-fn announce(hub: &Hub, conversation_id: &str, events: &[ServerEvent]) {
+fn announce(cluster: &dyn Cluster, conversation_id: &str, events: &[ServerEvent]) {
     for event in events {
         let frame = event.to_frame();
-        hub.publish(conversation_id, Audience::Control, frame.clone());
-        hub.publish(conversation_id, Audience::Audio, frame);
+        cluster.publish(conversation_id, Audience::Control, frame.clone());
+        cluster.publish(conversation_id, Audience::Audio, frame);
     }
 }
 
@@ -260,14 +292,14 @@ fn public_reason(e: &records::Error) -> &'static str {
 /// hold up the next utterances) and announced with `summary_ready`.
 pub(super) fn request_summary(pipelines: &Pipelines, live: &Live) -> CommandExecuted {
     let records = Arc::clone(&pipelines.records);
-    let hub = Arc::clone(&pipelines.hub);
+    let cluster = Arc::clone(&pipelines.cluster);
     let organization_id = live.organization_id.clone();
     let conversation_id = live.conversation_id.clone();
     pipelines.tasks.spawn(async move {
         // Announced inside; an ended visit gets its final summary instead.
         let _ = summarize(
             &records,
-            &hub,
+            &*cluster,
             &organization_id,
             &conversation_id,
             SummaryStage::Interim,
@@ -320,7 +352,7 @@ pub(super) async fn request_medical_history(pipelines: &Pipelines, live: &Live) 
             json!({}),
         );
     }
-    match medical_history(&pipelines.records, &pipelines.hub, &conversation).await {
+    match medical_history(&pipelines.records, &*pipelines.cluster, &conversation).await {
         Ok(doc) => CommandExecuted::without_action(
             "success",
             NAME,

@@ -43,6 +43,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("migrations/postgres/0003_clinic_commands.sql"),
     ),
     (6, include_str!("migrations/postgres/0006_audit_reads.sql")),
+    (
+        7,
+        include_str!("migrations/postgres/0007_event_payloads.sql"),
+    ),
 ];
 
 /// Used when the URL sets no `connect_timeout`, so an unreachable server fails fast as

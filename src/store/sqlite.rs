@@ -37,6 +37,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("migrations/sqlite/0003_clinic_commands.sql"),
     ),
     (6, include_str!("migrations/sqlite/0006_audit_reads.sql")),
+    (7, include_str!("migrations/sqlite/0007_event_payloads.sql")),
 ];
 
 /// How long a statement waits for another process's lock before giving up as `Unavailable`.

@@ -45,6 +45,7 @@ pub fn speech_script() -> realtime::State {
     ])
 }
 
+pub mod process;
 pub mod ws;
 
 /// The HS256 secret every test server uses, so tests can mint their own tokens.
@@ -467,8 +468,13 @@ pub async fn next_control_json(ws: &mut Ws, within: Duration) -> Value {
 /// A control socket of `user` that has selected `conversation_id`, so it receives the
 /// conversation's pushes; the greeting and the selection reply are consumed.
 pub async fn control_socket(srv: &TestServer, user: &Client, conversation_id: &str) -> Ws {
+    control_socket_at(srv.addr, user, conversation_id).await
+}
+
+/// [`control_socket`] on the server at `addr` (a child process, another instance).
+pub async fn control_socket_at(addr: SocketAddr, user: &Client, conversation_id: &str) -> Ws {
     use futures_util::SinkExt as _;
-    let url = format!("ws://{}/ws?token={}", srv.addr, user.access_token);
+    let url = format!("ws://{addr}/ws?token={}", user.access_token);
     let (mut ws, _) = tokio_tungstenite::connect_async(url)
         .await
         .expect("control socket");

@@ -1,0 +1,683 @@
+//! Several Tandem instances on one Postgres: events relayed with `LISTEN/NOTIFY`, conversations
+//! claimed with session-level advisory locks.
+//!
+//! Design decisions:
+//! - An event is delivered to this instance's sockets directly and relayed to the others;
+//!   every instance ignores notifications it sent itself, so each socket gets it once.
+//! - Each instance publishes through one connection, in publish order, so its events arrive
+//!   everywhere in that order. Envelopes carry a per-instance sequence number: a receiver drops
+//!   a repeat (a NOTIFY retried after a lost reply) and logs a gap (events lost while a
+//!   connection was down or the outgoing queue was full).
+//! - A notification carries at most [`NOTIFY_INLINE_LIMIT`] bytes (Postgres refuses payloads
+//!   of 8000 bytes or more); a larger event (TTS audio, long summaries) is written to
+//!   `event_payloads` and the notification carries its row id. Rows are swept after
+//!   [`PAYLOAD_TTL`].
+//! - A claim is `pg_try_advisory_lock` on a connection used for nothing else: when the
+//!   instance dies, the server ends its session and the locks are free at once.
+//! - Ending a visit through an instance that does not drive it sends a stop request the same
+//!   way; the driving instance ends its audio, and the requester knows it drained when it can
+//!   claim the conversation itself.
+//! - Channel and lock keys include `current_schema()`, so installs (and tests) sharing a
+//!   database in separate schemas do not see each other.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Notification};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::{Cluster, Error};
+use crate::pipeline::hub::{Audience, Hub};
+use crate::store::{new_id, now_millis, Keyring};
+
+/// Largest notification sent inline; bigger events go by reference. Below the server's
+/// 8000-byte limit with room for the channel name.
+pub const NOTIFY_INLINE_LIMIT: usize = 7000;
+
+/// How long a by-reference payload is kept for receivers to fetch.
+const PAYLOAD_TTL: Duration = Duration::from_secs(60);
+
+/// Events waiting for the publisher connection. Full (Postgres slow or away for long): the
+/// event is dropped for other instances and logged; local sockets already have it, and the
+/// receivers log the gap.
+const OUTGOING_CAPACITY: usize = 4096;
+
+/// At most this many publishing instances are tracked for ordering; past it the table starts
+/// over (instance ids change on every restart, so old ones pile up in a long-lived process).
+const MAX_TRACKED_INSTANCES: usize = 1024;
+
+/// How often the claim connection is checked, so claims lost with it are taken again.
+const LEASE_CHECK: Duration = Duration::from_secs(2);
+
+/// Stop requests waiting for the pipeline; a burst of ended visits is far smaller. Lagging
+/// (dropped) requests are logged; those visits drain at their next audio socket close.
+const STOP_REQUESTS: usize = 64;
+
+/// The key a conversation's advisory lock is taken on.
+const LOCK_KEY: &str =
+    "hashtextextended('tandem.conversation.' || current_schema() || '.' || $1, 0)";
+
+/// One relayed event, as a notification payload.
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    instance: String,
+    conversation: String,
+    audience: Audience,
+    seq: u64,
+    /// The serialized event, when it fits in a notification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event: Option<String>,
+    /// Otherwise the `event_payloads` row holding it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    payload_id: Option<i64>,
+    /// No event: a request to stop the conversation's audio.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    stop_audio: bool,
+}
+
+/// [`Cluster`] over Postgres. Its background tasks stop when it is dropped.
+pub struct PostgresCluster {
+    instance: String,
+    hub: Arc<Hub>,
+    seq: AtomicU64,
+    /// To the publisher task; see [`OUTGOING_CAPACITY`] for the full policy.
+    outgoing: mpsc::Sender<Envelope>,
+    leases: Arc<Leases>,
+    /// Stop requests from other instances, to the pipeline; see [`STOP_REQUESTS`].
+    stops: broadcast::Sender<String>,
+    _stop: DropGuard,
+}
+
+impl PostgresCluster {
+    /// Opens the coordination connections (publish, listen, claims) and starts relaying.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] (the cause is logged) if the URL is invalid or a connection or
+    /// the `LISTEN` fails.
+    ///
+    /// `keys` seal the payloads stored in `event_payloads` (summaries, action fields: the
+    /// visit's text, encrypted at rest like the rows they come from).
+    pub async fn start(
+        url: &str,
+        hub: Arc<Hub>,
+        keys: Arc<Keyring>,
+    ) -> Result<PostgresCluster, Error> {
+        let instance = new_id();
+        let mut config: Config = url.parse().map_err(|e| {
+            tracing::error!(error = %e, "invalid postgres url for instance coordination");
+            Error::Unavailable
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        config.application_name(format!("tandem-cluster-{instance}"));
+        let mut publisher = Conn::new(config.clone(), "publish");
+        let channel: String = publisher
+            .get()
+            .await
+            .map_err(unavailable)?
+            .0
+            .query_one(
+                "SELECT 'tandem_events_' || left(md5(current_schema()), 16)",
+                &[],
+            )
+            .await
+            .map_err(unavailable)?
+            .try_get(0)
+            .map_err(unavailable)?;
+        let stop = CancellationToken::new();
+        let (outgoing, rx) = mpsc::channel(OUTGOING_CAPACITY);
+        let (stops, _) = broadcast::channel(STOP_REQUESTS);
+        let listener = Listener {
+            config: config.clone(),
+            channel: channel.clone(),
+            instance: instance.clone(),
+            hub: Arc::clone(&hub),
+            fetch: Conn::new(config.clone(), "fetch"),
+            keys: Arc::clone(&keys),
+            last_seq: HashMap::new(),
+            stops: stops.clone(),
+        };
+        // Listening before the first publish, so no event of this instance's start is missed.
+        let (client, connection) = listener.listen().await.map_err(unavailable)?;
+        let leases = Arc::new(Leases {
+            state: tokio::sync::Mutex::new(LeaseState {
+                conn: Conn::new(config, "claims"),
+                held: HashMap::new(),
+            }),
+        });
+        leases.check().await.map_err(unavailable)?;
+        tokio::spawn(publish(publisher, keys, channel.clone(), rx, stop.clone()));
+        tokio::spawn(listener.run(client, connection, stop.clone()));
+        tokio::spawn(Arc::clone(&leases).keep(stop.clone()));
+        tracing::info!(%instance, %channel, "several-instance mode: events relayed through postgres");
+        Ok(PostgresCluster {
+            instance,
+            hub,
+            seq: AtomicU64::new(0),
+            outgoing,
+            leases,
+            stops,
+            _stop: stop.drop_guard(),
+        })
+    }
+}
+
+fn unavailable(e: tokio_postgres::Error) -> Error {
+    tracing::error!(error = %e, "instance coordination database unavailable");
+    Error::Unavailable
+}
+
+#[async_trait]
+impl Cluster for PostgresCluster {
+    fn publish(&self, conversation_id: &str, audience: Audience, frame: Arc<str>) {
+        self.hub
+            .publish(conversation_id, audience, Arc::clone(&frame));
+        self.relay(conversation_id, audience, Some(frame.to_string()));
+    }
+
+    async fn claim(&self, conversation_id: &str) -> Result<(), Error> {
+        self.leases.claim(conversation_id).await
+    }
+
+    async fn release(&self, conversation_id: &str) {
+        self.leases.release(conversation_id).await;
+    }
+
+    fn stop_audio_elsewhere(&self, conversation_id: &str) {
+        self.relay(conversation_id, Audience::Audio, None);
+    }
+
+    fn stop_requests(&self) -> Option<broadcast::Receiver<String>> {
+        Some(self.stops.subscribe())
+    }
+}
+
+impl PostgresCluster {
+    /// Queues an envelope for the other instances: an event, or (`None`) a stop request.
+    fn relay(&self, conversation_id: &str, audience: Audience, event: Option<String>) {
+        let envelope = Envelope {
+            instance: self.instance.clone(),
+            conversation: conversation_id.to_owned(),
+            audience,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            stop_audio: event.is_none(),
+            event,
+            payload_id: None,
+        };
+        if self.outgoing.try_send(envelope).is_err() {
+            tracing::warn!(
+                conversation_id,
+                "event relay queue full; other instances miss this event"
+            );
+        }
+    }
+}
+
+/// A connection that redials on the next use after it closed.
+struct Conn {
+    config: Config,
+    purpose: &'static str,
+    client: Option<Client>,
+}
+
+impl Conn {
+    fn new(config: Config, purpose: &'static str) -> Self {
+        Conn {
+            config,
+            purpose,
+            client: None,
+        }
+    }
+
+    /// The live client, and whether it was dialed just now.
+    async fn get(&mut self) -> Result<(&Client, bool), tokio_postgres::Error> {
+        let (client, fresh) = match self.client.take().filter(|c| !c.is_closed()) {
+            Some(client) => (client, false),
+            None => {
+                let (client, connection) = self.config.connect(NoTls).await?;
+                let purpose = self.purpose;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::warn!(purpose, error = %e, "coordination connection lost");
+                    }
+                });
+                (client, true)
+            }
+        };
+        Ok((self.client.insert(client), fresh))
+    }
+}
+
+/// Delay before the `attempt`-th reconnect: doubling from 100 ms, capped at 5 s.
+fn retry_delay(attempt: u32) -> Duration {
+    Duration::from_millis(100u64 << attempt.min(6)).min(Duration::from_secs(5))
+}
+
+/// Sends queued envelopes in order, retrying each until it is sent, and sweeps old payloads.
+async fn publish(
+    mut conn: Conn,
+    keys: Arc<Keyring>,
+    channel: String,
+    mut rx: mpsc::Receiver<Envelope>,
+    stop: CancellationToken,
+) {
+    let mut sweep = tokio::time::interval(PAYLOAD_TTL);
+    loop {
+        let envelope = tokio::select! {
+            () = stop.cancelled() => return,
+            envelope = rx.recv() => match envelope {
+                Some(envelope) => envelope,
+                None => return,
+            },
+            _ = sweep.tick() => {
+                let cutoff = now_millis() - i64::try_from(PAYLOAD_TTL.as_millis()).unwrap_or(0);
+                if let Ok((client, _)) = conn.get().await {
+                    if let Err(e) = client
+                        .execute("DELETE FROM event_payloads WHERE created_at < $1", &[&cutoff])
+                        .await
+                    {
+                        tracing::warn!(error = %e, "sweeping relayed event payloads failed");
+                    }
+                }
+                continue;
+            }
+        };
+        let mut attempt = 0;
+        while let Err(e) = notify(&mut conn, &keys, &channel, &envelope).await {
+            tracing::warn!(error = %e, attempt, "relaying an event failed; retrying");
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(retry_delay(attempt)) => {}
+            }
+            attempt += 1;
+        }
+    }
+}
+
+async fn notify(
+    conn: &mut Conn,
+    keys: &Keyring,
+    channel: &str,
+    envelope: &Envelope,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, _) = conn.get().await?;
+    let mut payload = json(envelope);
+    if payload.len() > NOTIFY_INLINE_LIMIT {
+        let body = envelope
+            .event
+            .as_deref()
+            .map(|event| keys.seal(event, &payload_associated_data(envelope)));
+        let row = client
+            .query_one(
+                "INSERT INTO event_payloads (created_at, body) VALUES ($1, $2) RETURNING id",
+                &[&now_millis(), &body],
+            )
+            .await?;
+        payload = json(&Envelope {
+            instance: envelope.instance.clone(),
+            conversation: envelope.conversation.clone(),
+            audience: envelope.audience,
+            seq: envelope.seq,
+            event: None,
+            payload_id: Some(row.try_get(0)?),
+            stop_audio: false,
+        });
+    }
+    client
+        .execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
+        .await?;
+    Ok(())
+}
+
+fn json(envelope: &Envelope) -> String {
+    // Strings, integers and a unit enum: serialization cannot fail.
+    serde_json::to_string(envelope).unwrap_or_default()
+}
+
+/// Receives other instances' events and hands them to the local hub.
+struct Listener {
+    config: Config,
+    channel: String,
+    instance: String,
+    hub: Arc<Hub>,
+    /// Reads by-reference payloads; separate from the listening connection, whose messages
+    /// are not polled while one is handled.
+    fetch: Conn,
+    /// Last sequence number seen per publishing instance.
+    last_seq: HashMap<String, u64>,
+    /// To the pipeline (no receiver: nothing to stop).
+    stops: broadcast::Sender<String>,
+    /// Open payloads fetched by reference.
+    keys: Arc<Keyring>,
+}
+
+/// Binds a stored payload to the notification naming it, so a row cannot stand in for
+/// another event.
+fn payload_associated_data(envelope: &Envelope) -> String {
+    format!(
+        "tdm1|event_payloads.body|{}:{}",
+        envelope.instance, envelope.seq
+    )
+}
+
+type Connection =
+    tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>;
+
+impl Listener {
+    /// Dials and subscribes; the connection must be polled for the notifications.
+    async fn listen(&self) -> Result<(Client, Connection), tokio_postgres::Error> {
+        let (client, mut connection) = self.config.connect(NoTls).await?;
+        let listen = format!("LISTEN \"{}\"", self.channel);
+        {
+            let subscribe = client.batch_execute(&listen);
+            tokio::pin!(subscribe);
+            // The command's reply arrives through the connection, so poll both.
+            let mut messages = futures_util::stream::poll_fn(|cx| connection.poll_message(cx));
+            loop {
+                tokio::select! {
+                    result = &mut subscribe => {
+                        result?;
+                        break;
+                    }
+                    message = messages.next() => match message {
+                        Some(Err(e)) => return Err(e),
+                        None => break,
+                        Some(Ok(_)) => {}
+                    },
+                }
+            }
+        }
+        Ok((client, connection))
+    }
+
+    async fn run(mut self, client: Client, connection: Connection, stop: CancellationToken) {
+        let mut current = Some((client, connection));
+        let mut attempt = 0;
+        loop {
+            if let Some((client, mut connection)) = current.take() {
+                attempt = 0;
+                let mut messages = futures_util::stream::poll_fn(|cx| connection.poll_message(cx));
+                loop {
+                    let message = tokio::select! {
+                        () = stop.cancelled() => return,
+                        message = messages.next() => message,
+                    };
+                    match message {
+                        Some(Ok(AsyncMessage::Notification(n))) => self.receive(&n).await,
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "event relay connection lost; reconnecting");
+                            break;
+                        }
+                        None => {
+                            tracing::warn!("event relay connection closed; reconnecting");
+                            break;
+                        }
+                    }
+                }
+                drop(client);
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(retry_delay(attempt)) => {}
+            }
+            attempt += 1;
+            match self.listen().await {
+                Ok(pair) => {
+                    tracing::info!(attempt, "event relay listening again");
+                    current = Some(pair);
+                }
+                Err(e) => tracing::warn!(error = %e, attempt, "event relay reconnect failed"),
+            }
+        }
+    }
+
+    async fn receive(&mut self, notification: &Notification) {
+        let envelope: Envelope = match serde_json::from_str(notification.payload()) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a malformed event notification");
+                return;
+            }
+        };
+        if envelope.instance == self.instance || !self.in_order(&envelope) {
+            return;
+        }
+        if envelope.stop_audio {
+            let _ = self.stops.send(envelope.conversation);
+            return;
+        }
+        let associated_data = payload_associated_data(&envelope);
+        let frame = match (envelope.event, envelope.payload_id) {
+            (Some(event), _) => event,
+            (None, Some(id)) => match self.fetch(id, &associated_data).await {
+                Some(body) => body,
+                None => return,
+            },
+            (None, None) => return,
+        };
+        self.hub
+            .publish(&envelope.conversation, envelope.audience, Arc::from(frame));
+    }
+
+    /// Whether the envelope is new; repeats are dropped, gaps logged.
+    fn in_order(&mut self, envelope: &Envelope) -> bool {
+        if self.last_seq.len() >= MAX_TRACKED_INSTANCES
+            && !self.last_seq.contains_key(&envelope.instance)
+        {
+            self.last_seq.clear();
+        }
+        let last = self.last_seq.entry(envelope.instance.clone()).or_insert(0);
+        if envelope.seq <= *last {
+            return false;
+        }
+        if *last != 0 && envelope.seq > *last + 1 {
+            tracing::warn!(
+                from = %envelope.instance,
+                missed = envelope.seq - *last - 1,
+                "events from another instance were lost"
+            );
+        }
+        *last = envelope.seq;
+        true
+    }
+
+    async fn fetch(&mut self, id: i64, associated_data: &str) -> Option<String> {
+        let result = match self.fetch.get().await {
+            Ok((client, _)) => {
+                client
+                    .query_opt("SELECT body FROM event_payloads WHERE id = $1", &[&id])
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match result.map(|row| row.map(|r| r.try_get::<_, String>(0))) {
+            Ok(Some(Ok(body))) => match self.keys.open(&body, associated_data) {
+                Ok(body) => Some(body),
+                Err(e) => {
+                    tracing::error!(payload_id = id, error = %e, "a relayed event payload cannot be opened");
+                    None
+                }
+            },
+            Ok(None) => {
+                tracing::warn!(payload_id = id, "relayed event payload already swept");
+                None
+            }
+            Ok(Some(Err(e))) | Err(e) => {
+                tracing::warn!(payload_id = id, error = %e, "fetching a relayed event failed");
+                None
+            }
+        }
+    }
+}
+
+/// This instance's claims, on one connection kept for them.
+struct Leases {
+    state: tokio::sync::Mutex<LeaseState>,
+}
+
+struct LeaseState {
+    conn: Conn,
+    /// Claimed conversations and how many claims each has.
+    held: HashMap<String, u32>,
+}
+
+impl Leases {
+    async fn claim(&self, conversation_id: &str) -> Result<(), Error> {
+        let mut state = self.state.lock().await;
+        if let Some(count) = state.held.get_mut(conversation_id) {
+            *count += 1;
+            return Ok(());
+        }
+        let client = state.reclaim_if_redialed().await.map_err(unavailable)?;
+        let locked: bool = client
+            .query_one(
+                &format!("SELECT pg_try_advisory_lock({LOCK_KEY})"),
+                &[&conversation_id],
+            )
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(unavailable)?;
+        if !locked {
+            return Err(Error::Busy);
+        }
+        state.held.insert(conversation_id.to_owned(), 1);
+        Ok(())
+    }
+
+    async fn release(&self, conversation_id: &str) {
+        let mut state = self.state.lock().await;
+        let Some(count) = state.held.get_mut(conversation_id) else {
+            return;
+        };
+        *count -= 1;
+        if *count > 0 {
+            return;
+        }
+        state.held.remove(conversation_id);
+        // A closed connection took the lock with it: nothing to undo.
+        if let Some(client) = state.conn.client.as_ref().filter(|c| !c.is_closed()) {
+            if let Err(e) = client
+                .query_one(
+                    &format!("SELECT pg_advisory_unlock({LOCK_KEY})"),
+                    &[&conversation_id],
+                )
+                .await
+            {
+                tracing::warn!(%conversation_id, error = %e, "releasing a conversation failed");
+            }
+        }
+    }
+
+    /// Makes sure the claim connection is up (re-taking held claims after a redial).
+    async fn check(&self) -> Result<(), tokio_postgres::Error> {
+        self.state
+            .lock()
+            .await
+            .reclaim_if_redialed()
+            .await
+            .map(|_| ())
+    }
+
+    /// Notices a lost claim connection within [`LEASE_CHECK`] and takes the claims again.
+    async fn keep(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(LEASE_CHECK) => {}
+            }
+            if let Err(e) = self.check().await {
+                tracing::warn!(error = %e, "claim connection unavailable; retrying");
+            }
+        }
+    }
+}
+
+impl LeaseState {
+    /// The claim connection; when it had to be dialed again, the claims died with the old
+    /// session and are taken again (one now held elsewhere is logged: two instances may be
+    /// driving that conversation until this one's audio socket closes).
+    async fn reclaim_if_redialed(&mut self) -> Result<&Client, tokio_postgres::Error> {
+        let (client, fresh) = self.conn.get().await?;
+        if fresh {
+            for conversation_id in self.held.keys() {
+                let locked: bool = client
+                    .query_one(
+                        &format!("SELECT pg_try_advisory_lock({LOCK_KEY})"),
+                        &[conversation_id],
+                    )
+                    .await?
+                    .try_get(0)?;
+                if !locked {
+                    tracing::error!(
+                        %conversation_id,
+                        "claim lost with the coordination connection and taken by another instance"
+                    );
+                }
+            }
+        }
+        Ok(client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(instance: &str, seq: u64) -> Envelope {
+        Envelope {
+            instance: instance.into(),
+            conversation: "c".into(),
+            audience: Audience::Control,
+            seq,
+            event: Some("{}".into()),
+            payload_id: None,
+            stop_audio: false,
+        }
+    }
+
+    #[test]
+    fn repeats_are_dropped_and_each_instance_is_ordered_on_its_own() {
+        let mut listener = Listener {
+            config: Config::new(),
+            channel: "ch".into(),
+            instance: "me".into(),
+            hub: Arc::new(Hub::new()),
+            fetch: Conn::new(Config::new(), "fetch"),
+            last_seq: HashMap::new(),
+            stops: broadcast::channel(1).0,
+            keys: Arc::new(Keyring::parse(&Keyring::generate_entry("k").unwrap()).unwrap()),
+        };
+        assert!(listener.in_order(&envelope("a", 1)));
+        assert!(
+            listener.in_order(&envelope("b", 7)),
+            "first seen: any start"
+        );
+        assert!(!listener.in_order(&envelope("a", 1)), "a retried notify");
+        assert!(listener.in_order(&envelope("a", 2)));
+        assert!(
+            listener.in_order(&envelope("a", 5)),
+            "a gap is logged, not fatal"
+        );
+        assert!(!listener.in_order(&envelope("a", 4)));
+        assert!(listener.in_order(&envelope("b", 8)));
+    }
+
+    #[test]
+    fn envelopes_round_trip_and_reconnects_back_off_to_a_cap() {
+        let text = json(&envelope("a", 3));
+        assert!(!text.contains("payload_id") && !text.contains("stop_audio"));
+        let back: Envelope = serde_json::from_str(&text).unwrap();
+        assert_eq!((back.seq, back.audience), (3, Audience::Control));
+        assert_eq!(retry_delay(0), Duration::from_millis(100));
+        assert_eq!(retry_delay(2), Duration::from_millis(400));
+        assert_eq!(retry_delay(40), Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,3 @@
+-- Tandem schema v7 (SQLite dialect): nothing. Version 7 adds the table PostgreSQL uses to relay
+-- large events between several instances (../postgres/0007_event_payloads.sql); one SQLite
+-- file serves one instance, which relays nothing. Kept so both dialects count versions alike.
