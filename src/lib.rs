@@ -44,3 +44,12 @@ pub mod stt;
 pub mod testing;
 pub mod webhook;
 pub mod wire;
+
+/// With the `mimalloc` feature the whole process allocates with mimalloc. It lives here, not in
+/// `main.rs`, so that the tests, benches and examples that measure the ingest run with the
+/// allocator the server would: the default Opus decoder (c2rust) allocates and frees ≈440
+/// zeroed scratch blocks per packet, and the allocator is ≈11 % of its instructions under
+/// glibc malloc (`docs/performance.md`).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
