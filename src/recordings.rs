@@ -235,15 +235,21 @@ async fn write_file(
 /// Opens the file positioned at its end, writing a fresh header if it is new or too short to
 /// hold one (a crash during creation).
 fn open_for_append(path: &Path) -> std::io::Result<std::io::BufWriter<std::fs::File>> {
+    // Identifiable patient speech: readable by the service's user only, like the data key.
+    #[cfg(unix)]
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        builder.mode(0o700);
+        builder.create(dir)?;
     }
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(path)?;
     let len = file.metadata()?.len();
     if len < wav::HEADER_LEN {
         file.set_len(0)?;
@@ -320,6 +326,13 @@ mod tests {
         finished(&r, "c1").await;
         let path = r.path("c1").unwrap();
         assert_eq!(stored_samples(&path), [1, 2, 3]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&path), 0o600, "the service's user only");
+            assert_eq!(mode(path.parent().unwrap()), 0o700);
+        }
 
         // Live again later: appended, header updated.
         let again = r.start("c1").unwrap();

@@ -67,7 +67,8 @@ pub async fn sweep(
             // No later sweep finds these ids again: the files need an operator.
             Err(e) => tracing::error!(
                 error = %e,
-                "retention: cannot delete stored audio of deleted conversations"
+                conversation_ids = ?deleted,
+                "retention: cannot delete stored audio of deleted conversations; remove their files by hand"
             ),
         }
         if deleted.len() < BATCH as usize {

@@ -151,6 +151,36 @@ async fn postgres_relayed_events_arrive_once_in_order_and_claims_exclude() {
     for body in &bodies {
         assert!(body.starts_with("tdm1:k1:") && !body.contains("relayed-secret"));
     }
+    // Any account on the database may NOTIFY: an event it forges, plain or under a made-up
+    // envelope, reaches no socket.
+    for event in [
+        json!({"type": "action_updated", "forged": true}).to_string(),
+        "tdm1:k1:AAAA".to_owned(),
+    ] {
+        let forged = json!({
+            "instance": "forger", "conversation": "c", "audience": Audience::Control,
+            "seq": 1, "event": event,
+        });
+        raw.execute(
+            "SELECT pg_notify('tandem_events_' || left(md5(current_schema()), 16), $1)",
+            &[&forged.to_string()],
+        )
+        .await
+        .unwrap();
+    }
+    a.publish(
+        "c",
+        Audience::Control,
+        Arc::from("{\"type\":\"after_forgery\"}"),
+    );
+    let after = tokio::time::timeout(EVENT_WAIT, rx[1].frames.recv())
+        .await
+        .expect("relayed in time")
+        .expect("queue open");
+    assert_eq!(
+        &*after, "{\"type\":\"after_forgery\"}",
+        "the forgeries were dropped"
+    );
 
     // Claims: one instance at a time; they nest; the last release frees the conversation.
     a.claim("c").await.unwrap();

@@ -12,6 +12,10 @@
 //!   of 8000 bytes or more); a larger event (TTS audio, long summaries) is written to
 //!   `event_payloads` and the notification carries its row id. Rows are swept after
 //!   [`PAYLOAD_TTL`].
+//! - Every notification's body is sealed with the data keys (XChaCha20-Poly1305, bound to the
+//!   channel, sender, number, conversation and kind): `LISTEN`/`NOTIFY` need no privilege, so
+//!   any account on the database could otherwise read events (notes, summaries) or forge
+//!   them. A notification that does not open is ignored, before its number is looked at.
 //! - A claim is `pg_try_advisory_lock` on a connection used for nothing else: when the
 //!   instance dies, the server ends its session and the locks are free at once.
 //! - Ending a visit through an instance that does not drive it sends a stop request the same
@@ -21,7 +25,6 @@
 //!   database in separate schemas do not see each other.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,7 +73,8 @@ struct Envelope {
     conversation: String,
     audience: Audience,
     seq: u64,
-    /// The serialized event, when it fits in a notification.
+    /// The serialized event (sealed with the data keys once on the wire, see [`notify`]), when
+    /// it fits in a notification.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     event: Option<String>,
     /// Otherwise the `event_payloads` row holding it.
@@ -85,7 +89,6 @@ struct Envelope {
 pub struct PostgresCluster {
     instance: String,
     hub: Arc<Hub>,
-    seq: AtomicU64,
     /// To the publisher task; see [`OUTGOING_CAPACITY`] for the full policy.
     outgoing: mpsc::Sender<Envelope>,
     leases: Arc<Leases>,
@@ -160,7 +163,6 @@ impl PostgresCluster {
         Ok(PostgresCluster {
             instance,
             hub,
-            seq: AtomicU64::new(0),
             outgoing,
             leases,
             stops,
@@ -206,7 +208,9 @@ impl PostgresCluster {
             instance: self.instance.clone(),
             conversation: conversation_id.to_owned(),
             audience,
-            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            // Numbered by the publisher task as it sends, so numbers follow the wire order even
+            // when several threads relay at once.
+            seq: 0,
             stop_audio: event.is_none(),
             event,
             payload_id: None,
@@ -269,8 +273,9 @@ async fn publish(
     stop: CancellationToken,
 ) {
     let mut sweep = tokio::time::interval(PAYLOAD_TTL);
+    let mut seq = 0u64;
     loop {
-        let envelope = tokio::select! {
+        let mut envelope = tokio::select! {
             () = stop.cancelled() => return,
             envelope = rx.recv() => match envelope {
                 Some(envelope) => envelope,
@@ -289,6 +294,8 @@ async fn publish(
                 continue;
             }
         };
+        seq += 1;
+        envelope.seq = seq;
         let mut attempt = 0;
         while let Err(e) = notify(&mut conn, &keys, &channel, &envelope).await {
             tracing::warn!(error = %e, attempt, "relaying an event failed; retrying");
@@ -308,27 +315,31 @@ async fn notify(
     envelope: &Envelope,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, _) = conn.get().await?;
-    let mut payload = json(envelope);
+    // Every envelope carries a sealed body, stop requests too: LISTEN and NOTIFY need no
+    // privilege, so any account on the database could read or forge plaintext ones.
+    let sealed = keys.seal(
+        envelope.event.as_deref().unwrap_or(STOP_BODY),
+        &associated_data(channel, envelope),
+    );
+    let mut wire = Envelope {
+        instance: envelope.instance.clone(),
+        conversation: envelope.conversation.clone(),
+        audience: envelope.audience,
+        seq: envelope.seq,
+        event: Some(sealed),
+        payload_id: None,
+        stop_audio: envelope.stop_audio,
+    };
+    let mut payload = json(&wire);
     if payload.len() > NOTIFY_INLINE_LIMIT {
-        let body = envelope
-            .event
-            .as_deref()
-            .map(|event| keys.seal(event, &payload_associated_data(envelope)));
         let row = client
             .query_one(
                 "INSERT INTO event_payloads (created_at, body) VALUES ($1, $2) RETURNING id",
-                &[&now_millis(), &body],
+                &[&now_millis(), &wire.event.take()],
             )
             .await?;
-        payload = json(&Envelope {
-            instance: envelope.instance.clone(),
-            conversation: envelope.conversation.clone(),
-            audience: envelope.audience,
-            seq: envelope.seq,
-            event: None,
-            payload_id: Some(row.try_get(0)?),
-            stop_audio: false,
-        });
+        wire.payload_id = Some(row.try_get(0)?);
+        payload = json(&wire);
     }
     client
         .execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
@@ -354,17 +365,30 @@ struct Listener {
     last_seq: HashMap<String, u64>,
     /// To the pipeline (no receiver: nothing to stop).
     stops: broadcast::Sender<String>,
-    /// Open payloads fetched by reference.
+    /// Open (authenticate) every notification's body.
     keys: Arc<Keyring>,
 }
 
-/// Binds a stored payload to the notification naming it, so a row cannot stand in for
-/// another event.
-fn payload_associated_data(envelope: &Envelope) -> String {
+/// What a stop request's sealed body says; only its authenticity matters.
+const STOP_BODY: &str = "stop";
+
+/// Binds a sealed body to everything else its notification says (channel, sender, number,
+/// conversation, audience, kind), so none of it can be altered or replayed elsewhere, and a
+/// stored payload cannot stand in for another event.
+fn associated_data(channel: &str, envelope: &Envelope) -> String {
     format!(
-        "tdm1|event_payloads.body|{}:{}",
-        envelope.instance, envelope.seq
+        "tdm1|relay|{channel}|{}|{}|{}|{}|{}",
+        envelope.instance,
+        envelope.seq,
+        envelope.conversation,
+        json_audience(envelope.audience),
+        envelope.stop_audio
     )
+}
+
+fn json_audience(audience: Audience) -> String {
+    // A unit enum: serialization cannot fail.
+    serde_json::to_string(&audience).unwrap_or_default()
 }
 
 type Connection =
@@ -447,22 +471,41 @@ impl Listener {
                 return;
             }
         };
-        if envelope.instance == self.instance || !self.in_order(&envelope) {
+        if envelope.instance == self.instance {
+            return;
+        }
+        let sealed = match (&envelope.event, envelope.payload_id) {
+            (Some(event), _) => event.clone(),
+            (None, Some(id)) => match self.fetch(id).await {
+                Some(body) => body,
+                None => return,
+            },
+            (None, None) => return,
+        };
+        // Authenticated before anything else, ordering included: a forged sequence number
+        // must not make the real ones look like repeats.
+        let frame = match self
+            .keys
+            .open(&sealed, &associated_data(&self.channel, &envelope))
+        {
+            // `open` passes unsealed text through (rows older than encryption); here it is
+            // a forgery.
+            Ok(frame) if sealed.starts_with(crate::store::crypto::ENVELOPE_PREFIX) => frame,
+            Ok(_) | Err(_) => {
+                tracing::warn!(
+                    from = %envelope.instance,
+                    "ignoring an event notification that is not sealed with this instance's data keys"
+                );
+                return;
+            }
+        };
+        if !self.in_order(&envelope) {
             return;
         }
         if envelope.stop_audio {
             let _ = self.stops.send(envelope.conversation);
             return;
         }
-        let associated_data = payload_associated_data(&envelope);
-        let frame = match (envelope.event, envelope.payload_id) {
-            (Some(event), _) => event,
-            (None, Some(id)) => match self.fetch(id, &associated_data).await {
-                Some(body) => body,
-                None => return,
-            },
-            (None, None) => return,
-        };
         self.hub
             .publish(&envelope.conversation, envelope.audience, Arc::from(frame));
     }
@@ -489,7 +532,7 @@ impl Listener {
         true
     }
 
-    async fn fetch(&mut self, id: i64, associated_data: &str) -> Option<String> {
+    async fn fetch(&mut self, id: i64) -> Option<String> {
         let result = match self.fetch.get().await {
             Ok((client, _)) => {
                 client
@@ -499,13 +542,7 @@ impl Listener {
             Err(e) => Err(e),
         };
         match result.map(|row| row.map(|r| r.try_get::<_, String>(0))) {
-            Ok(Some(Ok(body))) => match self.keys.open(&body, associated_data) {
-                Ok(body) => Some(body),
-                Err(e) => {
-                    tracing::error!(payload_id = id, error = %e, "a relayed event payload cannot be opened");
-                    None
-                }
-            },
+            Ok(Some(Ok(body))) => Some(body),
             Ok(None) => {
                 tracing::warn!(payload_id = id, "relayed event payload already swept");
                 None
