@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # A short coverage-guided run of every cargo-fuzz target (fuzz/), on stable without a
 # sanitizer (`-s none`: panics, aborts, hangs and runaway memory are still caught).
-#   TANDEM_FUZZ_SECONDS  seconds per target (default 20; 0 skips fuzzing)
+#   TANDEM_FUZZ_SECONDS  seconds per target (default 10; 0 skips fuzzing)
 # Seeds: fuzz/seeds/<target>/ (committed) and, for the audio targets, the fixture chunks
 # prefixed with the chunk-size byte the targets split at. A crash fails the run; its input is
 # left in fuzz/artifacts/<target>/ to be kept under fuzz/regressions/<target>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-secs="${TANDEM_FUZZ_SECONDS:-20}"
+secs="${TANDEM_FUZZ_SECONDS:-10}"
 if [ "$secs" = 0 ]; then
     echo "fuzzing skipped (TANDEM_FUZZ_SECONDS=0)"
     exit 0

@@ -7,7 +7,7 @@
 //! CARGO_TARGET_DIR=target cargo bench --bench ingest_load                 # everything, ~4 min
 //! CARGO_TARGET_DIR=target cargo bench --bench ingest_load -- concurrency  # sections by name
 //! ```
-//! Sections: `memory`, `formats`, `ratio`, `single`, `burst`, `concurrency`, `ffmpeg`.
+//! Sections: `memory`, `formats`, `ratio`, `single`, `floor`, `burst`, `concurrency`, `ffmpeg`.
 //! Environment: `TANDEM_LOAD_LEVELS` (default `300,600,900,1200,1500`), `TANDEM_FFMPEG_LEVELS`
 //! (default `300,600`), `TANDEM_LOAD_SECONDS` (audio per stream in the concurrency runs,
 //! default 10), `TANDEM_MEM_STREAMS` (default 1000). The ffmpeg sections are skipped, with a
@@ -22,6 +22,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +37,7 @@ use tandem::audio::demux::webm::WebmDemuxer;
 use tandem::audio::demux::Demuxer;
 use tandem::audio::pool::{DspPool, PoolConfig};
 use tandem::audio::transcoder::Transcoder;
+use tandem::audio::{InputFormat, OUTPUT_RATE};
 
 const INTERVAL: Duration = Duration::from_millis(250);
 /// Audio per chunk of `common::long_250ms()`.
@@ -84,6 +86,14 @@ struct Pct {
     p50: f64,
     p99: f64,
     max: f64,
+}
+
+/// The column heads over rows printed as `{label:<44} {pct}`.
+fn print_pct_header(label: &str) {
+    println!(
+        "{label:<44} {:>9} {:>9} {:>9}",
+        "p50 ms", "p99 ms", "max ms"
+    );
 }
 
 fn pct(mut v: Vec<u64>) -> Pct {
@@ -358,6 +368,9 @@ fn main() {
     if want("single") {
         single(&rt, &long, &mut sum);
     }
+    if want("floor") {
+        floor(&rt, &long);
+    }
     if want("burst") {
         let r = tandem_run(&rt, &long, 200, 12, Duration::from_secs(1));
         println!("\n## tandem: 200 conversations starting within one second (3 s of audio each)");
@@ -551,7 +564,7 @@ fn single(rt: &tokio::runtime::Runtime, long: &Arc<Vec<Vec<u8>>>, sum: &mut Summ
         (pct(first), pct(later))
     });
     println!("\n## tandem: one conversation at a time through the DspPool (100 conversations, 8 chunks of 250 ms)");
-    println!("{:<44} {:>9} {:>9} {:>9}", "", "p50 ms", "p99 ms", "max ms");
+    print_pct_header("");
     println!(
         "{:<44} {first}",
         "first PCM (open + first chunk → first frames)"
@@ -559,6 +572,70 @@ fn single(rt: &tokio::runtime::Runtime, long: &Arc<Vec<Vec<u8>>>, sum: &mut Summ
     println!("{:<44} {later}", "later chunk (push → its frames)");
     sum.tandem.first_pcm = Some(first);
     sum.tandem.later_chunk = Some(later);
+}
+
+// ---- where a later chunk's time goes: decode alone, and the pool's hand-offs ----------------
+
+/// Splits `single`'s later-chunk latency into its two parts. First the same chunks decoded on
+/// this thread with no pool, grouped by the audio each completes (four or five 60 ms packets):
+/// the decode floor. Then the pool's round trip (tokio → crossbeam → worker → tokio mpsc) for a
+/// chunk that needs no decoding, one PCM16 sample at the output rate, back to back and after
+/// the idle gaps a real-time stream has between chunks: the hand-off floor, which on a VM
+/// includes waking a halted virtual CPU.
+fn floor(rt: &tokio::runtime::Runtime, long: &Arc<Vec<Vec<u8>>>) {
+    let mut by_audio: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+    let mut frames = Vec::new();
+    for _ in 0..100 {
+        let mut t = Transcoder::new(None);
+        for (k, c) in long[..8].iter().enumerate() {
+            frames.clear();
+            let t0 = Instant::now();
+            t.push(c, &mut frames).expect("decodes");
+            let dt = t0.elapsed().as_nanos() as u64;
+            if k > 0 {
+                let samples: usize = frames.iter().map(|f| f.samples.len()).sum();
+                let audio_ms = samples * 1000 / OUTPUT_RATE as usize;
+                by_audio.entry(audio_ms).or_default().push(dt);
+            }
+        }
+    }
+    println!(
+        "\n## tandem: later chunks of `single` decoded on this thread, no pool (100 × 7 chunks)"
+    );
+    print_pct_header("audio completed by the chunk");
+    for (audio_ms, v) in by_audio {
+        let n = v.len();
+        println!("{:<44} {}", format!("{audio_ms} ms ({n} chunks)"), pct(v));
+    }
+
+    let pcm = InputFormat::Pcm16 {
+        sample_rate: OUTPUT_RATE,
+        channels: 1,
+    };
+    let rows = rt.block_on(async {
+        let pool = DspPool::new(&PoolConfig::default()).expect("dsp pool");
+        let (stream, mut rx) = pool.open(0, Some(pcm)).await.expect("open");
+        let mut rows = Vec::new();
+        for (gap_ms, n) in [(0u64, 2000), (5, 1000), (50, 200)] {
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                let t0 = Instant::now();
+                stream.push(vec![0, 0]).await.expect("push");
+                rx.recv().await.expect("output").result.expect("pcm");
+                v.push(t0.elapsed().as_nanos() as u64);
+                if gap_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(gap_ms)).await;
+                }
+            }
+            rows.push((gap_ms, n, pct(v)));
+        }
+        rows
+    });
+    println!("\n## tandem: the pool's round trip for a chunk with nothing to decode (one sample)");
+    print_pct_header("idle before each chunk");
+    for (gap_ms, n, p) in rows {
+        println!("{:<44} {p}", format!("{gap_ms} ms ({n} chunks)"));
+    }
 }
 
 // ---- concurrent real-time streams on the pool ------------------------------------------------
