@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{FromSqlOwned, ToSql};
 use tokio_postgres::{Client, Config, GenericClient, NoTls, Row};
 
 use super::columns::*;
@@ -517,6 +518,50 @@ fn document_kind(kind: DocumentKind) -> &'static str {
     }
 }
 
+/// The sort key of the row a keyset cursor names, as one bind parameter per key column: all
+/// `None` on the first page, so a listing filters with `$n IS NULL OR (…) > ($n, …)`.
+trait CursorKey: Default {
+    fn read(r: &Row) -> Result<Self>;
+}
+
+impl<A: FromSqlOwned, B: FromSqlOwned> CursorKey for (Option<A>, Option<B>) {
+    fn read(r: &Row) -> Result<Self> {
+        Ok((Some(r.try_get(0)?), Some(r.try_get(1)?)))
+    }
+}
+
+impl<A: FromSqlOwned, B: FromSqlOwned, C: FromSqlOwned> CursorKey
+    for (Option<A>, Option<B>, Option<C>)
+{
+    fn read(r: &Row) -> Result<Self> {
+        Ok((
+            Some(r.try_get(0)?),
+            Some(r.try_get(1)?),
+            Some(r.try_get(2)?),
+        ))
+    }
+}
+
+/// Resolves a page cursor (the id of the last row of the previous page) to that row's sort
+/// key. `sql` selects the key columns of the row whose id is `$1`, limited by `scope` (`$2`
+/// on) to what the caller may list: an unknown id, or one outside that scope, is `NotFound`
+/// rather than a page that silently starts somewhere else.
+async fn cursor_key<K: CursorKey>(
+    c: &Client,
+    sql: &str,
+    id: Option<&str>,
+    scope: &[&(dyn ToSql + Sync)],
+) -> Result<K> {
+    let Some(id) = id else {
+        return Ok(K::default());
+    };
+    let params: Vec<&(dyn ToSql + Sync)> = std::iter::once(&id as &(dyn ToSql + Sync))
+        .chain(scope.iter().copied())
+        .collect();
+    let row = c.query_opt(sql, &params).await?.ok_or(Error::NotFound)?;
+    K::read(&row)
+}
+
 /// Appends one audit entry, on the shared client or inside a transaction that must commit
 /// it together with the change it records.
 async fn insert_audit(c: &impl GenericClient, entry: &NewAuditEntry) -> Result<()> {
@@ -798,24 +843,13 @@ impl Store for PostgresStore {
         page: &Page,
     ) -> Result<Vec<Patient>> {
         let c = self.client().await?;
-        let cursor: Option<(String, String, String)> = match &page.after {
-            None => None,
-            Some(id) => {
-                let row = c
-                    .query_opt(
-                        "SELECT last_name, first_name, id FROM patients \
-                         WHERE organization_id = $1 AND id = $2",
-                        &[&organization_id, id],
-                    )
-                    .await?
-                    .ok_or(Error::NotFound)?;
-                Some((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
-            }
-        };
-        let (last, first, cid) = match cursor {
-            Some((l, f, i)) => (Some(l), Some(f), Some(i)),
-            None => (None, None, None),
-        };
+        let (last, first, cid): (Option<String>, Option<String>, Option<String>) = cursor_key(
+            &c,
+            "SELECT last_name, first_name, id FROM patients WHERE id = $1 AND organization_id = $2",
+            page.after.as_deref(),
+            &[&organization_id],
+        )
+        .await?;
         let sql = format!(
             "SELECT {PATIENT_COLS} FROM patients WHERE organization_id = $1 \
              AND ($2::TEXT IS NULL OR strpos(lower(first_name), lower($2 COLLATE \"C\")) > 0 \
@@ -927,21 +961,13 @@ impl Store for PostgresStore {
         page: &Page,
     ) -> Result<Vec<ConversationWithPatient>> {
         let c = self.client().await?;
-        let cursor: Option<(Millis, String)> = match &page.after {
-            None => None,
-            Some(id) => {
-                let row = c
-                    .query_opt(
-                        "SELECT start_time, id FROM conversations \
-                         WHERE organization_id = $1 AND id = $2",
-                        &[&organization_id, id],
-                    )
-                    .await?
-                    .ok_or(Error::NotFound)?;
-                Some((row.try_get(0)?, row.try_get(1)?))
-            }
-        };
-        let (start, cid) = cursor.unzip();
+        let (start, cid): (Option<Millis>, Option<String>) = cursor_key(
+            &c,
+            "SELECT start_time, id FROM conversations WHERE id = $1 AND organization_id = $2",
+            page.after.as_deref(),
+            &[&organization_id],
+        )
+        .await?;
         let sql = format!(
             "SELECT {C_CONV_COLS}, {P_PATIENT_COLS} FROM conversations c \
              JOIN patients p ON p.id = c.patient_id \
@@ -1054,20 +1080,13 @@ impl Store for PostgresStore {
 
     async fn list_messages(&self, conversation_id: &str, page: &Page) -> Result<Vec<Message>> {
         let c = self.client().await?;
-        let cursor: Option<(Millis, String)> = match &page.after {
-            None => None,
-            Some(id) => {
-                let row = c
-                    .query_opt(
-                        "SELECT timestamp, id FROM messages WHERE conversation_id = $1 AND id = $2",
-                        &[&conversation_id, id],
-                    )
-                    .await?
-                    .ok_or(Error::NotFound)?;
-                Some((row.try_get(0)?, row.try_get(1)?))
-            }
-        };
-        let (ts, cid) = cursor.unzip();
+        let (ts, cid): (Option<Millis>, Option<String>) = cursor_key(
+            &c,
+            "SELECT timestamp, id FROM messages WHERE id = $1 AND conversation_id = $2",
+            page.after.as_deref(),
+            &[&conversation_id],
+        )
+        .await?;
         let sql = format!(
             "SELECT {MSG_COLS} FROM messages WHERE conversation_id = $1 \
              AND ($2::BIGINT IS NULL OR (timestamp, id) > ($2, $3)) \
@@ -1333,21 +1352,14 @@ impl Store for PostgresStore {
         page: &Page,
     ) -> Result<Vec<Delivery>> {
         let c = self.client().await?;
-        let cursor: Option<(Millis, String)> = match &page.after {
-            None => None,
-            Some(id) => {
-                let row = c
-                    .query_opt(
-                        "SELECT created_at, id FROM webhook_outbox WHERE organization_id = $1 \
-                         AND id = $2 AND ($3::text IS NULL OR action_id = $3)",
-                        &[&organization_id, id, &action_id],
-                    )
-                    .await?
-                    .ok_or(Error::NotFound)?;
-                Some((row.try_get(0)?, row.try_get(1)?))
-            }
-        };
-        let (created, cid) = cursor.unzip();
+        let (created, cid): (Option<Millis>, Option<String>) = cursor_key(
+            &c,
+            "SELECT created_at, id FROM webhook_outbox WHERE id = $1 AND organization_id = $2 \
+             AND ($3::text IS NULL OR action_id = $3)",
+            page.after.as_deref(),
+            &[&organization_id, &action_id],
+        )
+        .await?;
         let sql = format!(
             "SELECT {DELIVERY_COLS} FROM webhook_outbox WHERE organization_id = $1 \
              AND ($2::text IS NULL OR action_id = $2) \
@@ -1750,20 +1762,13 @@ impl Store for PostgresStore {
         query: &AuditQuery,
     ) -> Result<Vec<AuditEntry>> {
         let c = self.client().await?;
-        let cursor: Option<(Millis, String)> = match &query.before {
-            None => None,
-            Some(id) => {
-                let row = c
-                    .query_opt(
-                        "SELECT at, id FROM audit_log WHERE organization_id = $1 AND id = $2",
-                        &[&organization_id, id],
-                    )
-                    .await?
-                    .ok_or(Error::NotFound)?;
-                Some((row.try_get(0)?, row.try_get(1)?))
-            }
-        };
-        let (at, cid) = cursor.unzip();
+        let (at, cid): (Option<Millis>, Option<String>) = cursor_key(
+            &c,
+            "SELECT at, id FROM audit_log WHERE id = $1 AND organization_id = $2",
+            query.before.as_deref(),
+            &[&organization_id],
+        )
+        .await?;
         let limit = sql_limit(&Page {
             after: None,
             limit: query.limit,
