@@ -504,7 +504,7 @@ mod postgres {
                     &[&self.patient],
                 )
                 .await
-                .unwrap()
+                .expect("count the patient's conversations")
                 .get(0)
         }
 
@@ -512,17 +512,21 @@ mod postgres {
             self.raw
                 .batch_execute(&format!("DROP SCHEMA \"{}\" CASCADE", self.schema))
                 .await
-                .unwrap();
+                .expect("drop the test schema");
         }
     }
 
     async fn erasure_fixture() -> Erasure {
         let url = database_url();
         let schema = random_schema();
-        let store = PostgresStore::connect_with_schema(&url, &schema, keys(&[&super::entry("k1")]))
+        let ring = keys(&[&super::entry("k1")]);
+        let store = PostgresStore::connect_with_schema(&url, &schema, ring)
             .await
-            .unwrap();
-        let org = store.create_organization("erasure race").await.unwrap();
+            .expect("store on a fresh schema");
+        let org = store
+            .create_organization("erasure race")
+            .await
+            .expect("organization");
         let user = store
             .create_user(NewUser {
                 organization_id: org.id.clone(),
@@ -532,7 +536,7 @@ mod postgres {
                 role: UserRole::Admin,
             })
             .await
-            .unwrap();
+            .expect("admin");
         let (patient, _) = store
             .find_or_create_patient(NewPatient {
                 organization_id: org.id.clone(),
@@ -542,11 +546,11 @@ mod postgres {
                 preferred_language: "es".into(),
             })
             .await
-            .unwrap();
+            .expect("patient");
         let raw = raw_client(&url).await;
         raw.batch_execute(&format!("SET search_path TO \"{schema}\""))
             .await
-            .unwrap();
+            .expect("raw client on the test schema");
         Erasure {
             store: Arc::new(store),
             schema,
@@ -569,7 +573,7 @@ mod postgres {
                     &[&store.application_name()],
                 )
                 .await
-                .unwrap()
+                .expect("read pg_stat_activity")
                 .get(0);
             if waiting == n {
                 return;
