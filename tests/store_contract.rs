@@ -243,7 +243,10 @@ mod postgres {
     use std::sync::Arc;
 
     use tandem::store::postgres::PostgresStore;
-    use tandem::store::{contract, crypto, new_id, Error, Keyring, Store};
+    use tandem::store::{
+        contract, crypto, new_id, Error, Keyring, NewAuditEntry, NewConversation, NewPatient,
+        NewUser, Store, UserRole,
+    };
 
     fn keys(entries: &[&str]) -> Arc<Keyring> {
         super::keys(entries)
@@ -465,5 +468,195 @@ mod postgres {
             .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
             .await
             .unwrap();
+    }
+
+    /// A store on a fresh schema, an organization with an admin and a patient, and a raw
+    /// client on the store's schema to interleave with it.
+    struct Erasure {
+        store: Arc<PostgresStore>,
+        schema: String,
+        org: String,
+        user: String,
+        patient: String,
+        raw: tokio_postgres::Client,
+    }
+
+    impl Erasure {
+        fn delete(&self) -> tokio::task::JoinHandle<Result<Vec<String>, Error>> {
+            let store = Arc::clone(&self.store);
+            let (org, patient) = (self.org.clone(), self.patient.clone());
+            let audit = NewAuditEntry {
+                organization_id: org.clone(),
+                user_id: Some(self.user.clone()),
+                action: "delete".into(),
+                entity_type: "patient".into(),
+                entity_id: patient.clone(),
+                record_ids: Vec::new(),
+                remote_addr: None,
+            };
+            tokio::spawn(async move { store.delete_patient(&org, &patient, audit).await })
+        }
+
+        async fn conversations(&self) -> i64 {
+            self.raw
+                .query_one(
+                    "SELECT COUNT(*) FROM conversations WHERE patient_id = $1",
+                    &[&self.patient],
+                )
+                .await
+                .expect("count the patient's conversations")
+                .get(0)
+        }
+
+        async fn drop_schema(self) {
+            self.raw
+                .batch_execute(&format!("DROP SCHEMA \"{}\" CASCADE", self.schema))
+                .await
+                .expect("drop the test schema");
+        }
+    }
+
+    async fn erasure_fixture() -> Erasure {
+        let url = database_url();
+        let schema = random_schema();
+        let ring = keys(&[&super::entry("k1")]);
+        let store = PostgresStore::connect_with_schema(&url, &schema, ring)
+            .await
+            .expect("store on a fresh schema");
+        let org = store
+            .create_organization("erasure race")
+            .await
+            .expect("organization");
+        let user = store
+            .create_user(NewUser {
+                organization_id: org.id.clone(),
+                username: format!("admin-{}", new_id()),
+                password_hash: "h".into(),
+                preferred_language: "en".into(),
+                role: UserRole::Admin,
+            })
+            .await
+            .expect("admin");
+        let (patient, _) = store
+            .find_or_create_patient(NewPatient {
+                organization_id: org.id.clone(),
+                first_name: "Ana".into(),
+                last_name: "Race".into(),
+                date_of_birth: "1970-01-31".into(),
+                preferred_language: "es".into(),
+            })
+            .await
+            .expect("patient");
+        let raw = raw_client(&url).await;
+        raw.batch_execute(&format!("SET search_path TO \"{schema}\""))
+            .await
+            .expect("raw client on the test schema");
+        Erasure {
+            store: Arc::new(store),
+            schema,
+            org: org.id,
+            user: user.id,
+            patient: patient.id,
+            raw,
+        }
+    }
+
+    /// Waits until `n` sessions of `store` are blocked on a lock, so the next step of a test
+    /// happens while they wait (a deterministic interleaving, not a timing guess).
+    async fn wait_for_lock_waiters(store: &PostgresStore, n: i64) {
+        let observer = raw_client(&database_url()).await;
+        for _ in 0..500 {
+            let waiting: i64 = observer
+                .query_one(
+                    "SELECT COUNT(*) FROM pg_stat_activity \
+                     WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                    &[&store.application_name()],
+                )
+                .await
+                .expect("read pg_stat_activity")
+                .get(0);
+            if waiting == n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{n} session(s) of the store never waited on a lock");
+    }
+
+    /// An active conversation committed after the delete started, but before it got the
+    /// patient row, must still stop the delete. Its insert holds a KEY SHARE lock on the
+    /// patient row, so the delete waits for it; once it commits, the delete must see it
+    /// (a single statement reading conversations in its start snapshot did not, and
+    /// cascaded the live conversation away without naming it).
+    #[tokio::test]
+    async fn postgres_delete_patient_sees_conversation_committed_while_waiting() {
+        let t = erasure_fixture().await;
+        t.raw.batch_execute("BEGIN").await.unwrap();
+        t.raw
+            .execute(
+                "INSERT INTO conversations (id, organization_id, user_id, patient_id, \
+             clinician_language, patient_language, status, start_time, end_time, \
+             created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 'en', 'es', 'active', 1, NULL, 1, 1)",
+                &[&new_id(), &t.org, &t.user, &t.patient],
+            )
+            .await
+            .unwrap();
+        let deleting = t.delete();
+        wait_for_lock_waiters(&t.store, 1).await;
+        t.raw.batch_execute("COMMIT").await.unwrap();
+
+        let refused = deleting.await.unwrap();
+        assert!(
+            matches!(refused, Err(Error::Conflict(_))),
+            "the live conversation must refuse the delete: {refused:?}"
+        );
+        assert_eq!(
+            t.store.get_patient(&t.org, &t.patient).await.unwrap().id,
+            t.patient
+        );
+        assert_eq!(t.conversations().await, 1, "nothing cascaded away");
+        t.drop_schema().await;
+    }
+
+    /// A conversation created while the delete holds the patient row waits for it, then is
+    /// refused as `NotFound` (a 404 with a JSON body over HTTP, not a 500) and leaves no row.
+    /// The delete is held after it locked the patient by an exclusive lock on the audit log,
+    /// which its audit insert needs.
+    #[tokio::test]
+    async fn postgres_conversation_created_during_delete_patient_is_refused() {
+        let t = erasure_fixture().await;
+        t.raw
+            .batch_execute("BEGIN; LOCK TABLE audit_log IN EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        let deleting = t.delete();
+        wait_for_lock_waiters(&t.store, 1).await;
+        let creating = tokio::spawn({
+            let store = Arc::clone(&t.store);
+            let conversation = NewConversation {
+                organization_id: t.org.clone(),
+                user_id: t.user.clone(),
+                patient_id: t.patient.clone(),
+                clinician_language: "en".into(),
+                patient_language: "es".into(),
+            };
+            async move { store.create_conversation(conversation).await }
+        });
+        wait_for_lock_waiters(&t.store, 2).await;
+        t.raw.batch_execute("COMMIT").await.unwrap();
+
+        assert_eq!(deleting.await.unwrap().unwrap(), Vec::<String>::new());
+        let refused = creating.await.unwrap();
+        assert!(
+            matches!(refused, Err(Error::NotFound)),
+            "a conversation for the deleted patient must be refused: {refused:?}"
+        );
+        assert_eq!(t.conversations().await, 0, "no orphan conversation");
+        assert!(matches!(
+            t.store.get_patient(&t.org, &t.patient).await,
+            Err(Error::NotFound)
+        ));
+        t.drop_schema().await;
     }
 }

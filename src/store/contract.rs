@@ -591,6 +591,16 @@ async fn conversation_pagination(store: &dyn Store) {
         seen.extend(rows.into_iter().map(|c| c.conversation.id));
     }
     assert_eq!(seen, newest_first, "pages have no gaps or duplicates");
+
+    let (other, _) = tenant(store).await;
+    let foreign_cursor = Page {
+        after: Some(created[0].clone()),
+        limit: 2,
+    };
+    assert_not_found(
+        store.list_conversations(&other.id, &foreign_cursor).await,
+        "conversation cursor from another organization",
+    );
 }
 
 async fn messages(store: &dyn Store) {
@@ -1264,6 +1274,19 @@ async fn webhook_outbox(store: &dyn Store) {
             )
             .await,
         "unknown delivery cursor",
+    );
+    assert_not_found(
+        store
+            .list_deliveries(
+                &org.id,
+                Some(&queued.action_id),
+                &Page {
+                    after: Some(second.id.clone()),
+                    limit: 1,
+                },
+            )
+            .await,
+        "cursor of another action's delivery",
     );
 
     // Removing the webhook fails what is still pending and stops claims for it.

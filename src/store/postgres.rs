@@ -4,7 +4,9 @@
 //! on a single connection) behind a reconnect-on-next-call slot, and every method a single
 //! statement or a short sequence of idempotent ones, so no method needs a client-side
 //! transaction on the shared connection. Atomic read-modify-write (refresh-token consumption)
-//! is one `UPDATE … FROM (SELECT … FOR UPDATE)` statement.
+//! is one `UPDATE … FROM (SELECT … FOR UPDATE)` statement. The one exception, patient
+//! erasure (rare, admin only), must lock before it reads, which needs several statements in
+//! one transaction: it dials a connection of its own for them.
 //!
 //! TLS: the connection uses `NoTls`. Point it at loopback or a Unix socket; for a remote
 //! database, terminate TLS locally (pgbouncer, stunnel, or a socket forwarded over SSH).
@@ -17,7 +19,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config, NoTls, Row};
+use tokio_postgres::types::{FromSqlOwned, ToSql};
+use tokio_postgres::{Client, Config, GenericClient, NoTls, Row};
 
 use super::columns::*;
 use super::crypto::{Keyring, SEALED_COLUMNS};
@@ -515,6 +518,73 @@ fn document_kind(kind: DocumentKind) -> &'static str {
     }
 }
 
+/// The sort key of the row a keyset cursor names, as one bind parameter per key column: all
+/// `None` on the first page, so a listing filters with `$n IS NULL OR (…) > ($n, …)`.
+trait CursorKey: Default {
+    fn read(r: &Row) -> Result<Self>;
+}
+
+impl<A: FromSqlOwned, B: FromSqlOwned> CursorKey for (Option<A>, Option<B>) {
+    fn read(r: &Row) -> Result<Self> {
+        Ok((Some(r.try_get(0)?), Some(r.try_get(1)?)))
+    }
+}
+
+impl<A: FromSqlOwned, B: FromSqlOwned, C: FromSqlOwned> CursorKey
+    for (Option<A>, Option<B>, Option<C>)
+{
+    fn read(r: &Row) -> Result<Self> {
+        Ok((
+            Some(r.try_get(0)?),
+            Some(r.try_get(1)?),
+            Some(r.try_get(2)?),
+        ))
+    }
+}
+
+/// Resolves a page cursor (the id of the last row of the previous page) to that row's sort
+/// key. `sql` selects the key columns of the row whose id is `$1`, limited by `scope` (`$2`
+/// on) to what the caller may list: an unknown id, or one outside that scope, is `NotFound`
+/// rather than a page that silently starts somewhere else.
+async fn cursor_key<K: CursorKey>(
+    c: &Client,
+    sql: &str,
+    id: Option<&str>,
+    scope: &[&(dyn ToSql + Sync)],
+) -> Result<K> {
+    let Some(id) = id else {
+        return Ok(K::default());
+    };
+    let params: Vec<&(dyn ToSql + Sync)> = std::iter::once(&id as &(dyn ToSql + Sync))
+        .chain(scope.iter().copied())
+        .collect();
+    let row = c.query_opt(sql, &params).await?.ok_or(Error::NotFound)?;
+    K::read(&row)
+}
+
+/// Appends one audit entry, on the shared client or inside a transaction that must commit
+/// it together with the change it records.
+async fn insert_audit(c: &impl GenericClient, entry: &NewAuditEntry) -> Result<()> {
+    let sql =
+        format!("INSERT INTO audit_log ({AUDIT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)");
+    c.execute(
+        &sql,
+        &[
+            &new_id(),
+            &entry.organization_id,
+            &entry.user_id,
+            &entry.action,
+            &entry.entity_type,
+            &entry.entity_id,
+            &json_text(&serde_json::json!(entry.record_ids)),
+            &entry.remote_addr,
+            &now_millis(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 fn rows<T>(rows: &[Row], f: fn(&Row) -> Result<T>) -> Result<Vec<T>> {
     rows.iter().map(f).collect()
 }
@@ -773,24 +843,13 @@ impl Store for PostgresStore {
         page: &Page,
     ) -> Result<Vec<Patient>> {
         let c = self.client().await?;
-        let cursor: Option<(String, String, String)> = match &page.after {
-            None => None,
-            Some(id) => {
-                let row = c
-                    .query_opt(
-                        "SELECT last_name, first_name, id FROM patients \
-                         WHERE organization_id = $1 AND id = $2",
-                        &[&organization_id, id],
-                    )
-                    .await?
-                    .ok_or(Error::NotFound)?;
-                Some((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
-            }
-        };
-        let (last, first, cid) = match cursor {
-            Some((l, f, i)) => (Some(l), Some(f), Some(i)),
-            None => (None, None, None),
-        };
+        let (last, first, cid): (Option<String>, Option<String>, Option<String>) = cursor_key(
+            &c,
+            "SELECT last_name, first_name, id FROM patients WHERE id = $1 AND organization_id = $2",
+            page.after.as_deref(),
+            &[&organization_id],
+        )
+        .await?;
         let sql = format!(
             "SELECT {PATIENT_COLS} FROM patients WHERE organization_id = $1 \
              AND ($2::TEXT IS NULL OR strpos(lower(first_name), lower($2 COLLATE \"C\")) > 0 \
@@ -902,21 +961,13 @@ impl Store for PostgresStore {
         page: &Page,
     ) -> Result<Vec<ConversationWithPatient>> {
         let c = self.client().await?;
-        let cursor: Option<(Millis, String)> = match &page.after {
-            None => None,
-            Some(id) => {
-                let row = c
-                    .query_opt(
-                        "SELECT start_time, id FROM conversations \
-                         WHERE organization_id = $1 AND id = $2",
-                        &[&organization_id, id],
-                    )
-                    .await?
-                    .ok_or(Error::NotFound)?;
-                Some((row.try_get(0)?, row.try_get(1)?))
-            }
-        };
-        let (start, cid) = cursor.unzip();
+        let (start, cid): (Option<Millis>, Option<String>) = cursor_key(
+            &c,
+            "SELECT start_time, id FROM conversations WHERE id = $1 AND organization_id = $2",
+            page.after.as_deref(),
+            &[&organization_id],
+        )
+        .await?;
         let sql = format!(
             "SELECT {C_CONV_COLS}, {P_PATIENT_COLS} FROM conversations c \
              JOIN patients p ON p.id = c.patient_id \
@@ -1029,20 +1080,13 @@ impl Store for PostgresStore {
 
     async fn list_messages(&self, conversation_id: &str, page: &Page) -> Result<Vec<Message>> {
         let c = self.client().await?;
-        let cursor: Option<(Millis, String)> = match &page.after {
-            None => None,
-            Some(id) => {
-                let row = c
-                    .query_opt(
-                        "SELECT timestamp, id FROM messages WHERE conversation_id = $1 AND id = $2",
-                        &[&conversation_id, id],
-                    )
-                    .await?
-                    .ok_or(Error::NotFound)?;
-                Some((row.try_get(0)?, row.try_get(1)?))
-            }
-        };
-        let (ts, cid) = cursor.unzip();
+        let (ts, cid): (Option<Millis>, Option<String>) = cursor_key(
+            &c,
+            "SELECT timestamp, id FROM messages WHERE id = $1 AND conversation_id = $2",
+            page.after.as_deref(),
+            &[&conversation_id],
+        )
+        .await?;
         let sql = format!(
             "SELECT {MSG_COLS} FROM messages WHERE conversation_id = $1 \
              AND ($2::BIGINT IS NULL OR (timestamp, id) > ($2, $3)) \
@@ -1308,21 +1352,14 @@ impl Store for PostgresStore {
         page: &Page,
     ) -> Result<Vec<Delivery>> {
         let c = self.client().await?;
-        let cursor: Option<(Millis, String)> = match &page.after {
-            None => None,
-            Some(id) => {
-                let row = c
-                    .query_opt(
-                        "SELECT created_at, id FROM webhook_outbox WHERE organization_id = $1 \
-                         AND id = $2 AND ($3::text IS NULL OR action_id = $3)",
-                        &[&organization_id, id, &action_id],
-                    )
-                    .await?
-                    .ok_or(Error::NotFound)?;
-                Some((row.try_get(0)?, row.try_get(1)?))
-            }
-        };
-        let (created, cid) = cursor.unzip();
+        let (created, cid): (Option<Millis>, Option<String>) = cursor_key(
+            &c,
+            "SELECT created_at, id FROM webhook_outbox WHERE id = $1 AND organization_id = $2 \
+             AND ($3::text IS NULL OR action_id = $3)",
+            page.after.as_deref(),
+            &[&organization_id, &action_id],
+        )
+        .await?;
         let sql = format!(
             "SELECT {DELIVERY_COLS} FROM webhook_outbox WHERE organization_id = $1 \
              AND ($2::text IS NULL OR action_id = $2) \
@@ -1644,54 +1681,44 @@ impl Store for PostgresStore {
         patient_id: &str,
         audit: NewAuditEntry,
     ) -> Result<Vec<String>> {
-        // One statement, so the check, the delete and the audit entry commit together. The
-        // patient row is locked first: a conversation being created for it waits (its foreign
-        // key check needs the row) and is then refused, so none outlives its patient.
-        let sql = format!(
-            "WITH target AS ( \
-                 SELECT id FROM patients WHERE organization_id = $1 AND id = $2 FOR UPDATE), \
-             convs AS ( \
-                 SELECT c.id, c.status FROM conversations c JOIN target t ON c.patient_id = t.id), \
-             busy AS (SELECT EXISTS (SELECT 1 FROM convs WHERE status = 'active') AS b), \
-             del AS ( \
-                 DELETE FROM patients WHERE id IN (SELECT id FROM target) \
-                   AND NOT (SELECT b FROM busy) RETURNING id), \
-             logged AS ( \
-                 INSERT INTO audit_log ({AUDIT_COLS}) \
-                 SELECT $3::text, $9::text, $4::text, $5::text, $6::text, $7::text, \
-                        $10::text, $11::text, $8::bigint \
-                 FROM del RETURNING id) \
-             SELECT (SELECT b FROM busy), ARRAY(SELECT id FROM convs ORDER BY id) FROM target"
-        );
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                &sql,
-                &[
-                    &organization_id,
-                    &patient_id,
-                    &new_id(),
-                    &audit.user_id,
-                    &audit.action,
-                    &audit.entity_type,
-                    &audit.entity_id,
-                    &now_millis(),
-                    &audit.organization_id,
-                    &json_text(&serde_json::json!(audit.record_ids)),
-                    &audit.remote_addr,
-                ],
+        // One transaction, on a connection of its own: the shared one is pipelined, so a
+        // transaction there would swallow other callers' statements. The patient row is locked
+        // by a statement of its own first; under READ COMMITTED every later statement takes a
+        // fresh snapshot, so the check below sees each conversation committed while we waited
+        // for the lock (its insert held a KEY SHARE lock on the patient row). A conversation
+        // inserted after we hold the lock waits for it, then fails its foreign key check
+        // (`NotFound`) once the patient is gone. One statement reading conversations in its
+        // start snapshot missed the first kind and cascaded a live conversation away unnamed.
+        let mut client = self.dial().await?;
+        let tx = client.transaction().await?;
+        tx.query_opt(
+            "SELECT 1 FROM patients WHERE organization_id = $1 AND id = $2 FOR UPDATE",
+            &[&organization_id, &patient_id],
+        )
+        .await?
+        .ok_or(Error::NotFound)?;
+        let conversations = tx
+            .query(
+                "SELECT id, status = 'active' FROM conversations WHERE patient_id = $1 \
+                 ORDER BY id",
+                &[&patient_id],
             )
             .await?;
-        let Some(row) = row else {
-            return Err(Error::NotFound);
-        };
-        if row.try_get::<_, bool>(0)? {
-            return Err(Error::Conflict(format!(
-                "patient {patient_id} has an active conversation"
-            )));
+        let mut ids = Vec::with_capacity(conversations.len());
+        for row in &conversations {
+            if row.try_get::<_, bool>(1)? {
+                return Err(Error::Conflict(format!(
+                    "patient {patient_id} has an active conversation"
+                )));
+            }
+            ids.push(row.try_get(0)?);
         }
-        Ok(row.try_get(1)?)
+        // Foreign keys cascade to the conversations and everything keyed by them.
+        tx.execute("DELETE FROM patients WHERE id = $1", &[&patient_id])
+            .await?;
+        insert_audit(&tx, &audit).await?;
+        tx.commit().await?;
+        Ok(ids)
     }
 
     async fn reencrypt_batch(&self, limit: u32) -> Result<u64> {
@@ -1726,27 +1753,7 @@ impl Store for PostgresStore {
     }
 
     async fn record_audit(&self, entry: NewAuditEntry) -> Result<()> {
-        let sql = format!(
-            "INSERT INTO audit_log ({AUDIT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-        );
-        self.client()
-            .await?
-            .execute(
-                &sql,
-                &[
-                    &new_id(),
-                    &entry.organization_id,
-                    &entry.user_id,
-                    &entry.action,
-                    &entry.entity_type,
-                    &entry.entity_id,
-                    &json_text(&serde_json::json!(entry.record_ids)),
-                    &entry.remote_addr,
-                    &now_millis(),
-                ],
-            )
-            .await?;
-        Ok(())
+        insert_audit(&*self.client().await?, &entry).await
     }
 
     async fn search_audit(
@@ -1755,20 +1762,13 @@ impl Store for PostgresStore {
         query: &AuditQuery,
     ) -> Result<Vec<AuditEntry>> {
         let c = self.client().await?;
-        let cursor: Option<(Millis, String)> = match &query.before {
-            None => None,
-            Some(id) => {
-                let row = c
-                    .query_opt(
-                        "SELECT at, id FROM audit_log WHERE organization_id = $1 AND id = $2",
-                        &[&organization_id, id],
-                    )
-                    .await?
-                    .ok_or(Error::NotFound)?;
-                Some((row.try_get(0)?, row.try_get(1)?))
-            }
-        };
-        let (at, cid) = cursor.unzip();
+        let (at, cid): (Option<Millis>, Option<String>) = cursor_key(
+            &c,
+            "SELECT at, id FROM audit_log WHERE id = $1 AND organization_id = $2",
+            query.before.as_deref(),
+            &[&organization_id],
+        )
+        .await?;
         let limit = sql_limit(&Page {
             after: None,
             limit: query.limit,

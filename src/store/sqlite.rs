@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::types::Type;
+use rusqlite::types::{FromSql, ToSql, Type};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior};
 
 use super::columns::*;
@@ -212,6 +212,43 @@ fn applied_migrations(conn: &Connection) -> Result<Vec<AppliedMigration>> {
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The sort key of the row a keyset cursor names, as one bind parameter per key column: all
+/// `None` on the first page, so a listing filters with `?n IS NULL OR (…) > (?n, …)`.
+trait CursorKey: Default {
+    fn read(r: &Row) -> rusqlite::Result<Self>;
+}
+
+impl<A: FromSql, B: FromSql> CursorKey for (Option<A>, Option<B>) {
+    fn read(r: &Row) -> rusqlite::Result<Self> {
+        Ok((Some(r.get(0)?), Some(r.get(1)?)))
+    }
+}
+
+impl<A: FromSql, B: FromSql, C: FromSql> CursorKey for (Option<A>, Option<B>, Option<C>) {
+    fn read(r: &Row) -> rusqlite::Result<Self> {
+        Ok((Some(r.get(0)?), Some(r.get(1)?), Some(r.get(2)?)))
+    }
+}
+
+/// Resolves a page cursor (the id of the last row of the previous page) to that row's sort
+/// key. `sql` selects the key columns of the row whose id is `?1`, limited by `scope` (`?2`
+/// on) to what the caller may list: an unknown id, or one outside that scope, is `NotFound`
+/// rather than a page that silently starts somewhere else.
+fn cursor_key<K: CursorKey>(
+    c: &Connection,
+    sql: &str,
+    id: Option<&str>,
+    scope: &[&dyn ToSql],
+) -> Result<K> {
+    let Some(id) = id else {
+        return Ok(K::default());
+    };
+    let params: Vec<&dyn ToSql> = std::iter::once(&id as &dyn ToSql)
+        .chain(scope.iter().copied())
+        .collect();
+    Ok(c.prepare_cached(sql)?.query_row(&*params, K::read)?)
 }
 
 /// `0` means unbounded, which SQLite spells `LIMIT -1`.
@@ -780,20 +817,13 @@ impl Store for SqliteStore {
         let query = query.map(str::to_owned);
         let (after, limit) = (page.after.clone(), sql_limit(page));
         self.call(move |c| {
-            let cursor: Option<(String, String, String)> = match &after {
-                None => None,
-                Some(id) => Some(
-                    c.prepare_cached(
-                        "SELECT last_name, first_name, id FROM patients \
-                         WHERE organization_id = ?1 AND id = ?2",
-                    )?
-                    .query_row(params![org, id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?,
-                ),
-            };
-            let (last, first, cid) = match cursor {
-                Some((l, f, i)) => (Some(l), Some(f), Some(i)),
-                None => (None, None, None),
-            };
+            let (last, first, cid): (Option<String>, Option<String>, Option<String>) = cursor_key(
+                c,
+                "SELECT last_name, first_name, id FROM patients \
+                     WHERE id = ?1 AND organization_id = ?2",
+                after.as_deref(),
+                &[&org],
+            )?;
             let sql = format!(
                 "SELECT {PATIENT_COLS} FROM patients WHERE organization_id = ?1 \
                  AND (?2 IS NULL OR instr(lower(first_name), lower(?2)) > 0 \
@@ -887,17 +917,12 @@ impl Store for SqliteStore {
         let org = organization_id.to_owned();
         let (after, limit) = (page.after.clone(), sql_limit(page));
         self.call(move |c| {
-            let cursor: Option<(Millis, String)> = match &after {
-                None => None,
-                Some(id) => Some(
-                    c.prepare_cached(
-                        "SELECT start_time, id FROM conversations \
-                         WHERE organization_id = ?1 AND id = ?2",
-                    )?
-                    .query_row(params![org, id], |r| Ok((r.get(0)?, r.get(1)?)))?,
-                ),
-            };
-            let (start, cid) = cursor.unzip();
+            let (start, cid): (Option<Millis>, Option<String>) = cursor_key(
+                c,
+                "SELECT start_time, id FROM conversations WHERE id = ?1 AND organization_id = ?2",
+                after.as_deref(),
+                &[&org],
+            )?;
             let sql = format!(
                 "SELECT {C_CONV_COLS}, {P_PATIENT_COLS} FROM conversations c \
                  JOIN patients p ON p.id = c.patient_id \
@@ -1009,16 +1034,12 @@ impl Store for SqliteStore {
         let (after, limit) = (page.after.clone(), sql_limit(page));
         let keys = Arc::clone(&self.keys);
         self.call(move |c| {
-            let cursor: Option<(Millis, String)> = match &after {
-                None => None,
-                Some(id) => Some(
-                    c.prepare_cached(
-                        "SELECT timestamp, id FROM messages WHERE conversation_id = ?1 AND id = ?2",
-                    )?
-                    .query_row(params![conv, id], |r| Ok((r.get(0)?, r.get(1)?)))?,
-                ),
-            };
-            let (ts, cid) = cursor.unzip();
+            let (ts, cid): (Option<Millis>, Option<String>) = cursor_key(
+                c,
+                "SELECT timestamp, id FROM messages WHERE id = ?1 AND conversation_id = ?2",
+                after.as_deref(),
+                &[&conv],
+            )?;
             let sql = format!(
                 "SELECT {MSG_COLS} FROM messages WHERE conversation_id = ?1 \
                  AND (?2 IS NULL OR (timestamp, id) > (?2, ?3)) \
@@ -1308,17 +1329,13 @@ impl Store for SqliteStore {
         let (after, limit) = (page.after.clone(), sql_limit(page));
         let keys = Arc::clone(&self.keys);
         self.call(move |c| {
-            let cursor: Option<(Millis, String)> = match &after {
-                None => None,
-                Some(id) => Some(
-                    c.prepare_cached(
-                        "SELECT created_at, id FROM webhook_outbox WHERE organization_id = ?1 \
-                         AND id = ?2 AND (?3 IS NULL OR action_id = ?3)",
-                    )?
-                    .query_row(params![org, id, action], |r| Ok((r.get(0)?, r.get(1)?)))?,
-                ),
-            };
-            let (created, cid) = cursor.unzip();
+            let (created, cid): (Option<Millis>, Option<String>) = cursor_key(
+                c,
+                "SELECT created_at, id FROM webhook_outbox WHERE id = ?1 AND organization_id = ?2 \
+                 AND (?3 IS NULL OR action_id = ?3)",
+                after.as_deref(),
+                &[&org, &action],
+            )?;
             let sql = format!(
                 "SELECT {DELIVERY_COLS} FROM webhook_outbox WHERE organization_id = ?1 \
                  AND (?2 IS NULL OR action_id = ?2) \
@@ -1720,16 +1737,12 @@ impl Store for SqliteStore {
             limit: q.limit,
         });
         self.call(move |c| {
-            let cursor: Option<(Millis, String)> = match &q.before {
-                None => None,
-                Some(id) => Some(
-                    c.prepare_cached(
-                        "SELECT at, id FROM audit_log WHERE organization_id = ?1 AND id = ?2",
-                    )?
-                    .query_row(params![org, id], |r| Ok((r.get(0)?, r.get(1)?)))?,
-                ),
-            };
-            let (at, cid) = cursor.unzip();
+            let (at, cid): (Option<Millis>, Option<String>) = cursor_key(
+                c,
+                "SELECT at, id FROM audit_log WHERE id = ?1 AND organization_id = ?2",
+                q.before.as_deref(),
+                &[&org],
+            )?;
             let sql = format!(
                 "SELECT {AUDIT_COLS} FROM audit_log WHERE organization_id = ?1 \
                  AND (?2 IS NULL OR user_id = ?2) \
