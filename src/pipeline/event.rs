@@ -71,6 +71,9 @@ pub enum ServerEvent {
         /// A transcript the store could not save, handed to the client so it is not lost.
         #[serde(skip_serializing_if = "Option::is_none")]
         payload: Option<UnsavedTranscript>,
+        /// The conversation the error is about, on control sockets, which may watch several.
+        #[serde(rename = "conversationId", skip_serializing_if = "Option::is_none")]
+        conversation_id: Option<String>,
     },
     /// A summary (interim or final) was written; the structured form of `summary_data`.
     #[serde(rename = "summary_ready")]
@@ -101,6 +104,23 @@ impl ServerEvent {
             text: message.clone(),
             message,
             payload: None,
+            conversation_id: None,
+        }
+    }
+
+    /// An `error` event about one conversation, for control sockets (they may watch several).
+    pub fn conversation_error(
+        code: &'static str,
+        message: impl Into<String>,
+        conversation_id: &str,
+    ) -> Self {
+        let message = message.into();
+        ServerEvent::Error {
+            code,
+            text: message.clone(),
+            message,
+            payload: None,
+            conversation_id: Some(conversation_id.to_owned()),
         }
     }
 
@@ -116,6 +136,7 @@ impl ServerEvent {
             text: message.clone(),
             message,
             payload: Some(transcript),
+            conversation_id: None,
         }
     }
 
@@ -344,6 +365,10 @@ mod tests {
             (
                 ServerEvent::error("lagged", "You fell behind"),
                 json!({"type": "error", "code": "lagged", "message": "You fell behind", "text": "You fell behind"}),
+            ),
+            (
+                ServerEvent::conversation_error("events_missed", "Reload", "c1"),
+                json!({"type": "error", "code": "events_missed", "message": "Reload", "text": "Reload", "conversationId": "c1"}),
             ),
             (
                 ServerEvent::CaptionDelta {

@@ -196,6 +196,17 @@ impl Hub {
         }
     }
 
+    /// Conversations at least one connected control socket receives pushes for: the ones to
+    /// warn when pushes may have been lost on their way to this instance.
+    pub fn watched_conversations(&self) -> Vec<String> {
+        let subs = self.lock();
+        subs.interested
+            .iter()
+            .filter(|(_, users)| subs.control.iter().any(|c| users.contains(&c.user_id)))
+            .map(|(conversation_id, _)| conversation_id.clone())
+            .collect()
+    }
+
     /// Sends a frame to every client of the audience without waiting. A full queue drops the
     /// frame for that client; a client over [`MAX_DROPPED`] or whose socket is gone is removed.
     pub fn publish(&self, conversation_id: &str, audience: Audience, frame: Arc<str>) -> Delivery {
@@ -382,6 +393,8 @@ mod tests {
         assert!(asked.frames.try_recv().is_ok());
         assert!(sibling.frames.try_recv().is_ok());
         assert!(other.frames.try_recv().is_err());
+        hub.mark_interest("unwatched", "carol");
+        assert_eq!(hub.watched_conversations(), vec!["c".to_owned()]);
     }
 
     #[tokio::test]
