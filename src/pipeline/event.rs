@@ -98,14 +98,7 @@ pub struct UnsavedTranscript {
 impl ServerEvent {
     /// An `error` event; `message` is shown to users, so it never holds internal causes.
     pub fn error(code: &'static str, message: impl Into<String>) -> Self {
-        let message = message.into();
-        ServerEvent::Error {
-            code,
-            text: message.clone(),
-            message,
-            payload: None,
-            conversation_id: None,
-        }
+        Self::error_with(code, message.into(), None, None)
     }
 
     /// An `error` event about one conversation, for control sockets (they may watch several).
@@ -114,14 +107,7 @@ impl ServerEvent {
         message: impl Into<String>,
         conversation_id: &str,
     ) -> Self {
-        let message = message.into();
-        ServerEvent::Error {
-            code,
-            text: message.clone(),
-            message,
-            payload: None,
-            conversation_id: Some(conversation_id.to_owned()),
-        }
+        Self::error_with(code, message.into(), None, Some(conversation_id.to_owned()))
     }
 
     /// An `error` event that carries the transcript the store could not save.
@@ -130,13 +116,21 @@ impl ServerEvent {
         message: impl Into<String>,
         transcript: UnsavedTranscript,
     ) -> Self {
-        let message = message.into();
+        Self::error_with(code, message.into(), Some(transcript), None)
+    }
+
+    fn error_with(
+        code: &'static str,
+        message: String,
+        payload: Option<UnsavedTranscript>,
+        conversation_id: Option<String>,
+    ) -> Self {
         ServerEvent::Error {
             code,
             text: message.clone(),
             message,
-            payload: Some(transcript),
-            conversation_id: None,
+            payload,
+            conversation_id,
         }
     }
 

@@ -67,6 +67,10 @@ pub const EVENTS_MISSED: &str = "events_missed";
 const EVENTS_MISSED_MESSAGE: &str = "Some live updates for this conversation may have been \
 missed; re-fetch it (messages, actions, summary) over the REST API.";
 
+/// [`EVENTS_MISSED_MESSAGE`] for a socket watching too many conversations to name each.
+const EVENTS_MISSED_ALL_MESSAGE: &str = "Some live updates may have been missed; re-fetch \
+the conversations you show (messages, actions, summary) over the REST API.";
+
 /// How long a by-reference payload is kept for receivers to fetch.
 const PAYLOAD_TTL: Duration = Duration::from_secs(60);
 
@@ -692,15 +696,15 @@ impl Listener {
     /// Warns every control socket watching a conversation: any of them may have missed
     /// events (a lost notification does not say which conversation it was for).
     fn tell_missed(&self) {
-        for conversation_id in self.hub.watched_conversations() {
-            let frame = ServerEvent::conversation_error(
-                EVENTS_MISSED,
-                EVENTS_MISSED_MESSAGE,
-                &conversation_id,
-            )
-            .to_frame();
-            self.hub.publish(&conversation_id, Audience::Control, frame);
-        }
+        self.hub.warn_control(|conversation_id| {
+            match conversation_id {
+                Some(id) => {
+                    ServerEvent::conversation_error(EVENTS_MISSED, EVENTS_MISSED_MESSAGE, id)
+                }
+                None => ServerEvent::error(EVENTS_MISSED, EVENTS_MISSED_ALL_MESSAGE),
+            }
+            .to_frame()
+        });
     }
 
     async fn fetch(&mut self, id: i64) -> Option<String> {
