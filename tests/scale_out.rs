@@ -72,28 +72,53 @@ fn digest(frames: &[String]) -> Vec<(u64, usize)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_relayed_events_arrive_once_in_order_and_claims_exclude() {
-    let url = schema_url().await;
-    let hub_a = Arc::new(Hub::new());
-    let hub_b = Arc::new(Hub::new());
+/// Two instances on `url`, each with its hub, sharing the data keys.
+async fn two_instances(url: &str) -> ([PostgresCluster; 2], [Arc<Hub>; 2]) {
+    let hubs = [Arc::new(Hub::new()), Arc::new(Hub::new())];
     let keys = Arc::new(
         tandem::store::Keyring::parse(&tandem::store::Keyring::generate_entry("k1").unwrap())
             .unwrap(),
     );
-    let a = PostgresCluster::start(&url, Arc::clone(&hub_a), Arc::clone(&keys))
+    let a = PostgresCluster::start(url, Arc::clone(&hubs[0]), Arc::clone(&keys))
         .await
         .unwrap();
-    let b = PostgresCluster::start(&url, Arc::clone(&hub_b), keys)
+    let b = PostgresCluster::start(url, Arc::clone(&hubs[1]), keys)
         .await
         .unwrap();
-    let mut rx = Vec::new();
-    for hub in [&hub_a, &hub_b] {
-        let (_, tx, client) = hub.client();
-        hub.register_control("u", &tx);
-        hub.mark_interest("c", "u");
-        rx.push(client);
-    }
+    ([a, b], hubs)
+}
+
+/// A control socket's queue on `hub`, of a user who asked about `conversation_id`.
+fn watch(hub: &Hub, user_id: &str, conversation_id: &str) -> tandem::pipeline::hub::ClientRx {
+    let (_, tx, client) = hub.client();
+    hub.register_control(user_id, &tx);
+    hub.mark_interest(conversation_id, user_id);
+    client
+}
+
+/// The next frame of `rx`, parsed; panics if none comes in time.
+async fn next_frame(rx: &mut tandem::pipeline::hub::ClientRx) -> Value {
+    let frame = tokio::time::timeout(EVENT_WAIT, rx.frames.recv())
+        .await
+        .expect("relayed in time")
+        .expect("queue open");
+    serde_json::from_str(&frame).unwrap()
+}
+
+/// A plain session on the test schema, for what no instance would do.
+async fn raw_session(url: &str) -> tokio_postgres::Client {
+    let (raw, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    raw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_relayed_events_arrive_once_in_order_and_claims_exclude() {
+    let url = schema_url().await;
+    let ([a, b], hubs) = two_instances(&url).await;
+    let mut rx: Vec<_> = hubs.iter().map(|hub| watch(hub, "u", "c")).collect();
     // Every fourth event is too large for a notification and goes by reference.
     let sent: Vec<String> = (0..40)
         .map(|i| {
@@ -132,10 +157,7 @@ async fn postgres_relayed_events_arrive_once_in_order_and_claims_exclude() {
         "local sockets get each event once"
     );
     // The payloads relayed by reference are sealed at rest, like the rows they come from.
-    let (raw, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let raw = raw_session(&url).await;
     let bodies: Vec<String> = raw
         .query("SELECT body FROM event_payloads", &[])
         .await
@@ -203,6 +225,140 @@ async fn postgres_relayed_events_arrive_once_in_order_and_claims_exclude() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(claimed, "the claim of a dropped instance lapsed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_event_the_server_refuses_is_dropped_and_the_later_ones_still_arrive() {
+    let url = schema_url().await;
+    let ([a, _b], hubs) = two_instances(&url).await;
+    let mut on_b = watch(&hubs[1], "u", "c");
+    // The server refuses (check violation, the same every time) a by-reference payload over
+    // this size, while smaller ones still go by reference.
+    raw_session(&url)
+        .await
+        .batch_execute(
+            "ALTER TABLE event_payloads ADD CONSTRAINT refuse_huge CHECK (length(body) < 20000)",
+        )
+        .await
+        .unwrap();
+    let event = |i: usize, filler: usize| {
+        json!({"type": "action_updated", "seq": i, "filler": "x".repeat(filler)}).to_string()
+    };
+    let sent = [
+        event(0, 0),
+        event(1, 30_000),
+        event(2, NOTIFY_INLINE_LIMIT + 1000),
+        event(3, 0),
+    ];
+    for frame in &sent {
+        a.publish("c", Audience::Control, Arc::from(frame.as_str()));
+    }
+    assert_eq!(next_frame(&mut on_b).await["seq"], 0);
+    // The refused event is missing on B, and B's watching sockets are told.
+    let missed = next_frame(&mut on_b).await;
+    assert_eq!(
+        (&missed["type"], &missed["code"], &missed["conversationId"]),
+        (&json!("error"), &json!("events_missed"), &json!("c")),
+        "{missed}"
+    );
+    let later = next_frame(&mut on_b).await;
+    assert_eq!(
+        later,
+        serde_json::from_str::<Value>(&sent[2]).unwrap(),
+        "whole, by reference"
+    );
+    assert_eq!(next_frame(&mut on_b).await["seq"], 3);
+    assert!(drain(&mut on_b, Duration::from_millis(500))
+        .await
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_clients_are_told_when_the_listen_connection_was_lost_and_events_flow_again() {
+    let url = schema_url().await;
+    let ([a, _b], hubs) = two_instances(&url).await;
+    let mut watching = watch(&hubs[1], "u", "c");
+    let mut elsewhere = watch(&hubs[1], "v", "unrelated");
+    let mut idle = {
+        let (_, tx, client) = hubs[1].client();
+        hubs[1].register_control("w", &tx);
+        client
+    };
+    let frame = |stage: &str, i: usize| json!({"type": "action_updated", "stage": stage, "seq": i});
+    a.publish(
+        "c",
+        Audience::Control,
+        Arc::from(frame("before", 0).to_string()),
+    );
+    assert_eq!(next_frame(&mut watching).await, frame("before", 0));
+
+    // The server ends both instances' listening sessions (an admin, a failover, a proxy
+    // timeout); A publishes meanwhile.
+    let raw = raw_session(&url).await;
+    let channel: String = raw
+        .query_one(
+            "SELECT 'tandem_events_' || left(md5(current_schema()), 16)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let ended: i64 = raw
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE query = $1 AND pid <> pg_backend_pid()) t",
+            &[&format!("LISTEN \"{channel}\"")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ended, 2, "both listening sessions ended");
+    for i in 1..=5 {
+        a.publish(
+            "c",
+            Audience::Control,
+            Arc::from(frame("during", i).to_string()),
+        );
+    }
+
+    // Whatever of those B got before its session ended, the socket watching the
+    // conversation is told to re-fetch it.
+    let missed = loop {
+        let next = next_frame(&mut watching).await;
+        if next["type"] == "error" {
+            break next;
+        }
+        assert_eq!(next["stage"], "during", "{next}");
+    };
+    assert_eq!(missed["code"], "events_missed", "{missed}");
+    assert_eq!(missed["conversationId"], "c");
+    assert_eq!(missed["message"], missed["text"]);
+    // So is one watching another conversation (a lost notification names none); a control
+    // socket watching nothing is not.
+    let other = next_frame(&mut elsewhere).await;
+    assert_eq!(
+        (&other["code"], &other["conversationId"]),
+        (&json!("events_missed"), &json!("unrelated"))
+    );
+    // Events flow again, once, and the reconnect is not told twice.
+    a.publish(
+        "c",
+        Audience::Control,
+        Arc::from(frame("after", 6).to_string()),
+    );
+    let after = loop {
+        let next = next_frame(&mut watching).await;
+        if next["stage"] != "during" {
+            break next;
+        }
+    };
+    assert_eq!(after, frame("after", 6));
+    assert!(drain(&mut watching, Duration::from_millis(500))
+        .await
+        .is_empty());
+    assert!(drain(&mut idle, Duration::from_millis(100))
+        .await
+        .is_empty());
 }
 
 /// Reads a socket in the background so nothing queues up on the server while the test

@@ -71,6 +71,9 @@ pub enum ServerEvent {
         /// A transcript the store could not save, handed to the client so it is not lost.
         #[serde(skip_serializing_if = "Option::is_none")]
         payload: Option<UnsavedTranscript>,
+        /// The conversation the error is about, on control sockets, which may watch several.
+        #[serde(rename = "conversationId", skip_serializing_if = "Option::is_none")]
+        conversation_id: Option<String>,
     },
     /// A summary (interim or final) was written; the structured form of `summary_data`.
     #[serde(rename = "summary_ready")]
@@ -95,13 +98,16 @@ pub struct UnsavedTranscript {
 impl ServerEvent {
     /// An `error` event; `message` is shown to users, so it never holds internal causes.
     pub fn error(code: &'static str, message: impl Into<String>) -> Self {
-        let message = message.into();
-        ServerEvent::Error {
-            code,
-            text: message.clone(),
-            message,
-            payload: None,
-        }
+        Self::error_with(code, message.into(), None, None)
+    }
+
+    /// An `error` event about one conversation, for control sockets (they may watch several).
+    pub fn conversation_error(
+        code: &'static str,
+        message: impl Into<String>,
+        conversation_id: &str,
+    ) -> Self {
+        Self::error_with(code, message.into(), None, Some(conversation_id.to_owned()))
     }
 
     /// An `error` event that carries the transcript the store could not save.
@@ -110,12 +116,21 @@ impl ServerEvent {
         message: impl Into<String>,
         transcript: UnsavedTranscript,
     ) -> Self {
-        let message = message.into();
+        Self::error_with(code, message.into(), Some(transcript), None)
+    }
+
+    fn error_with(
+        code: &'static str,
+        message: String,
+        payload: Option<UnsavedTranscript>,
+        conversation_id: Option<String>,
+    ) -> Self {
         ServerEvent::Error {
             code,
             text: message.clone(),
             message,
-            payload: Some(transcript),
+            payload,
+            conversation_id,
         }
     }
 
@@ -344,6 +359,10 @@ mod tests {
             (
                 ServerEvent::error("lagged", "You fell behind"),
                 json!({"type": "error", "code": "lagged", "message": "You fell behind", "text": "You fell behind"}),
+            ),
+            (
+                ServerEvent::conversation_error("events_missed", "Reload", "c1"),
+                json!({"type": "error", "code": "events_missed", "message": "Reload", "text": "Reload", "conversationId": "c1"}),
             ),
             (
                 ServerEvent::CaptionDelta {

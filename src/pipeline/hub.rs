@@ -21,6 +21,10 @@ pub const CLIENT_QUEUE: usize = 64;
 /// coherent conversation, and reconnecting (then `get_messages`) repairs it.
 pub const MAX_DROPPED: u32 = 32;
 
+/// Most warnings about separate conversations one control socket gets at once (see
+/// [`Hub::warn_control`]); well inside [`CLIENT_QUEUE`].
+pub const MAX_WARNINGS: usize = 8;
+
 /// Which sockets of a conversation an event goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -194,6 +198,31 @@ impl Hub {
                     .count()
             }
         }
+    }
+
+    /// Warns every control socket about each conversation it gets pushes for, with
+    /// `frame(Some(conversation_id))`; a socket that would get more than [`MAX_WARNINGS`] gets
+    /// one `frame(None)` for all of them instead, so a warning never overflows its queue (a
+    /// user's interests are never forgotten while the process runs).
+    pub fn warn_control(&self, frame: impl Fn(Option<&str>) -> Arc<str>) -> Delivery {
+        let mut delivery = Delivery::default();
+        let mut guard = self.lock();
+        let subs = &mut *guard;
+        let interested = &subs.interested;
+        subs.control.retain(|c| {
+            let watched: Vec<&String> = interested
+                .iter()
+                .filter(|(_, users)| users.contains(&c.user_id))
+                .map(|(conversation_id, _)| conversation_id)
+                .collect();
+            if watched.len() > MAX_WARNINGS {
+                return deliver(c, &frame(None), "(all watched)", &mut delivery);
+            }
+            watched
+                .iter()
+                .all(|id| deliver(c, &frame(Some(id.as_str())), id, &mut delivery))
+        });
+        delivery
     }
 
     /// Sends a frame to every client of the audience without waiting. A full queue drops the
@@ -382,6 +411,32 @@ mod tests {
         assert!(asked.frames.try_recv().is_ok());
         assert!(sibling.frames.try_recv().is_ok());
         assert!(other.frames.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn warnings_name_each_watched_conversation_up_to_a_cap_then_one_covers_all() {
+        let hub = Hub::new();
+        let (_, few_tx, mut few) = hub.client();
+        let (_, many_tx, mut many) = hub.client();
+        let (_, none_tx, mut none) = hub.client();
+        hub.register_control("alice", &few_tx);
+        hub.register_control("bob", &many_tx);
+        hub.register_control("carol", &none_tx);
+        hub.mark_interest("c1", "alice");
+        hub.mark_interest("c2", "alice");
+        for i in 0..=MAX_WARNINGS {
+            hub.mark_interest(&format!("b{i}"), "bob");
+        }
+        hub.mark_interest("nobody-connected", "dave");
+        let d = hub.warn_control(|id| frame(id.unwrap_or("all")));
+        assert_eq!(d.delivered, 3);
+        let mut told = vec![few.frames.recv().await, few.frames.recv().await];
+        told.sort();
+        assert_eq!(told, vec![Some(frame("c1")), Some(frame("c2"))]);
+        assert!(few.frames.try_recv().is_err());
+        assert_eq!(many.frames.recv().await.as_deref(), Some("all"));
+        assert!(many.frames.try_recv().is_err());
+        assert!(none.frames.try_recv().is_err());
     }
 
     #[tokio::test]

@@ -6,8 +6,19 @@
 //!   every instance ignores notifications it sent itself, so each socket gets it once.
 //! - Each instance publishes through one connection, in publish order, so its events arrive
 //!   everywhere in that order. Envelopes carry a per-instance sequence number: a receiver drops
-//!   a repeat (a NOTIFY retried after a lost reply) and logs a gap (events lost while a
-//!   connection was down or the outgoing queue was full).
+//!   a repeat (a NOTIFY retried after a lost reply) and sees a gap (events dropped by the
+//!   sender: outgoing queue full, or refused by the database). Events sent while a receiver's
+//!   listening connection is down are lost for it too; their gap would show only with the
+//!   sender's next event, so a reconnect counts as a possible loss at once (and that gap is
+//!   not counted again).
+//! - A possible loss is told to the clients, not only logged: every control socket of this
+//!   instance watching a conversation gets `error` [`EVENTS_MISSED`] and re-fetches it over
+//!   REST (`LISTEN` cannot replay; the store has everything).
+//! - The publisher retries an envelope while the failure is the connection's or the server's
+//!   (closed, I/O, timeouts, shutdown, serialization failures): the event goes out once the
+//!   database is back. One the server refuses for what it says (an SQLSTATE outside
+//!   [`transient_state`]) would be refused every time and hold up every later event, so it is
+//!   dropped after [`REFUSED_TRIES`] tries and logged as an error.
 //! - A notification carries at most [`NOTIFY_INLINE_LIMIT`] bytes (Postgres refuses payloads
 //!   of 8000 bytes or more); a larger event (TTS audio, long summaries) is written to
 //!   `event_payloads` and the notification carries its row id. Rows are swept after
@@ -24,7 +35,8 @@
 //! - Channel and lock keys include `current_schema()`, so installs (and tests) sharing a
 //!   database in separate schemas do not see each other.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,10 +44,12 @@ use async_trait::async_trait;
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Notification};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{Cluster, Error};
+use crate::pipeline::event::ServerEvent;
 use crate::pipeline::hub::{Audience, Hub};
 use crate::store::{new_id, now_millis, Keyring};
 
@@ -43,12 +57,26 @@ use crate::store::{new_id, now_millis, Keyring};
 /// 8000-byte limit with room for the channel name.
 pub const NOTIFY_INLINE_LIMIT: usize = 7000;
 
+/// Tries of an envelope the server refuses before it is dropped: a few, so a refusal that is
+/// really a transient state missing from [`transient_state`] still gets a chance.
+const REFUSED_TRIES: u32 = 3;
+
+/// The `error` code sent to control sockets when relayed events may have been lost.
+pub const EVENTS_MISSED: &str = "events_missed";
+
+const EVENTS_MISSED_MESSAGE: &str = "Some live updates for this conversation may have been \
+missed; re-fetch it (messages, actions, summary) over the REST API.";
+
+/// [`EVENTS_MISSED_MESSAGE`] for a socket watching too many conversations to name each.
+const EVENTS_MISSED_ALL_MESSAGE: &str = "Some live updates may have been missed; re-fetch \
+the conversations you show (messages, actions, summary) over the REST API.";
+
 /// How long a by-reference payload is kept for receivers to fetch.
 const PAYLOAD_TTL: Duration = Duration::from_secs(60);
 
 /// Events waiting for the publisher connection. Full (Postgres slow or away for long): the
-/// event is dropped for other instances and logged; local sockets already have it, and the
-/// receivers log the gap.
+/// event is dropped for other instances and logged; local sockets already have it, and its
+/// sequence number is skipped so the receivers see the gap.
 const OUTGOING_CAPACITY: usize = 4096;
 
 /// At most this many publishing instances are tracked for ordering; past it the table starts
@@ -91,6 +119,8 @@ pub struct PostgresCluster {
     hub: Arc<Hub>,
     /// To the publisher task; see [`OUTGOING_CAPACITY`] for the full policy.
     outgoing: mpsc::Sender<Envelope>,
+    /// Envelopes dropped at a full queue since the publisher last numbered one.
+    skipped: Arc<AtomicU64>,
     leases: Arc<Leases>,
     /// Stop requests from other instances, to the pipeline; see [`STOP_REQUESTS`].
     stops: broadcast::Sender<String>,
@@ -136,6 +166,7 @@ impl PostgresCluster {
             .map_err(unavailable)?;
         let stop = CancellationToken::new();
         let (outgoing, rx) = mpsc::channel(OUTGOING_CAPACITY);
+        let skipped = Arc::new(AtomicU64::new(0));
         let (stops, _) = broadcast::channel(STOP_REQUESTS);
         let listener = Listener {
             config: config.clone(),
@@ -145,6 +176,7 @@ impl PostgresCluster {
             fetch: Conn::new(config.clone(), "fetch"),
             keys: Arc::clone(&keys),
             last_seq: HashMap::new(),
+            resync: HashSet::new(),
             stops: stops.clone(),
         };
         // Listening before the first publish, so no event of this instance's start is missed.
@@ -156,7 +188,16 @@ impl PostgresCluster {
             }),
         });
         leases.check().await.map_err(unavailable)?;
-        tokio::spawn(publish(publisher, keys, channel.clone(), rx, stop.clone()));
+        tokio::spawn(publish(
+            publisher,
+            keys,
+            channel.clone(),
+            Queue {
+                rx,
+                skipped: Arc::clone(&skipped),
+            },
+            stop.clone(),
+        ));
         tokio::spawn(listener.run(client, connection, stop.clone()));
         tokio::spawn(Arc::clone(&leases).keep(stop.clone()));
         tracing::info!(%instance, %channel, "several-instance mode: events relayed through postgres");
@@ -164,6 +205,7 @@ impl PostgresCluster {
             instance,
             hub,
             outgoing,
+            skipped,
             leases,
             stops,
             _stop: stop.drop_guard(),
@@ -216,6 +258,7 @@ impl PostgresCluster {
             payload_id: None,
         };
         if self.outgoing.try_send(envelope).is_err() {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 conversation_id,
                 "event relay queue full; other instances miss this event"
@@ -264,14 +307,23 @@ fn retry_delay(attempt: u32) -> Duration {
     Duration::from_millis(100u64 << attempt.min(6)).min(Duration::from_secs(5))
 }
 
-/// Sends queued envelopes in order, retrying each until it is sent, and sweeps old payloads.
+/// The publisher's end of the outgoing queue.
+struct Queue {
+    rx: mpsc::Receiver<Envelope>,
+    /// See [`PostgresCluster::skipped`].
+    skipped: Arc<AtomicU64>,
+}
+
+/// Sends queued envelopes in order (see the module doc for which failures are retried) and
+/// sweeps old payloads.
 async fn publish(
     mut conn: Conn,
     keys: Arc<Keyring>,
     channel: String,
-    mut rx: mpsc::Receiver<Envelope>,
+    queue: Queue,
     stop: CancellationToken,
 ) {
+    let Queue { mut rx, skipped } = queue;
     let mut sweep = tokio::time::interval(PAYLOAD_TTL);
     let mut seq = 0u64;
     loop {
@@ -294,11 +346,26 @@ async fn publish(
                 continue;
             }
         };
-        seq += 1;
+        seq += 1 + skipped.swap(0, Ordering::Relaxed);
         envelope.seq = seq;
         let mut attempt = 0;
+        let mut refusals = 0;
         while let Err(e) = notify(&mut conn, &keys, &channel, &envelope).await {
-            tracing::warn!(error = %e, attempt, "relaying an event failed; retrying");
+            let cause = Cause(&e);
+            if cause.refused() {
+                refusals += 1;
+                if refusals >= REFUSED_TRIES {
+                    tracing::error!(
+                        conversation_id = %envelope.conversation,
+                        kind = %envelope.kind(),
+                        seq = envelope.seq,
+                        error = %cause,
+                        "the database refuses this relayed event; other instances miss it"
+                    );
+                    break;
+                }
+            }
+            tracing::warn!(error = %cause, attempt, "relaying an event failed; retrying");
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(retry_delay(attempt)) => {}
@@ -306,6 +373,56 @@ async fn publish(
             attempt += 1;
         }
     }
+}
+
+/// A publish failure, as logged and classified.
+struct Cause<'a>(&'a tokio_postgres::Error);
+
+impl Cause<'_> {
+    /// Whether the server refused the statement for what it says, so it will every time.
+    fn refused(&self) -> bool {
+        self.0
+            .as_db_error()
+            .is_some_and(|db| !transient_state(db.code()))
+    }
+}
+
+impl std::fmt::Display for Cause<'_> {
+    /// A server error as its SQLSTATE and message only: its detail can quote the row, and so
+    /// the (sealed) event.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_db_error() {
+            Some(db) => write!(f, "{} ({})", db.message(), db.code().code()),
+            None => std::fmt::Display::fmt(self.0, f),
+        }
+    }
+}
+
+/// SQLSTATEs that blame the connection or the server's state rather than the statement:
+/// the same envelope can succeed later.
+fn transient_state(code: &SqlState) -> bool {
+    let code = code.code();
+    // Connection exception; insufficient resources (too many connections, out of memory or
+    // disk); system error (I/O).
+    ["08", "53", "58"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::QUERY_CANCELED,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::T_R_STATEMENT_COMPLETION_UNKNOWN,
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::IDLE_SESSION_TIMEOUT,
+            // A standby (mid-failover) refuses NOTIFY and writes until the redial reaches the
+            // new primary.
+            SqlState::READ_ONLY_SQL_TRANSACTION,
+        ]
+        .iter()
+        .any(|transient| transient.code() == code)
 }
 
 async fn notify(
@@ -347,6 +464,24 @@ async fn notify(
     Ok(())
 }
 
+impl Envelope {
+    /// The relayed event's `type` (or `stop_audio`), to name it in logs without its content.
+    fn kind(&self) -> String {
+        #[derive(Deserialize)]
+        struct Kind {
+            #[serde(rename = "type")]
+            kind: String,
+        }
+        if self.stop_audio {
+            return "stop_audio".to_owned();
+        }
+        self.event
+            .as_deref()
+            .and_then(|event| serde_json::from_str::<Kind>(event).ok())
+            .map_or_else(|| "unknown".to_owned(), |k| k.kind)
+    }
+}
+
 fn json(envelope: &Envelope) -> String {
     // Strings, integers and a unit enum: serialization cannot fail.
     serde_json::to_string(envelope).unwrap_or_default()
@@ -363,10 +498,23 @@ struct Listener {
     fetch: Conn,
     /// Last sequence number seen per publishing instance.
     last_seq: HashMap<String, u64>,
+    /// Instances whose next envelope may show a gap already told to the clients at a
+    /// reconnect.
+    resync: HashSet<String>,
     /// To the pipeline (no receiver: nothing to stop).
     stops: broadcast::Sender<String>,
     /// Open (authenticate) every notification's body.
     keys: Arc<Keyring>,
+}
+
+/// An envelope's number against the last one seen from its sender.
+#[derive(Debug, PartialEq, Eq)]
+enum Sequence {
+    Next,
+    /// New, but the sender's earlier events were lost for this instance, not yet told.
+    Gap,
+    /// Already delivered (a retried NOTIFY): dropped.
+    Repeat,
 }
 
 /// What a stop request's sealed body says; only its authenticity matters.
@@ -457,6 +605,10 @@ impl Listener {
                 Ok(pair) => {
                     tracing::info!(attempt, "event relay listening again");
                     current = Some(pair);
+                    // Told once listening again, so nothing sent after the clients re-fetch is
+                    // lost as well.
+                    self.resync = self.last_seq.keys().cloned().collect();
+                    self.tell_missed();
                 }
                 Err(e) => tracing::warn!(error = %e, attempt, "event relay reconnect failed"),
             }
@@ -499,8 +651,10 @@ impl Listener {
                 return;
             }
         };
-        if !self.in_order(&envelope) {
-            return;
+        match self.in_order(&envelope) {
+            Sequence::Next => {}
+            Sequence::Gap => self.tell_missed(),
+            Sequence::Repeat => return,
         }
         if envelope.stop_audio {
             let _ = self.stops.send(envelope.conversation);
@@ -510,18 +664,21 @@ impl Listener {
             .publish(&envelope.conversation, envelope.audience, Arc::from(frame));
     }
 
-    /// Whether the envelope is new; repeats are dropped, gaps logged.
-    fn in_order(&mut self, envelope: &Envelope) -> bool {
+    /// Where the envelope stands in its sender's numbering.
+    fn in_order(&mut self, envelope: &Envelope) -> Sequence {
         if self.last_seq.len() >= MAX_TRACKED_INSTANCES
             && !self.last_seq.contains_key(&envelope.instance)
         {
             self.last_seq.clear();
+            self.resync.clear();
         }
         let last = self.last_seq.entry(envelope.instance.clone()).or_insert(0);
         if envelope.seq <= *last {
-            return false;
+            return Sequence::Repeat;
         }
-        if *last != 0 && envelope.seq > *last + 1 {
+        let told = self.resync.remove(&envelope.instance);
+        let gap = *last != 0 && envelope.seq > *last + 1;
+        if gap {
             tracing::warn!(
                 from = %envelope.instance,
                 missed = envelope.seq - *last - 1,
@@ -529,7 +686,25 @@ impl Listener {
             );
         }
         *last = envelope.seq;
-        true
+        if gap && !told {
+            Sequence::Gap
+        } else {
+            Sequence::Next
+        }
+    }
+
+    /// Warns every control socket watching a conversation: any of them may have missed
+    /// events (a lost notification does not say which conversation it was for).
+    fn tell_missed(&self) {
+        self.hub.warn_control(|conversation_id| {
+            match conversation_id {
+                Some(id) => {
+                    ServerEvent::conversation_error(EVENTS_MISSED, EVENTS_MISSED_MESSAGE, id)
+                }
+                None => ServerEvent::error(EVENTS_MISSED, EVENTS_MISSED_ALL_MESSAGE),
+            }
+            .to_frame()
+        });
     }
 
     async fn fetch(&mut self, id: i64) -> Option<String> {
@@ -680,31 +855,99 @@ mod tests {
         }
     }
 
-    #[test]
-    fn repeats_are_dropped_and_each_instance_is_ordered_on_its_own() {
-        let mut listener = Listener {
+    fn listener(hub: Arc<Hub>) -> Listener {
+        Listener {
             config: Config::new(),
             channel: "ch".into(),
             instance: "me".into(),
-            hub: Arc::new(Hub::new()),
+            hub,
             fetch: Conn::new(Config::new(), "fetch"),
             last_seq: HashMap::new(),
+            resync: HashSet::new(),
             stops: broadcast::channel(1).0,
             keys: Arc::new(Keyring::parse(&Keyring::generate_entry("k").unwrap()).unwrap()),
-        };
-        assert!(listener.in_order(&envelope("a", 1)));
-        assert!(
-            listener.in_order(&envelope("b", 7)),
-            "first seen: any start"
+        }
+    }
+
+    #[test]
+    fn repeats_are_dropped_and_each_instance_is_ordered_on_its_own() {
+        let mut listener = listener(Arc::new(Hub::new()));
+        let mut order = |instance, seq| listener.in_order(&envelope(instance, seq));
+        assert_eq!(order("a", 1), Sequence::Next);
+        assert_eq!(order("b", 7), Sequence::Next, "first seen: any start");
+        assert_eq!(order("a", 1), Sequence::Repeat, "a retried notify");
+        assert_eq!(order("a", 2), Sequence::Next);
+        assert_eq!(order("a", 5), Sequence::Gap, "a gap is told, not fatal");
+        assert_eq!(order("a", 4), Sequence::Repeat);
+        assert_eq!(order("b", 8), Sequence::Next);
+    }
+
+    #[tokio::test]
+    async fn a_gap_already_told_at_a_reconnect_is_not_told_again() {
+        let hub = Arc::new(Hub::new());
+        let (_, tx, mut watching) = hub.client();
+        hub.register_control("u", &tx);
+        hub.mark_interest("c", "u");
+        let mut listener = listener(Arc::clone(&hub));
+        assert_eq!(listener.in_order(&envelope("a", 1)), Sequence::Next);
+        // What the reconnect does, after telling the clients.
+        listener.resync = listener.last_seq.keys().cloned().collect();
+        listener.tell_missed();
+        let told: serde_json::Value =
+            serde_json::from_str(&watching.frames.try_recv().unwrap()).unwrap();
+        assert_eq!(
+            (&told["type"], &told["code"], &told["conversationId"]),
+            (&"error".into(), &EVENTS_MISSED.into(), &"c".into())
         );
-        assert!(!listener.in_order(&envelope("a", 1)), "a retried notify");
-        assert!(listener.in_order(&envelope("a", 2)));
-        assert!(
-            listener.in_order(&envelope("a", 5)),
-            "a gap is logged, not fatal"
+        assert_eq!(told["message"], told["text"]);
+        assert_eq!(listener.in_order(&envelope("a", 4)), Sequence::Next);
+        assert_eq!(
+            listener.in_order(&envelope("a", 6)),
+            Sequence::Gap,
+            "a later loss is new"
         );
-        assert!(!listener.in_order(&envelope("a", 4)));
-        assert!(listener.in_order(&envelope("b", 8)));
+    }
+
+    #[test]
+    fn connection_and_server_state_errors_are_retried_statement_errors_are_not() {
+        for transient in [
+            SqlState::CONNECTION_FAILURE,
+            SqlState::CONNECTION_EXCEPTION,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::QUERY_CANCELED,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::DISK_FULL,
+            SqlState::IO_ERROR,
+            SqlState::READ_ONLY_SQL_TRANSACTION,
+        ] {
+            assert!(transient_state(&transient), "{}", transient.code());
+        }
+        for refused in [
+            SqlState::INVALID_PARAMETER_VALUE,
+            SqlState::CHARACTER_NOT_IN_REPERTOIRE,
+            SqlState::CHECK_VIOLATION,
+            SqlState::UNDEFINED_TABLE,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::SYNTAX_ERROR,
+            SqlState::PROGRAM_LIMIT_EXCEEDED,
+        ] {
+            assert!(!transient_state(&refused), "{}", refused.code());
+        }
+    }
+
+    #[test]
+    fn an_event_is_named_by_its_kind_never_its_content() {
+        let mut e = envelope("a", 1);
+        e.event = Some(r#"{"type":"action_updated","payload":{"note":"secret"}}"#.into());
+        assert_eq!(e.kind(), "action_updated");
+        e.event = Some("not json".into());
+        assert_eq!(e.kind(), "unknown");
+        e.stop_audio = true;
+        assert_eq!(e.kind(), "stop_audio");
     }
 
     #[test]
