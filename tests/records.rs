@@ -301,19 +301,12 @@ async fn a_failed_summary_ends_in_error_and_a_retry_succeeds() {
     // The retry's answers cite one real message and one id that is not in the conversation.
     let said = srv
         .store
-        .insert_message(NewMessage {
-            conversation_id: id.clone(),
-            sender_type: SenderType::Patient,
-            original_text: "Tengo fiebre.".into(),
-            translated_text: None,
-            language: "es".into(),
-            is_final: true,
-            original_message_id: None,
-            stt_item_id: None,
-            speaker_source: None,
-            speaker_confidence: None,
-            timings: None,
-        })
+        .insert_message(NewMessage::utterance(
+            &id,
+            SenderType::Patient,
+            "es",
+            "Tengo fiebre.",
+        ))
         .await
         .unwrap()
         .into_inner();

@@ -89,19 +89,7 @@ fn new_patient(org: &str, first: &str, last: &str) -> NewPatient {
 }
 
 fn new_message(conversation_id: &str, sender: SenderType, text: &str) -> NewMessage {
-    NewMessage {
-        conversation_id: conversation_id.into(),
-        sender_type: sender,
-        original_text: text.into(),
-        translated_text: None,
-        language: "en".into(),
-        is_final: true,
-        original_message_id: None,
-        stt_item_id: None,
-        speaker_source: None,
-        speaker_confidence: None,
-        timings: None,
-    }
+    NewMessage::utterance(conversation_id, sender, "en", text)
 }
 
 /// Creates a conversation for a new patient of the tenant.

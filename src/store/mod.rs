@@ -636,6 +636,29 @@ impl NewConversation {
 }
 
 impl NewMessage {
+    /// A final utterance with no STT item or speaker provenance: how the store contract and
+    /// integration tests seed a conversation without speaking into it.
+    pub fn utterance(
+        conversation_id: &str,
+        sender_type: SenderType,
+        language: &str,
+        text: impl Into<String>,
+    ) -> NewMessage {
+        NewMessage {
+            conversation_id: conversation_id.to_owned(),
+            sender_type,
+            original_text: text.into(),
+            translated_text: None,
+            language: language.to_owned(),
+            is_final: true,
+            original_message_id: None,
+            stt_item_id: None,
+            speaker_source: None,
+            speaker_confidence: None,
+            timings: None,
+        }
+    }
+
     pub(crate) fn into_row(self) -> Message {
         Message {
             id: new_id(),
