@@ -573,9 +573,22 @@ async fn exports_carry_the_transcript_in_order_in_both_languages() {
     };
     let order = [
         at(&format!("> {}", m1["originalText"].as_str().unwrap())),
-        at(&format!("> {}", t1["originalText"].as_str().unwrap())),
+        // The fake's translations start "[es] …": brackets are escaped, never a link.
+        at(&format!(
+            "> {}",
+            t1["originalText"]
+                .as_str()
+                .unwrap()
+                .replacen("[es]", "\\[es\\]", 1)
+        )),
         at(&format!("> {}", m2["originalText"].as_str().unwrap())),
-        at(&format!("> {}", t2["originalText"].as_str().unwrap())),
+        at(&format!(
+            "> {}",
+            t2["originalText"]
+                .as_str()
+                .unwrap()
+                .replacen("[en]", "\\[en\\]", 1)
+        )),
         at("## Actions"),
         at("## Summary"),
         at("### Take-home summary"),
