@@ -783,6 +783,14 @@ pub trait Store: Send + Sync + 'static {
         organization_id: &str,
         page: &Page,
     ) -> Result<Vec<ConversationWithPatient>>;
+    /// Conversations of every organization still `ended` (their final summary neither
+    /// written nor failed: cut off by a shutdown, or being written right now) that ended at or
+    /// after `ended_since`; oldest `end_time` first, ties by id; at most `limit`.
+    async fn list_unsummarized_conversations(
+        &self,
+        ended_since: Millis,
+        limit: u32,
+    ) -> Result<Vec<Conversation>>;
     /// Sets the status (and `end_time` when given).
     async fn set_conversation_status(
         &self,
