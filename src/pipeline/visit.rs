@@ -67,7 +67,7 @@ enum Recovered {
     /// The model provider or the store failed; the status says `ended_error` (provider) or is
     /// still `ended` (store: tried again at the next start).
     Failed,
-    /// Another writer finished it first, or shutdown came before its turn.
+    /// Another writer finished it first or holds it, or shutdown came before its turn.
     Skipped,
 }
 
@@ -242,7 +242,7 @@ impl Pipelines {
     }
 
     /// Waits out [`RECOVERY_GRACE`] after the visit's end, then writes its summary unless it
-    /// is being ended in this process or no longer needs one.
+    /// is being ended in this process, another instance holds it, or it no longer needs one.
     async fn recover_summary(
         self: &Arc<Self>,
         conversation: Conversation,
@@ -259,11 +259,17 @@ impl Pipelines {
         let Some(_claim) = self.claim_end(&conversation.id) else {
             return Recovered::Skipped;
         };
+        // Instances starting together on one database recover each conversation once: the
+        // one holding the cluster claim writes it, the others find it written or skip it.
+        if self.cluster.claim(&conversation.id).await.is_err() {
+            return Recovered::Skipped;
+        }
         let written = self
             .records
             .summarize_unsummarized(&conversation.organization_id, &conversation.id)
             .await
             .transpose();
+        self.cluster.release(&conversation.id).await;
         match written {
             None => Recovered::Skipped,
             Some(result) => {
