@@ -199,7 +199,7 @@ fn start_delivery_worker(state: &AppState, stop: CancellationToken) -> Option<Ab
 }
 
 /// Serves HTTP (REST, ops and the WebSockets) on `listener`, and runs the webhook delivery
-/// worker and the retention sweeper, until `shutdown` completes. Then it stops accepting, lets in-flight requests finish
+/// worker, the retention sweeper and the recovery of summaries cut off by a stop, until `shutdown` completes. Then it stops accepting, lets in-flight requests finish
 /// and the live conversations drain for up to [`HttpConfig::drain_timeout`], then closes every
 /// socket (each flushes its queued events and sends 1001, again within the deadline), and
 /// returns; work still running after the deadlines is abandoned (the runtime's shutdown drops
@@ -218,6 +218,9 @@ pub async fn run(
         pipelines.clone(),
         stop_workers.clone(),
     )));
+    let recovery = AbortOnDrop(tokio::spawn(
+        pipelines.clone().recover_summaries(stop_workers.clone()),
+    ));
     let sockets = state.sockets.clone();
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");
@@ -269,14 +272,15 @@ pub async fn run(
             }
         }
     };
-    // A sweep cut off by the deadline has deleted whole batches only; the rest waits.
-    let mut sweeper = sweeper;
+    // A sweep cut off by the deadline has deleted whole batches only; the rest waits. A
+    // recovered summary cut off leaves its conversation `ended` for the next start.
+    let (mut sweeper, mut recovery) = (sweeper, recovery);
     let sweep = async {
-        if tokio::time::timeout(drain_timeout, &mut sweeper.0)
-            .await
-            .is_err()
-        {
-            tracing::warn!("drain deadline passed; abandoning the retention sweep");
+        let both = async { tokio::join!(&mut sweeper.0, &mut recovery.0) };
+        if tokio::time::timeout(drain_timeout, both).await.is_err() {
+            tracing::warn!(
+                "drain deadline passed; abandoning the retention sweep or summary recovery"
+            );
         }
     };
     tokio::join!(http, pipelines.shutdown(drain_timeout), worker, sweep);

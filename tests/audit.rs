@@ -33,19 +33,12 @@ async fn visit(srv: &TestServer, username: &str, last_name: &str) -> Visit {
     let conversation = created["id"].as_str().expect("id").to_owned();
     let patient = created["patientId"].as_str().expect("patientId").to_owned();
     srv.store
-        .insert_message(NewMessage {
-            conversation_id: conversation.clone(),
-            sender_type: SenderType::Patient,
-            original_text: "Me duele el pecho.".into(),
-            translated_text: None,
-            language: "es".into(),
-            is_final: true,
-            original_message_id: None,
-            stt_item_id: None,
-            speaker_source: None,
-            speaker_confidence: None,
-            timings: None,
-        })
+        .insert_message(NewMessage::utterance(
+            &conversation,
+            SenderType::Patient,
+            "es",
+            "Me duele el pecho.",
+        ))
         .await
         .expect("message");
     srv.store

@@ -617,19 +617,12 @@ async fn a_control_socket_that_never_reads_is_dropped_and_blocks_nobody() {
     // A long conversation makes every `message_list` reply large (~200 KB).
     for i in 0..200 {
         srv.store
-            .insert_message(tandem::store::NewMessage {
-                conversation_id: visit.id.clone(),
-                sender_type: tandem::store::SenderType::Clinician,
-                original_text: format!("{i}: {}", "lorem ipsum dolor sit amet ".repeat(40)),
-                translated_text: None,
-                language: "en".into(),
-                is_final: true,
-                original_message_id: None,
-                stt_item_id: None,
-                speaker_source: None,
-                speaker_confidence: None,
-                timings: None,
-            })
+            .insert_message(tandem::store::NewMessage::utterance(
+                &visit.id,
+                tandem::store::SenderType::Clinician,
+                "en",
+                format!("{i}: {}", "lorem ipsum dolor sit amet ".repeat(40)),
+            ))
             .await
             .unwrap();
     }

@@ -301,19 +301,12 @@ async fn a_failed_summary_ends_in_error_and_a_retry_succeeds() {
     // The retry's answers cite one real message and one id that is not in the conversation.
     let said = srv
         .store
-        .insert_message(NewMessage {
-            conversation_id: id.clone(),
-            sender_type: SenderType::Patient,
-            original_text: "Tengo fiebre.".into(),
-            translated_text: None,
-            language: "es".into(),
-            is_final: true,
-            original_message_id: None,
-            stt_item_id: None,
-            speaker_source: None,
-            speaker_confidence: None,
-            timings: None,
-        })
+        .insert_message(NewMessage::utterance(
+            &id,
+            SenderType::Patient,
+            "es",
+            "Tengo fiebre.",
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -580,9 +573,22 @@ async fn exports_carry_the_transcript_in_order_in_both_languages() {
     };
     let order = [
         at(&format!("> {}", m1["originalText"].as_str().unwrap())),
-        at(&format!("> {}", t1["originalText"].as_str().unwrap())),
+        // The fake's translations start "[es] …": brackets are escaped, never a link.
+        at(&format!(
+            "> {}",
+            t1["originalText"]
+                .as_str()
+                .unwrap()
+                .replacen("[es]", "\\[es\\]", 1)
+        )),
         at(&format!("> {}", m2["originalText"].as_str().unwrap())),
-        at(&format!("> {}", t2["originalText"].as_str().unwrap())),
+        at(&format!(
+            "> {}",
+            t2["originalText"]
+                .as_str()
+                .unwrap()
+                .replacen("[en]", "\\[en\\]", 1)
+        )),
         at("## Actions"),
         at("## Summary"),
         at("### Take-home summary"),
@@ -644,4 +650,168 @@ async fn concurrent_ends_summarize_once() {
         "one clinical and one take-home call"
     );
     srv.stop().await;
+}
+
+/// One stored conversation left `status`, ended `ago`, with one patient utterance.
+async fn left_ended(
+    store: &dyn tandem::store::Store,
+    org: &str,
+    user: &str,
+    status: tandem::store::ConversationStatus,
+    ago: Duration,
+) -> String {
+    let (patient, _) = store
+        .find_or_create_patient(tandem::store::NewPatient {
+            organization_id: org.to_owned(),
+            first_name: "Ana".into(),
+            last_name: format!("Left {status:?}"),
+            date_of_birth: "1980-04-02".into(),
+            preferred_language: "es".into(),
+        })
+        .await
+        .unwrap();
+    let conversation = store
+        .create_conversation(tandem::store::NewConversation {
+            organization_id: org.to_owned(),
+            user_id: user.to_owned(),
+            patient_id: patient.id,
+            clinician_language: "en".into(),
+            patient_language: "es".into(),
+        })
+        .await
+        .unwrap();
+    store
+        .insert_message(NewMessage::utterance(
+            &conversation.id,
+            SenderType::Patient,
+            "es",
+            "Me duele el pecho.",
+        ))
+        .await
+        .unwrap();
+    let ended_at = tandem::store::now_millis() - i64::try_from(ago.as_millis()).unwrap();
+    store
+        .set_conversation_status(org, &conversation.id, status, Some(ended_at))
+        .await
+        .unwrap();
+    conversation.id
+}
+
+/// Polls until the conversation is no longer `ended` (or gives up after ~20 s).
+async fn settled_status(
+    store: &dyn tandem::store::Store,
+    org: &str,
+    id: &str,
+) -> tandem::store::ConversationStatus {
+    let mut status = tandem::store::ConversationStatus::Ended;
+    for _ in 0..200 {
+        status = store
+            .get_conversation(org, id)
+            .await
+            .unwrap()
+            .conversation
+            .status;
+        if status != tandem::store::ConversationStatus::Ended {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    status
+}
+
+/// A final summary cut off by a stop leaves the conversation `ended` without one. The next
+/// start of the real binary writes it in the background, once, and marks it `summarized`; a
+/// recorded failure (`ended_error`) and a visit older than the recovery window are left alone,
+/// and a later start does not write a recovered summary again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_summary_cut_off_by_a_stop_is_written_at_the_next_start() {
+    use tandem::pipeline::{RECOVERY_GRACE, RECOVERY_WINDOW};
+    use tandem::store::{ConversationStatus, DocumentKind, Keyring};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tandem.db");
+    let keys = Keyring::parse(support::process::DATA_KEYS).unwrap();
+    let store = tandem::store::open(db.to_str().unwrap(), Some(std::sync::Arc::new(keys)))
+        .await
+        .unwrap();
+    let org = store.create_organization("clinic").await.unwrap().id;
+    let user = store
+        .create_user(tandem::store::NewUser {
+            organization_id: org.clone(),
+            username: "dr_cut".into(),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$salt$hash".into(),
+            preferred_language: "en".into(),
+            role: tandem::store::UserRole::Clinician,
+        })
+        .await
+        .unwrap()
+        .id;
+    // Ended long enough ago that no other instance can still be writing it.
+    let past_grace = RECOVERY_GRACE + Duration::from_secs(60);
+    let cut_off = left_ended(&*store, &org, &user, ConversationStatus::Ended, past_grace).await;
+    let failed = left_ended(
+        &*store,
+        &org,
+        &user,
+        ConversationStatus::EndedError,
+        past_grace,
+    )
+    .await;
+    let too_old = RECOVERY_WINDOW + Duration::from_secs(3600);
+    let too_old = left_ended(&*store, &org, &user, ConversationStatus::Ended, too_old).await;
+
+    let fake = tandem::testing::fake_openai::FakeOpenAi::start(
+        State::default(),
+        tandem::testing::fake_openai::http::State::default(),
+    )
+    .await;
+    let mut process = support::process::Process::start(&db, &fake);
+    assert_eq!(
+        settled_status(&*store, &org, &cut_off).await,
+        ConversationStatus::Summarized
+    );
+    let summary = store
+        .get_document(DocumentKind::Summary, &cut_off)
+        .await
+        .unwrap()
+        .expect("the summary is stored");
+    let record = tandem::records::SummaryRecord::from_document(&summary);
+    assert!(
+        record
+            .clinical
+            .starts_with("FAKE SUMMARY of 1 transcript lines"),
+        "{}",
+        record.clinical
+    );
+    assert!(!record.interim);
+    process.signal(libc::SIGTERM);
+    assert!(process.exit_status(Duration::from_secs(20)).await.success());
+
+    // Another visit is cut off; the next start writes that one, and only that one.
+    let second = left_ended(&*store, &org, &user, ConversationStatus::Ended, past_grace).await;
+    let _process = support::process::Process::start(&db, &fake);
+    assert_eq!(
+        settled_status(&*store, &org, &second).await,
+        ConversationStatus::Summarized
+    );
+    // Each summary is one attempt: its clinical and take-home versions, one call each.
+    assert_eq!(fake.http.requests_to(CHAT_PATH).len(), 4);
+    let again = store
+        .get_document(DocumentKind::Summary, &cut_off)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.updated_at, summary.updated_at, "not written again");
+    for (id, left) in [
+        (&failed, ConversationStatus::EndedError),
+        (&too_old, ConversationStatus::Ended),
+    ] {
+        let c = store.get_conversation(&org, id).await.unwrap().conversation;
+        assert_eq!(c.status, left);
+        assert!(store
+            .get_document(DocumentKind::Summary, id)
+            .await
+            .unwrap()
+            .is_none());
+    }
 }

@@ -41,7 +41,7 @@ pub mod speaker;
 mod transcript;
 mod visit;
 
-pub use visit::EndClaim;
+pub use visit::{EndClaim, RECOVERY_GRACE, RECOVERY_WINDOW};
 
 use cluster::Cluster;
 use event::ServerEvent;

@@ -9,6 +9,10 @@
 //! - Background work (the end-of-visit summary, the medical history at conversation start,
 //!   interim summaries) runs on the pipeline's [`TaskTracker`](tokio_util::task::TaskTracker),
 //!   so server shutdown waits for it up to the drain deadline instead of dropping it silently.
+//! - A final summary cut off by a stop (the conversation stays `ended`) is written by the next
+//!   start, in the background and bounded ([`Pipelines::recover_summaries`]); `ended_error`
+//!   records a failure and is left to `POST …/summary`, so a broken provider is not retried
+//!   at every start.
 //! - Results go to the control sockets of users interested in the conversation (and to its
 //!   audio sockets, for a clinician's voice request), in the original shapes (`summary_data`
 //!   with a string, `medical_history_data`) plus Tandem's `summary_ready`.
@@ -16,8 +20,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use serde_json::json;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::cluster::{self, Cluster};
 use super::event::{self, CommandExecuted, ServerEvent};
@@ -25,7 +31,9 @@ use super::hub::Audience;
 use super::{lock, transcript, Live, Pipelines};
 use crate::audit::PhiRead;
 use crate::records::{self, HistoryOrigin, Records, SummaryStage, SummaryView};
-use crate::store::{ConversationStatus, ConversationWithPatient, Document};
+use crate::store::{
+    now_millis, Conversation, ConversationStatus, ConversationWithPatient, Document,
+};
 
 /// How long an ending visit waits for its audio to drain before it summarizes what is stored.
 /// Draining is one STT commit plus one utterance's processing; this leaves room for a slow
@@ -34,6 +42,34 @@ pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// How often an ending visit driven by another instance checks whether it has drained.
 const CLAIM_RETRY: Duration = Duration::from_millis(100);
+
+/// Summaries cut off by a stop are written at start only for visits that ended this recently:
+/// an old backup restored must not set off a wave of model calls for visits nobody waits on
+/// (`POST …/summary` still writes any of them).
+pub const RECOVERY_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// At most this many summaries are recovered per start, oldest visit first; the rest wait for
+/// the next start, so a backlog cannot hold the provider for long.
+const RECOVERY_LIMIT: u32 = 100;
+
+/// Recovered summaries written at once: each is two model calls, and live visits share the
+/// provider.
+const RECOVERY_CONCURRENCY: usize = 2;
+
+/// A visit that ended this recently may still be draining and summarizing on another instance
+/// sharing the database; its recovery waits this long after its end, then finds out whether
+/// that instance finished. Covers the drain plus the summary's model calls.
+pub const RECOVERY_GRACE: Duration = Duration::from_secs(2 * 60);
+
+/// What recovering one conversation's summary came to.
+enum Recovered {
+    Written,
+    /// The model provider or the store failed; the status says `ended_error` (provider) or is
+    /// still `ended` (store: tried again at the next start).
+    Failed,
+    /// Another writer finished it first or holds it, or shutdown came before its turn.
+    Skipped,
+}
 
 /// The right to end one conversation, held from the status change until its summary is
 /// written; dropping it releases the conversation.
@@ -162,6 +198,96 @@ impl Pipelines {
         .await
     }
 
+    /// Writes the final summaries a stopped process left unwritten: conversations still
+    /// `ended` (neither `summarized` nor `ended_error`) that ended within [`RECOVERY_WINDOW`],
+    /// at most [`RECOVERY_LIMIT`] per start, oldest first, [`RECOVERY_CONCURRENCY`] at a time,
+    /// each once: a provider failure marks it `ended_error` as at the end of a visit, and it
+    /// waits for `POST …/summary`. Runs in the background from start until done or `stop`;
+    /// work cut off by `stop` stays `ended` and is picked up by the next start. Logs counts,
+    /// never text.
+    pub async fn recover_summaries(self: Arc<Self>, stop: CancellationToken) {
+        let window = i64::try_from(RECOVERY_WINDOW.as_millis()).unwrap_or(i64::MAX);
+        let since = now_millis().saturating_sub(window);
+        let candidates = match self
+            .store
+            .list_unsummarized_conversations(since, RECOVERY_LIMIT)
+            .await
+        {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot look for summaries cut off by a stop; none recovered");
+                return;
+            }
+        };
+        if candidates.is_empty() {
+            return;
+        }
+        tracing::info!(
+            found = candidates.len(),
+            limit = RECOVERY_LIMIT,
+            "writing final summaries cut off by a stop"
+        );
+        let outcomes: Vec<Recovered> = futures_util::stream::iter(candidates)
+            .map(|c| self.recover_summary(c, &stop))
+            .buffer_unordered(RECOVERY_CONCURRENCY)
+            .collect()
+            .await;
+        let count = |kind: fn(&Recovered) -> bool| outcomes.iter().filter(|o| kind(o)).count();
+        tracing::info!(
+            written = count(|o| matches!(o, Recovered::Written)),
+            failed = count(|o| matches!(o, Recovered::Failed)),
+            skipped = count(|o| matches!(o, Recovered::Skipped)),
+            "summary recovery finished"
+        );
+    }
+
+    /// Waits out [`RECOVERY_GRACE`] after the visit's end, then writes its summary unless it
+    /// is being ended in this process, another instance holds it, or it no longer needs one.
+    async fn recover_summary(
+        self: &Arc<Self>,
+        conversation: Conversation,
+        stop: &CancellationToken,
+    ) -> Recovered {
+        let grace = i64::try_from(RECOVERY_GRACE.as_millis()).unwrap_or(i64::MAX);
+        let ready_at = conversation.end_time.unwrap_or(0).saturating_add(grace);
+        let wait = u64::try_from(ready_at.saturating_sub(now_millis())).unwrap_or(0);
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return Recovered::Skipped,
+            () = tokio::time::sleep(Duration::from_millis(wait)) => {}
+        }
+        let Some(_claim) = self.claim_end(&conversation.id) else {
+            return Recovered::Skipped;
+        };
+        // Instances starting together on one database recover each conversation once: the
+        // one holding the cluster claim writes it, the others find it written or skip it.
+        if self.cluster.claim(&conversation.id).await.is_err() {
+            return Recovered::Skipped;
+        }
+        let written = self
+            .records
+            .summarize_unsummarized(&conversation.organization_id, &conversation.id)
+            .await
+            .transpose();
+        self.cluster.release(&conversation.id).await;
+        match written {
+            None => Recovered::Skipped,
+            Some(result) => {
+                announce_summary(
+                    &*self.cluster,
+                    &conversation.id,
+                    SummaryStage::Final,
+                    &result,
+                );
+                if result.is_ok() {
+                    Recovered::Written
+                } else {
+                    Recovered::Failed
+                }
+            }
+        }
+    }
+
     /// Attaches (or generates) the medical history of a new conversation's patient in the
     /// background and pushes it. Failures are logged and sent as an `error` event; the next
     /// `request_medical_history` tries again.
@@ -187,7 +313,19 @@ async fn summarize(
     let result = records
         .summarize(organization_id, conversation_id, stage)
         .await;
-    match &result {
+    announce_summary(cluster, conversation_id, stage, &result);
+    result
+}
+
+/// Announces a written summary (`summary_ready`, `summary_data`) or its failure (`error`
+/// `summary_failed`); an interim summary refused because the visit ended is not news.
+fn announce_summary(
+    cluster: &dyn Cluster,
+    conversation_id: &str,
+    stage: SummaryStage,
+    result: &Result<Document, records::Error>,
+) {
+    match result {
         Ok(doc) => {
             let status = match stage {
                 SummaryStage::Final => ConversationStatus::Summarized,
@@ -227,7 +365,6 @@ async fn summarize(
             );
         }
     }
-    result
 }
 
 /// Attaches the conversation's medical history and pushes `medical_history_data`; failures

@@ -7,6 +7,7 @@
 
 use serde::Serialize;
 
+use super::markdown::{block_lines, code_block, code_span, inline};
 use super::summary::{action_line, SummaryView};
 use crate::ai::SYNTHETIC_HISTORY_HEADER;
 use crate::store::{Action, ConversationWithPatient, Document, Message, SenderType};
@@ -146,26 +147,29 @@ impl Export {
         }
     }
 
-    /// Pure: the Markdown rendering.
+    /// Pure: the Markdown rendering. Everything the export did not write itself (names, what
+    /// was said, summaries, action fields, languages) is escaped, so it reads as literal text
+    /// and cannot change the document's structure; ids and times are the server's own.
     pub fn to_markdown(&self) -> String {
         let c = &self.conversation;
+        let name = format!(
+            "{} {}",
+            inline(&c.patient.first_name),
+            inline(&c.patient.last_name)
+        );
         let mut md = format!(
-            "# Visit record: {} {}\n\n\
+            "# Visit record: {name}\n\n\
              - Conversation: `{}`\n\
-             - Patient: {} {}, born {}\n\
-             - Languages: clinician `{}`, patient `{}`\n\
+             - Patient: {name}, born {}\n\
+             - Languages: clinician {}, patient {}\n\
              - Started: {}\n\
              - Ended: {}\n\
              - Status: {}\n\
              - Exported: {}\n",
-            c.patient.first_name,
-            c.patient.last_name,
             c.id,
-            c.patient.first_name,
-            c.patient.last_name,
-            c.patient.date_of_birth,
-            c.clinician_language,
-            c.patient_language,
+            inline(&c.patient.date_of_birth),
+            code_span(&c.clinician_language),
+            code_span(&c.patient_language),
             c.start_time,
             c.end_time.as_deref().unwrap_or("not ended"),
             c.status,
@@ -184,7 +188,7 @@ impl Export {
             };
             md.push_str(&format!(
                 "\n**{who}** ({}) · {} · `msg:{}`\n\n{}\n",
-                entry.language,
+                inline(&entry.language),
                 entry.timestamp,
                 entry.message_id,
                 quoted(&entry.text)
@@ -192,7 +196,7 @@ impl Export {
             if let Some(t) = &entry.translation {
                 md.push_str(&format!(
                     "\n*Translation* ({}) · `msg:{}`\n\n{}\n",
-                    t.language,
+                    inline(&t.language),
                     t.message_id,
                     quoted(&t.text)
                 ));
@@ -204,7 +208,7 @@ impl Export {
             md.push_str("None.\n");
         }
         for (line, action) in self.action_lines.iter().zip(&self.actions) {
-            md.push_str(&format!("- {line} · {}\n", action.created_at));
+            md.push_str(&format!("- {} · {}\n", inline(line), action.created_at));
         }
 
         md.push_str("\n## Summary\n");
@@ -219,8 +223,8 @@ impl Export {
                 md.push_str(&format!(
                     "\n### Clinical summary{interim}\n\n{}\n\n### Take-home summary\n\n{}\n\n\
                      Generated {}.\n",
-                    s.record.clinical.trim(),
-                    s.record.take_home.trim(),
+                    block_lines(&s.record.clinical).join("\n"),
+                    block_lines(&s.record.take_home).join("\n"),
                     s.record.generated_at
                 ));
             }
@@ -234,17 +238,25 @@ impl Export {
                 if !h.content.starts_with(SYNTHETIC_HISTORY_HEADER) {
                     md.push_str(&format!("{SYNTHETIC_HISTORY_HEADER}\n\n"));
                 }
-                md.push_str(&format!("```\n{}\n```\n", h.content.trim()));
+                md.push_str(&code_block(h.content.trim()));
+                md.push('\n');
             }
         }
         md
     }
 }
 
-/// Pure: text as a Markdown block quote, every line prefixed.
+/// Pure: text as a Markdown block quote, every line escaped and prefixed.
 fn quoted(text: &str) -> String {
-    text.lines()
-        .map(|l| format!("> {l}"))
+    block_lines(text)
+        .iter()
+        .map(|l| {
+            if l.is_empty() {
+                ">".to_owned()
+            } else {
+                format!("> {l}")
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -360,7 +372,7 @@ mod tests {
         let md = export.to_markdown();
         let first = md.find("> How are you?").unwrap();
         let translated = md.find("> ¿Cómo está?").unwrap();
-        let second = md.find("> Me duele\n> el pecho").unwrap();
+        let second = md.find("> Me duele\\\n> el pecho").unwrap();
         assert!(first < translated && translated < second, "{md}");
         assert!(md.contains("No summary has been written."));
         assert!(
@@ -369,5 +381,126 @@ mod tests {
         );
         assert_eq!(Format::parse("MD"), Some(Format::Markdown));
         assert_eq!(Format::parse("pdf"), None);
+    }
+
+    #[test]
+    fn hostile_text_cannot_change_the_document_structure() {
+        let mut visit = visit();
+        visit.patient.first_name = "<img src=x onerror=alert(1)>".into();
+        visit.patient.last_name = "García\n# Not a heading #".into();
+        let messages = [
+            message(
+                "m1",
+                1_000,
+                SenderType::Patient,
+                "es",
+                "# Emergency\n- item\n> quoted\n[click](http://evil.example)\n![x](http://evil.example/p.png)\n```\n<script>alert(1)</script>",
+                None,
+            ),
+            message(
+                "t1",
+                1_500,
+                SenderType::Translation,
+                "en`\n\n# x",
+                "1. first | cell\n    code\n---",
+                Some("m1"),
+            ),
+        ];
+        let action = Action {
+            id: "a1".into(),
+            conversation_id: "c1".into(),
+            kind: "# note".into(),
+            status: "created".into(),
+            data: serde_json::json!({"content": "line one\n- injected item | x"}),
+            created_at: 2_000,
+            updated_at: 2_000,
+        };
+        let summary = Document {
+            id: "s".into(),
+            conversation_id: "c1".into(),
+            content: serde_json::json!({
+                "clinical": "## Plan\n- rest **now**\n<b>bold</b>",
+                "takeHome": "Descanse & beba agua.\n\n\n=====",
+                "references": [],
+                "generatedAt": "1970-01-01T00:01:05.000Z",
+            })
+            .to_string(),
+            created_at: 0,
+            updated_at: 0,
+        };
+        let history = Document {
+            id: "h".into(),
+            conversation_id: "c1".into(),
+            content: format!("{SYNTHETIC_HISTORY_HEADER}\n\n```\n# Allergies"),
+            created_at: 0,
+            updated_at: 0,
+        };
+        let export = Export::new(
+            &visit,
+            &messages,
+            &[action],
+            Some(&summary),
+            Some(&history),
+            90_000,
+        );
+        let expected = format!(
+            "# Visit record: &lt;img src=x onerror=alert(1)> García \\# Not a heading \\#\n\
+             \n\
+             - Conversation: `c1`\n\
+             - Patient: &lt;img src=x onerror=alert(1)> García \\# Not a heading \\#, born 1980-04-02\n\
+             - Languages: clinician `en`, patient `es`\n\
+             - Started: 1970-01-01T00:00:00.000Z\n\
+             - Ended: 1970-01-01T00:01:00.000Z\n\
+             - Status: ended\n\
+             - Exported: 1970-01-01T00:01:30.000Z\n\
+             \n\
+             ## Transcript\n\
+             \n\
+             **Patient** (es) · 1970-01-01T00:00:01.000Z · `msg:m1`\n\
+             \n\
+             > \\# Emergency\\\n\
+             > \\- item\\\n\
+             > \\> quoted\\\n\
+             > \\[click\\](http://evil.example)\\\n\
+             > !\\[x\\](http://evil.example/p.png)\\\n\
+             > \\`\\`\\`\\\n\
+             > &lt;script>alert(1)&lt;/script>\n\
+             \n\
+             *Translation* (en\\` \\# x) · `msg:t1`\n\
+             \n\
+             > 1\\. first \\| cell\\\n\
+             > code\\\n\
+             > \\---\n\
+             \n\
+             ## Actions\n\
+             \n\
+             - \\# note (created): content: line one - injected item \\| x · 1970-01-01T00:00:02.000Z\n\
+             \n\
+             ## Summary\n\
+             \n\
+             ### Clinical summary\n\
+             \n\
+             \\## Plan\\\n\
+             \\- rest \\*\\*now\\*\\*\\\n\
+             &lt;b>bold&lt;/b>\n\
+             \n\
+             ### Take-home summary\n\
+             \n\
+             Descanse &amp; beba agua.\n\
+             \n\
+             \\=====\n\
+             \n\
+             Generated 1970-01-01T00:01:05.000Z.\n\
+             \n\
+             ## Medical history (synthetic)\n\
+             \n\
+             ````\n\
+             {SYNTHETIC_HISTORY_HEADER}\n\
+             \n\
+             ```\n\
+             # Allergies\n\
+             ````\n"
+        );
+        assert_eq!(export.to_markdown(), expected);
     }
 }

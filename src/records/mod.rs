@@ -18,6 +18,7 @@ use crate::store::{self, Store};
 
 pub mod export;
 pub mod history;
+mod markdown;
 pub mod summary;
 
 pub use history::HistoryOrigin;

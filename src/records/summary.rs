@@ -12,7 +12,7 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Error, Records};
+use super::{Error, KeyGuard, Records};
 use crate::ai::{LineSpeaker, SummaryKind, SummaryRequest, TranscriptLine};
 use crate::store::{
     Action, Conversation, ConversationStatus, Document, DocumentKind, Message, Page, SenderType,
@@ -105,18 +105,58 @@ impl Records {
         conversation_id: &str,
         stage: SummaryStage,
     ) -> Result<Document, Error> {
-        let _writer = self.locks.lock(format!("summary:{conversation_id}")).await;
-        // Read under the lock: the visit may have ended (or the patient's language changed)
-        // while this writer waited.
+        let (_writer, current) = self.lock_summary(organization_id, conversation_id).await?;
+        if stage == SummaryStage::Interim && current.status != ConversationStatus::Active {
+            return Err(Error::Ended);
+        }
+        self.write_and_settle(&current, stage).await
+    }
+
+    /// Writes the final summary of a conversation that is still `ended` (its summary neither
+    /// written nor failed, e.g. cut off by a shutdown) and sets the status as
+    /// [`summarize`](Self::summarize) does; `Ok(None)` without a model call when the status
+    /// moved on meanwhile (another writer finished first).
+    ///
+    /// # Errors
+    /// As [`summarize`](Self::summarize) with [`SummaryStage::Final`].
+    pub async fn summarize_unsummarized(
+        &self,
+        organization_id: &str,
+        conversation_id: &str,
+    ) -> Result<Option<Document>, Error> {
+        let (_writer, current) = self.lock_summary(organization_id, conversation_id).await?;
+        if current.status != ConversationStatus::Ended {
+            return Ok(None);
+        }
+        self.write_and_settle(&current, SummaryStage::Final)
+            .await
+            .map(Some)
+    }
+
+    /// Takes the conversation's summary-writer lock and reads the conversation under it: the
+    /// visit may have ended (or the patient's language changed) while this writer waited.
+    async fn lock_summary(
+        &self,
+        organization_id: &str,
+        conversation_id: &str,
+    ) -> Result<(KeyGuard<'_>, Conversation), Error> {
+        let writer = self.locks.lock(format!("summary:{conversation_id}")).await;
         let current = self
             .store
             .get_conversation(organization_id, conversation_id)
             .await?
             .conversation;
-        if stage == SummaryStage::Interim && current.status != ConversationStatus::Active {
-            return Err(Error::Ended);
-        }
-        let written = self.write_summary(&current, stage).await;
+        Ok((writer, current))
+    }
+
+    /// Writes the summary; a final one then moves the status to `summarized`, or to
+    /// `ended_error` when it failed, so a failure is recorded and not retried by itself.
+    async fn write_and_settle(
+        &self,
+        current: &Conversation,
+        stage: SummaryStage,
+    ) -> Result<Document, Error> {
+        let written = self.write_summary(current, stage).await;
         if stage == SummaryStage::Final {
             let status = match &written {
                 Ok(_) => ConversationStatus::Summarized,

@@ -42,6 +42,7 @@ pub async fn run(store: &dyn Store) {
     patient_pagination(store).await;
     conversations(store).await;
     conversation_pagination(store).await;
+    unsummarized_conversations(store).await;
     messages(store).await;
     message_pagination(store).await;
     actions_and_documents(store).await;
@@ -89,19 +90,7 @@ fn new_patient(org: &str, first: &str, last: &str) -> NewPatient {
 }
 
 fn new_message(conversation_id: &str, sender: SenderType, text: &str) -> NewMessage {
-    NewMessage {
-        conversation_id: conversation_id.into(),
-        sender_type: sender,
-        original_text: text.into(),
-        translated_text: None,
-        language: "en".into(),
-        is_final: true,
-        original_message_id: None,
-        stt_item_id: None,
-        speaker_source: None,
-        speaker_confidence: None,
-        timings: None,
-    }
+    NewMessage::utterance(conversation_id, sender, "en", text)
 }
 
 /// Creates a conversation for a new patient of the tenant.
@@ -560,6 +549,52 @@ async fn conversations(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(e.status, ConversationStatus::EndedError);
+}
+
+/// Only `ended` conversations inside the window, of every organization, oldest end first. The
+/// end times lie far in the future and grow with each run, so rows of earlier runs against the
+/// same database stay out of this run's window.
+async fn unsummarized_conversations(store: &dyn Store) {
+    let (org, user) = tenant(store).await;
+    let (other, other_user) = tenant(store).await;
+    let since = now_millis() + 10 * 365 * 24 * 3_600_000;
+    let ended = |org: &Organization, user: &User, status, end_time| {
+        let (org, user) = (org.clone(), user.clone());
+        async move {
+            let id = conversation(store, &org, &user).await;
+            store
+                .set_conversation_status(&org.id, &id, status, Some(end_time))
+                .await
+                .unwrap();
+            id
+        }
+    };
+    let newest = ended(&org, &user, ConversationStatus::Ended, since + 30).await;
+    let oldest = ended(&other, &other_user, ConversationStatus::Ended, since).await;
+    let middle = ended(&org, &user, ConversationStatus::Ended, since + 20).await;
+    ended(&org, &user, ConversationStatus::Ended, since - 1).await;
+    ended(&org, &user, ConversationStatus::Summarized, since + 1).await;
+    ended(&org, &user, ConversationStatus::EndedError, since + 2).await;
+    conversation(store, &org, &user).await;
+
+    let ids = |found: Vec<super::Conversation>| -> Vec<String> {
+        assert!(found.iter().all(|c| c.status == ConversationStatus::Ended));
+        found.into_iter().map(|c| c.id).collect()
+    };
+    assert_eq!(
+        ids(store
+            .list_unsummarized_conversations(since, 10)
+            .await
+            .unwrap()),
+        [oldest.clone(), middle.clone(), newest]
+    );
+    assert_eq!(
+        ids(store
+            .list_unsummarized_conversations(since, 2)
+            .await
+            .unwrap()),
+        [oldest, middle]
+    );
 }
 
 async fn conversation_pagination(store: &dyn Store) {

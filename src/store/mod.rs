@@ -636,6 +636,29 @@ impl NewConversation {
 }
 
 impl NewMessage {
+    /// A final utterance with no STT item or speaker provenance: how the store contract and
+    /// integration tests seed a conversation without speaking into it.
+    pub fn utterance(
+        conversation_id: &str,
+        sender_type: SenderType,
+        language: &str,
+        text: impl Into<String>,
+    ) -> NewMessage {
+        NewMessage {
+            conversation_id: conversation_id.to_owned(),
+            sender_type,
+            original_text: text.into(),
+            translated_text: None,
+            language: language.to_owned(),
+            is_final: true,
+            original_message_id: None,
+            stt_item_id: None,
+            speaker_source: None,
+            speaker_confidence: None,
+            timings: None,
+        }
+    }
+
     pub(crate) fn into_row(self) -> Message {
         Message {
             id: new_id(),
@@ -760,6 +783,14 @@ pub trait Store: Send + Sync + 'static {
         organization_id: &str,
         page: &Page,
     ) -> Result<Vec<ConversationWithPatient>>;
+    /// Conversations of every organization still `ended` (their final summary neither
+    /// written nor failed: cut off by a shutdown, or being written right now) that ended at or
+    /// after `ended_since`; oldest `end_time` first, ties by id; at most `limit`.
+    async fn list_unsummarized_conversations(
+        &self,
+        ended_since: Millis,
+        limit: u32,
+    ) -> Result<Vec<Conversation>>;
     /// Sets the status (and `end_time` when given).
     async fn set_conversation_status(
         &self,

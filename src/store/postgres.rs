@@ -981,6 +981,30 @@ impl Store for PostgresStore {
         rows(&found, conversation_with_patient_row)
     }
 
+    async fn list_unsummarized_conversations(
+        &self,
+        ended_since: Millis,
+        limit: u32,
+    ) -> Result<Vec<Conversation>> {
+        let sql = format!(
+            "SELECT {CONV_COLS} FROM conversations WHERE status = $1 AND end_time >= $2 \
+             ORDER BY end_time, id LIMIT $3"
+        );
+        let found = self
+            .client()
+            .await?
+            .query(
+                &sql,
+                &[
+                    &ConversationStatus::Ended.as_str(),
+                    &ended_since,
+                    &i64::from(limit),
+                ],
+            )
+            .await?;
+        rows(&found, conversation_row)
+    }
+
     async fn set_conversation_status(
         &self,
         organization_id: &str,

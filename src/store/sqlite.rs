@@ -940,6 +940,30 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn list_unsummarized_conversations(
+        &self,
+        ended_since: Millis,
+        limit: u32,
+    ) -> Result<Vec<Conversation>> {
+        self.call(move |c| {
+            let sql = format!(
+                "SELECT {CONV_COLS} FROM conversations WHERE status = ?1 AND end_time >= ?2 \
+                 ORDER BY end_time, id LIMIT ?3"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(
+                params![
+                    ConversationStatus::Ended.as_str(),
+                    ended_since,
+                    i64::from(limit)
+                ],
+                conversation_row,
+            )?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
     async fn set_conversation_status(
         &self,
         organization_id: &str,

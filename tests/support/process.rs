@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+/// The data key every process seals with, for tests that open the database themselves.
+pub const DATA_KEYS: &str = "process-test:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
 /// The `tandem` binary serving on an ephemeral port over `database` (a SQLite path or a
 /// `postgres://` URL), with the fake as its provider. Every process signs tokens with the same
 /// secret and seals text with the same data key, so a user logged in on one is accepted by
@@ -32,10 +35,7 @@ impl Process {
                 "process-test-secret-0123456789abcdef-shared",
             )
             // One data key for every process, as instances sharing a database must have.
-            .env(
-                "TANDEM_DATA_KEYS",
-                "process-test:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
-            )
+            .env("TANDEM_DATA_KEYS", DATA_KEYS)
             .env("TANDEM_OPENAI_BASE_URL", fake.base_url().as_str())
             .env("TANDEM_SHUTDOWN_GRACE_SECS", "5")
             .env("TANDEM_CONTROL_PACING_MS", "0")
