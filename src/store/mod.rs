@@ -66,6 +66,9 @@ pub fn display_database(database: &str) -> String {
 /// Opens the store a database setting names: a `postgres://` URL (with the `postgres` feature)
 /// or a SQLite file path. Migrations are applied on open.
 ///
+/// `require_sealed` is `TANDEM_REQUIRE_SEALED`: `None` follows the database's marker
+/// ([`Store::reencrypt_batch`]).
+///
 /// `keys` are the configured data keys. Without them SQLite uses (or creates) the key file
 /// next to the database ([`crypto::key_file_for`]); Postgres refuses, because every instance
 /// sharing the database must share the keys, and a key generated on one would make the others'
@@ -77,6 +80,7 @@ pub fn display_database(database: &str) -> String {
 pub async fn open(
     database: &str,
     keys: Option<std::sync::Arc<Keyring>>,
+    require_sealed: Option<bool>,
 ) -> Result<std::sync::Arc<dyn Store>> {
     if is_postgres_url(database) {
         let Some(keys) = keys else {
@@ -88,11 +92,13 @@ pub async fn open(
         };
         #[cfg(feature = "postgres")]
         return Ok(std::sync::Arc::new(
-            postgres::PostgresStore::connect(database, keys).await?,
+            postgres::PostgresStore::connect(database, keys)
+                .await?
+                .require_sealed(require_sealed),
         ));
         #[cfg(not(feature = "postgres"))]
         {
-            drop(keys);
+            drop((keys, require_sealed));
             return Err(Error::Unavailable(
                 "a postgres:// database needs a build with `--features postgres`".into(),
             ));
@@ -105,7 +111,17 @@ pub async fn open(
     })
     .await
     .map_err(|e| Error::Backend(format!("opening the SQLite store panicked: {e}")))??;
-    Ok(std::sync::Arc::new(store))
+    Ok(std::sync::Arc::new(store.require_sealed(require_sealed)))
+}
+
+/// What one [`Store::reencrypt_batch`] call (or a whole rotation) changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reencrypted {
+    /// Values re-sealed with the active key, `plaintext` included.
+    pub values: u64,
+    /// Of those, values that were plaintext from before encryption: while any are found,
+    /// unsealed values cannot be refused yet.
+    pub plaintext: u64,
 }
 
 /// Store failures.
@@ -931,7 +947,11 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// [`Error::Crypto`] when a value cannot be opened (its key was removed, or it was
     /// altered); the values re-sealed before it stay re-sealed.
-    async fn reencrypt_batch(&self, limit: u32) -> Result<u64>;
+    ///
+    /// A call that finds nothing left to do records in the database that every value is
+    /// sealed (`encryption_state.sealed_only`), so stores opened from then on refuse unsealed
+    /// values unless `TANDEM_REQUIRE_SEALED` says otherwise.
+    async fn reencrypt_batch(&self, limit: u32) -> Result<Reencrypted>;
 
     // --- audit ---
     /// One insert, so that auditing a read costs a single round trip.
