@@ -881,6 +881,17 @@ mod tests {
         );
         assert!(!cfg.recordings.enabled, "no audio stored unless configured");
         assert_eq!(cfg.recordings.dir, Path::new("audio"));
+        assert_eq!(cfg.require_sealed, None, "the database's marker decides");
+    }
+
+    #[test]
+    fn require_sealed_overrides_the_marker_either_way() {
+        for (value, expected) in [("true", Some(true)), ("false", Some(false))] {
+            let cli = Cli::parse_from(["tandem", "--require-sealed", value]);
+            let cfg = cli.options.resolve_with_env(|_| None).unwrap();
+            assert_eq!(cfg.require_sealed, expected);
+        }
+        assert!(Cli::try_parse_from(["tandem", "--require-sealed", "maybe"]).is_err());
     }
 
     #[test]

@@ -617,6 +617,69 @@ mod tests {
         assert_eq!(new.open(&from_plain, "ad").unwrap(), "legacy");
     }
 
+    /// Log lines written while `f` runs on this thread.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+        text
+    }
+
+    #[test]
+    fn unsealed_values_are_refused_when_required_and_logged_without_the_value() {
+        let keys = Arc::new(ring(&["a"]));
+        let forged = "forged chest-pain text";
+        let lenient = Sealing::new(Arc::clone(&keys), false);
+        assert_eq!(
+            lenient.open_column(MESSAGE_ORIGINAL, "m1", forged).unwrap(),
+            forged
+        );
+        let mut strict = lenient.clone();
+        strict.apply_setting(Some(true));
+        let sealed = keys.seal("real", &MESSAGE_ORIGINAL.associated_data("m1"));
+        let logs = logged(|| {
+            assert_eq!(
+                strict.open_column(MESSAGE_ORIGINAL, "m1", &sealed).unwrap(),
+                "real"
+            );
+            assert!(matches!(
+                strict.open_column(MESSAGE_ORIGINAL, "m1", forged),
+                Err(Error::Unsealed)
+            ));
+        });
+        assert!(logs.contains("ERROR"), "{logs}");
+        for field in [
+            "table=\"messages\"",
+            "column=\"original_text\"",
+            "row=\"m1\"",
+        ] {
+            assert!(logs.contains(field), "{field} missing from {logs}");
+        }
+        assert!(!logs.contains("chest-pain"), "the value was logged: {logs}");
+        // The setting wins over the marker both ways; `None` keeps the marker.
+        let mut kept = strict.clone();
+        kept.apply_setting(None);
+        assert!(kept.requires_sealed());
+        kept.apply_setting(Some(false));
+        assert!(!kept.requires_sealed());
+    }
+
     #[test]
     fn key_file_is_created_once_owner_only_and_reused() {
         let dir = tempfile::tempdir().unwrap();
