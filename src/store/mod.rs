@@ -124,6 +124,17 @@ pub struct Reencrypted {
     pub plaintext: u64,
 }
 
+impl Reencrypted {
+    /// Counts `replaced` values (0 when a writer changed the row first) that were stored as
+    /// `was`.
+    fn record(&mut self, was: &str, replaced: u64) {
+        self.values += replaced;
+        if !was.starts_with(crypto::ENVELOPE_PREFIX) {
+            self.plaintext += replaced;
+        }
+    }
+}
+
 /// Store failures.
 ///
 /// `NotFound` and `Conflict` are expected outcomes the caller maps to 404/409; `Unavailable`

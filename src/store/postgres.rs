@@ -20,7 +20,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls, Row};
 
 use super::columns::*;
-use super::crypto::{Keyring, Sealing, ENVELOPE_PREFIX, SEALED_COLUMNS};
+use super::crypto::{Keyring, Sealing, SEALED_COLUMNS};
 use super::{
     new_id, now_millis, Action, ActionChange, AppliedMigration, AuditEntry, AuditQuery,
     ClaimedDelivery, ClinicCommand, CommandDefinition, CommandProduces, Conversation,
@@ -1745,10 +1745,7 @@ impl Store for PostgresStore {
                     continue;
                 };
                 let n = c.execute(&update, &[&sealed, &id, &stored]).await?;
-                changed.values += n;
-                if !stored.starts_with(ENVELOPE_PREFIX) {
-                    changed.plaintext += n;
-                }
+                changed.record(&stored, n);
             }
         }
         if !found {

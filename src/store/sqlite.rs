@@ -17,7 +17,7 @@ use rusqlite::types::Type;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior};
 
 use super::columns::*;
-use super::crypto::{self, Keyring, Sealing, ENVELOPE_PREFIX, SEALED_COLUMNS};
+use super::crypto::{self, Keyring, Sealing, SEALED_COLUMNS};
 use super::{
     new_id, now_millis, Action, ActionChange, AppliedMigration, AuditEntry, AuditQuery,
     ClaimedDelivery, ClinicCommand, CommandDefinition, CommandProduces, Conversation,
@@ -1660,11 +1660,8 @@ impl Store for SqliteStore {
                     };
                     let n = c
                         .prepare_cached(&update)?
-                        .execute(params![sealed, id, stored])? as u64;
-                    changed.values += n;
-                    if !stored.starts_with(ENVELOPE_PREFIX) {
-                        changed.plaintext += n;
-                    }
+                        .execute(params![sealed, id, stored])?;
+                    changed.record(&stored, n as u64);
                 }
             }
             if !found {
