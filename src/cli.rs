@@ -193,13 +193,15 @@ pub async fn rotate_data_key(
     }
     let mut total = Reencrypted::default();
     loop {
-        // Every changed value leaves the set still to do, so this ends.
-        let changed = store.reencrypt_batch(batch_size).await?;
-        if changed.values == 0 {
+        // Every value a batch finds leaves the set still to do (re-sealed by it, or by a
+        // writer that won the compare-and-set), so this ends.
+        let batch = store.reencrypt_batch(batch_size).await?;
+        total.values += batch.values;
+        total.plaintext += batch.plaintext;
+        if batch.done {
+            total.done = true;
             return Ok(total);
         }
-        total.values += changed.values;
-        total.plaintext += changed.plaintext;
         progress(total.values);
     }
 }

@@ -204,7 +204,8 @@ async fn sqlite_tampered_moved_and_legacy_values() {
         lenient.reencrypt_batch(100).await.unwrap(),
         Reencrypted {
             values: 1,
-            plaintext: 1
+            plaintext: 1,
+            done: false
         }
     );
     assert!(stored(&second.message_id).starts_with("tdm1:"));
@@ -262,7 +263,8 @@ async fn rotate_data_key_command_reports_the_total() {
         total,
         Reencrypted {
             values: 5,
-            plaintext: 0
+            plaintext: 0,
+            done: true
         },
         "two message texts, the action data, its webhook event, the summary; none plaintext"
     );
@@ -271,7 +273,7 @@ async fn rotate_data_key_command_reports_the_total() {
         tandem::cli::rotate_data_key(&rotating, 2, |_| {})
             .await
             .unwrap(),
-        Reencrypted::default()
+        contract::NOTHING_LEFT
     );
     let new = SqliteStore::open_with_keys(&path, BUSY_TIMEOUT, keys(&[&b])).unwrap();
     contract::read_sealed_texts(&new, &texts).await.unwrap();
@@ -533,7 +535,8 @@ mod postgres {
             lenient.reencrypt_batch(100).await.unwrap(),
             super::Reencrypted {
                 values: 1,
-                plaintext: 1
+                plaintext: 1,
+                done: false
             }
         );
 

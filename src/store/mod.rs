@@ -122,6 +122,10 @@ pub struct Reencrypted {
     /// Of those, values that were plaintext from before encryption: while any are found,
     /// unsealed values cannot be refused yet.
     pub plaintext: u64,
+    /// No value was left outside the active key, and the database is now marked as fully
+    /// sealed. A call may change nothing without being done: its compare-and-set lost to
+    /// writers, and values it did not get to remain.
+    pub done: bool,
 }
 
 impl Reencrypted {
@@ -950,8 +954,9 @@ pub trait Store: Send + Sync + 'static {
     // --- encryption at rest ---
     /// Re-seals up to `limit` stored values of the sealed columns
     /// ([`crypto::SEALED_COLUMNS`]) that are not under the active data key: values of older
-    /// keys, and plaintext written before encryption. Returns how many it changed; `0` means
-    /// every value is under the active key. Safe while serving and safe to re-run: each value
+    /// keys, and plaintext written before encryption. Returns how many it changed, how many of
+    /// those were plaintext, and whether it found none left to do ([`Reencrypted::done`]).
+    /// Safe while serving and safe to re-run: each value
     /// is replaced only if it is still the one read (compare-and-set), and writers seal with
     /// the active key, so a value changed meanwhile no longer needs it.
     ///
@@ -959,7 +964,7 @@ pub trait Store: Send + Sync + 'static {
     /// [`Error::Crypto`] when a value cannot be opened (its key was removed, or it was
     /// altered); the values re-sealed before it stay re-sealed.
     ///
-    /// A call that finds nothing left to do records in the database that every value is
+    /// A call that finds nothing left to do (`done`) records in the database that every value is
     /// sealed (`encryption_state.sealed_only`), so stores opened from then on refuse unsealed
     /// values unless `TANDEM_REQUIRE_SEALED` says otherwise.
     async fn reencrypt_batch(&self, limit: u32) -> Result<Reencrypted>;

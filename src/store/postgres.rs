@@ -1756,6 +1756,7 @@ impl Store for PostgresStore {
                 &[],
             )
             .await?;
+            changed.done = true;
         }
         Ok(changed)
     }

@@ -1671,6 +1671,7 @@ impl Store for SqliteStore {
                     "UPDATE encryption_state SET sealed_only = 1 WHERE id = 1",
                     [],
                 )?;
+                changed.done = true;
             }
             Ok(changed)
         })
