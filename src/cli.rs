@@ -9,7 +9,7 @@ use std::io::{BufRead as _, IsTerminal as _};
 use crate::audio::transcoder::{Stats, Transcoder};
 use crate::audio::{self, sniff, Pcm16Frame, OUTPUT_RATE};
 use crate::auth::{self, Authenticator};
-use crate::store::{self, NewUser, Store, User, UserRole};
+use crate::store::{self, NewUser, Reencrypted, Store, User, UserRole};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -173,8 +173,12 @@ async fn find_user(store: &dyn Store, username: &str) -> Result<User, Error> {
 }
 
 /// Re-seals every stored value that is not under the active data key, `batch_size` values per
-/// store call, and returns how many changed. `progress` gets the running total after each
-/// batch, so a long rotation shows it is moving.
+/// store call, and returns how many changed and how many of those were plaintext. `progress`
+/// gets the running total after each batch, so a long rotation shows it is moving.
+///
+/// A run that completes leaves no plaintext value, and the store marks the database as fully
+/// sealed (see [`Store::reencrypt_batch`]); the plaintext count tells the operator what that
+/// run had still found.
 ///
 /// # Errors
 /// A zero batch size, or the store fails (a value whose key is not configured stops the run
@@ -183,19 +187,22 @@ pub async fn rotate_data_key(
     store: &dyn Store,
     batch_size: u32,
     mut progress: impl FnMut(u64),
-) -> Result<u64, Error> {
+) -> Result<Reencrypted, Error> {
     if batch_size == 0 {
         return Err(Error::Input("--batch-size must be positive".into()));
     }
-    let mut total = 0;
+    let mut total = Reencrypted::default();
     loop {
-        // Every changed value leaves the set still to do, so this ends.
-        let changed = store.reencrypt_batch(batch_size).await?;
-        if changed == 0 {
+        // Every value a batch finds leaves the set still to do (re-sealed by it, or by a
+        // writer that won the compare-and-set), so this ends.
+        let batch = store.reencrypt_batch(batch_size).await?;
+        total.values += batch.values;
+        total.plaintext += batch.plaintext;
+        if batch.done {
+            total.done = true;
             return Ok(total);
         }
-        total += changed;
-        progress(total);
+        progress(total.values);
     }
 }
 

@@ -74,9 +74,10 @@ pub enum Command {
         username: String,
     },
     /// Re-encrypt every stored text value with the active (first) data key, in batches; also
-    /// encrypts rows written before encryption. Safe to re-run and to run while serving: run
-    /// it after adding a new key first in TANDEM_DATA_KEYS and restarting every instance, then
-    /// remove the old key (docs/data-protection.md).
+    /// encrypts rows written before encryption and reports how many it found. Safe to re-run
+    /// and to run while serving: run it after adding a new key first in TANDEM_DATA_KEYS and
+    /// restarting every instance, then remove the old key (docs/data-protection.md). A
+    /// finished run marks the database as fully sealed (see --require-sealed).
     RotateDataKey {
         /// Values re-encrypted per database round trip.
         #[arg(long, default_value_t = 500)]
@@ -334,6 +335,14 @@ pub struct Options {
     #[arg(long, env = "TANDEM_DATA_KEYS_FILE", global = true)]
     pub data_keys_file: Option<PathBuf>,
 
+    /// Whether a stored text value without the `tdm1:` envelope is refused (a store error,
+    /// HTTP 500) instead of read as plaintext from before encryption. Once no plaintext is
+    /// left, such a value can only have been written into the database around Tandem.
+    /// [default: the database's marker: on for a database created with encryption, and once
+    /// `tandem rotate-data-key` has sealed every value; off before]
+    #[arg(long, env = "TANDEM_REQUIRE_SEALED", global = true)]
+    pub require_sealed: Option<bool>,
+
     /// Data keys; only from the environment or the file (see below).
     #[arg(skip)]
     pub data_keys: Option<String>,
@@ -409,6 +418,8 @@ pub struct Config {
     /// The configured data keys; `None` leaves the choice to the store (SQLite's key file, or
     /// a refusal for Postgres).
     pub data_keys: Option<std::sync::Arc<crate::store::Keyring>>,
+    /// `TANDEM_REQUIRE_SEALED`; `None` follows the database's marker.
+    pub require_sealed: Option<bool>,
     /// `None` until [`Config::load_jwt_secret`] runs (it may touch the filesystem).
     pub jwt_secret: Option<Secret>,
     pub openai_api_key: Option<Secret>,
@@ -592,6 +603,7 @@ impl Options {
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Human),
             data_keys,
+            require_sealed: self.require_sealed.or(file.require_sealed),
             jwt_secret: jwt_secret.map(Secret::new),
             openai_api_key: openai_api_key.map(Secret::new),
         })
@@ -869,6 +881,17 @@ mod tests {
         );
         assert!(!cfg.recordings.enabled, "no audio stored unless configured");
         assert_eq!(cfg.recordings.dir, Path::new("audio"));
+        assert_eq!(cfg.require_sealed, None, "the database's marker decides");
+    }
+
+    #[test]
+    fn require_sealed_overrides_the_marker_either_way() {
+        for (value, expected) in [("true", Some(true)), ("false", Some(false))] {
+            let cli = Cli::parse_from(["tandem", "--require-sealed", value]);
+            let cfg = cli.options.resolve_with_env(|_| None).unwrap();
+            assert_eq!(cfg.require_sealed, expected);
+        }
+        assert!(Cli::try_parse_from(["tandem", "--require-sealed", "maybe"]).is_err());
     }
 
     #[test]

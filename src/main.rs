@@ -32,14 +32,18 @@ async fn main() -> anyhow::Result<()> {
              TANDEM_JWT_SECRET in production and keep it out of backups of the database"
         );
     }
-    let store = store::open(&config.database, config.data_keys.clone())
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the database {:?}",
-                store::display_database(&config.database)
-            )
-        })?;
+    let store = store::open(
+        &config.database,
+        config.data_keys.clone(),
+        config.require_sealed,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot open the database {:?}",
+            store::display_database(&config.database)
+        )
+    })?;
     let auth = config.auth().context("the JWT secret was not loaded")?;
     let pipeline = PipelineSetup {
         providers: server::openai_providers(config.openai(), config.realtime())
@@ -115,7 +119,15 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("re-encrypted {done} values so far");
             })
             .await?;
-            println!("done: re-encrypted {total} values; every stored value uses the active key");
+            println!(
+                "done: re-encrypted {} values, {} of them plaintext from before encryption; \
+                 every stored value uses the active key",
+                total.values, total.plaintext
+            );
+            println!(
+                "the database is marked as fully sealed: instances started from now on refuse \
+                 unsealed values unless TANDEM_REQUIRE_SEALED=false"
+            );
             Ok(())
         }
         Command::Decode { .. } => Ok(()), // handled above, before opening the database

@@ -1,6 +1,7 @@
 //! Data protection end to end, on a real SQLite file: audio is stored only when enabled (and
-//! then exactly what was ingested), the retention sweeper deletes expired conversations, and
-//! deleting a patient leaves no trace in any table or file but the audit entry's id.
+//! then exactly what was ingested), the retention sweeper deletes expired conversations,
+//! deleting a patient leaves no trace in any table or file but the audit entry's id, and text
+//! swapped into the database as plaintext is refused like a tampered value.
 
 // Helpers outside #[test] fns are not covered by allow-unwrap-in-tests; a panic is the report.
 #![allow(clippy::unwrap_used)]
@@ -474,4 +475,59 @@ async fn the_sweeper_deletes_conversations_past_retention() {
     assert_eq!(in_audit("Expired"), 0);
     assert!(in_audit(&old_id) > 0, "its reads stay audited, by id");
     srv.stop().await;
+}
+
+/// Someone with write access to the database file replaces a sealed value: an altered envelope
+/// and plain text of their choosing are both answered 500 `internal`, never shown, because a
+/// new database refuses unsealed values (docs/data-protection.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_swapped_into_the_database_is_refused_like_a_tampered_value() {
+    let srv = start(false, RetentionConfig::default()).await;
+    let user = srv.new_user("sealed-clinician").await;
+    let conversation = user
+        .create_conversation("Ana", "Sealed", "1980-04-02")
+        .await;
+    let id = conversation["id"].as_str().unwrap();
+    let note = tandem::ai::Command::TakeNote {
+        content: "allergic to penicillin".into(),
+    };
+    let action = support::voice_action(&srv, id, &note).await;
+    let path = format!("/actions/{action}");
+    let shown = user.get_json(&path, 200).await;
+    assert_eq!(
+        shown["data"]["content"], "allergic to penicillin",
+        "{shown}"
+    );
+
+    let raw = rusqlite::Connection::open(&srv.db_path).unwrap();
+    let set = |value: &str| {
+        raw.execute(
+            "UPDATE actions SET data = ?2 WHERE id = ?1",
+            [&action, value],
+        )
+        .unwrap();
+    };
+    let sealed: String = raw
+        .query_row("SELECT data FROM actions WHERE id = ?1", [&action], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(sealed.starts_with("tdm1:"), "{sealed}");
+    let mut altered = sealed.clone().into_bytes();
+    let i = altered.len() - 3;
+    altered[i] = if altered[i] == b'A' { b'B' } else { b'A' };
+    set(std::str::from_utf8(&altered).unwrap());
+    let tampered = support::error_code(user.get(&path).send().await.unwrap(), 500).await;
+
+    set(r#"{"content":"no known allergies"}"#);
+    let res = user.get(&path).send().await.unwrap();
+    assert_eq!(res.status(), 500);
+    let body = res.text().await.unwrap();
+    assert!(!body.contains("no known allergies"), "{body}");
+    let forged: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(forged["code"], tampered.as_str());
+    assert_eq!(tampered, "internal");
+
+    set(&sealed);
+    user.get_json(&path, 200).await;
 }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use tandem::store::sqlite::{SqliteStore, BUSY_TIMEOUT};
-use tandem::store::{contract, crypto, Error, Keyring, NewUser, Store, UserRole};
+use tandem::store::{contract, crypto, Error, Keyring, NewUser, Reencrypted, Store, UserRole};
 
 /// A keyring from fresh keys with these ids, and the entries to build other rings from.
 fn keys(entries: &[&str]) -> Arc<Keyring> {
@@ -28,7 +28,7 @@ async fn sqlite_contract_and_restart() {
     let migrations = store.applied_migrations().await.unwrap();
     assert_eq!(
         migrations.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [1, 2, 3, 6, 7]
+        [1, 2, 3, 6, 7, 8]
     );
     contract::run(&store).await;
     // After the suite: its retention step deletes every conversation older than its run.
@@ -191,12 +191,52 @@ async fn sqlite_tampered_moved_and_legacy_values() {
         "a ciphertext moved to another row must not read as that row's text"
     );
 
-    // A row from before encryption reads as it is, and rotation seals it.
+    // A row from before encryption reads as it is where unsealed values are not refused
+    // (`sqlite_unsealed_values` covers the switch), and rotation seals it.
+    let lenient = SqliteStore::open(&path)
+        .unwrap()
+        .require_sealed(Some(false));
     set(&second.message_id, &format!("{} original", second.marker));
-    contract::read_sealed_texts(&store, &second).await.unwrap();
-    assert_eq!(store.reencrypt_batch(100).await.unwrap(), 1);
+    contract::read_sealed_texts(&lenient, &second)
+        .await
+        .unwrap();
+    assert_eq!(
+        lenient.reencrypt_batch(100).await.unwrap(),
+        Reencrypted {
+            values: 1,
+            plaintext: 1,
+            done: false
+        }
+    );
     assert!(stored(&second.message_id).starts_with("tdm1:"));
     contract::read_sealed_texts(&store, &second).await.unwrap();
+}
+
+#[tokio::test]
+async fn sqlite_unsealed_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tandem.db");
+    let open = async |setting| {
+        let store = SqliteStore::open(&path).unwrap().require_sealed(setting);
+        Box::new(store) as Box<dyn Store>
+    };
+    let execute = async |sql: &str| {
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute(sql, [])
+            .unwrap();
+    };
+    let put_plaintext = async |id: &str, text: &str| {
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute(
+                "UPDATE messages SET original_text = ?2 WHERE id = ?1",
+                [id, text],
+            )
+            .unwrap();
+    };
+    assert!(SqliteStore::open(&path).unwrap().requires_sealed());
+    contract::unsealed_values(open, put_plaintext, execute).await;
 }
 
 /// The envelope with one base64 character of its body changed (still valid base64).
@@ -220,15 +260,20 @@ async fn rotate_data_key_command_reports_the_total() {
         .await
         .unwrap();
     assert_eq!(
-        total, 5,
-        "two message texts, the action data, its webhook event, the summary"
+        total,
+        Reencrypted {
+            values: 5,
+            plaintext: 0,
+            done: true
+        },
+        "two message texts, the action data, its webhook event, the summary; none plaintext"
     );
     assert_eq!(seen, [2, 4, 5], "progress after each batch");
     assert_eq!(
         tandem::cli::rotate_data_key(&rotating, 2, |_| {})
             .await
             .unwrap(),
-        0
+        contract::NOTHING_LEFT
     );
     let new = SqliteStore::open_with_keys(&path, BUSY_TIMEOUT, keys(&[&b])).unwrap();
     contract::read_sealed_texts(&new, &texts).await.unwrap();
@@ -287,7 +332,7 @@ mod postgres {
         let migrations = store.applied_migrations().await.unwrap();
         assert_eq!(
             migrations.iter().map(|m| m.version).collect::<Vec<_>>(),
-            [1, 2, 3, 6, 7]
+            [1, 2, 3, 6, 7, 8]
         );
         contract::run(&store).await;
 
@@ -342,6 +387,48 @@ mod postgres {
         );
         contract::run(&store).await;
 
+        admin
+            .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn postgres_unsealed_values() {
+        let url = database_url();
+        let schema = random_schema();
+        let ring = keys(&[&super::entry("k1")]);
+        let admin = raw_client(&url).await;
+        let open = async |setting| {
+            let store = PostgresStore::connect_with_schema(&url, &schema, ring.clone())
+                .await
+                .unwrap()
+                .require_sealed(setting);
+            Box::new(store) as Box<dyn Store>
+        };
+        admin
+            .batch_execute(&format!("SET search_path TO \"{schema}\""))
+            .await
+            .unwrap();
+        let execute = async |sql: &str| {
+            admin.batch_execute(sql).await.unwrap();
+        };
+        let put_plaintext = async |id: &str, text: &str| {
+            admin
+                .execute(
+                    "UPDATE messages SET original_text = $2 WHERE id = $1",
+                    &[&id, &text],
+                )
+                .await
+                .unwrap();
+        };
+        assert!(
+            PostgresStore::connect_with_schema(&url, &schema, ring.clone())
+                .await
+                .unwrap()
+                .requires_sealed()
+        );
+        contract::unsealed_values(open, put_plaintext, execute).await;
         admin
             .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
             .await
@@ -432,14 +519,29 @@ mod postgres {
             contract::read_sealed_texts(&old, &second).await,
             Err(Error::Crypto(crypto::Error::Tampered(_)))
         ));
-        // Back to a plaintext row from before encryption: it reads, and rotation seals it.
+        // Back to a plaintext row from before encryption: it reads where unsealed values
+        // are not refused (`postgres_unsealed_values` covers the switch), and rotation seals
+        // it.
+        let lenient = connect(keys(&[&a]))
+            .await
+            .unwrap()
+            .require_sealed(Some(false));
         set(
             second.message_id.clone(),
             format!("{} original", second.marker),
         )
         .await;
-        contract::read_sealed_texts(&old, &second).await.unwrap();
-        assert_eq!(old.reencrypt_batch(100).await.unwrap(), 1);
+        contract::read_sealed_texts(&lenient, &second)
+            .await
+            .unwrap();
+        assert_eq!(
+            lenient.reencrypt_batch(100).await.unwrap(),
+            super::Reencrypted {
+                values: 1,
+                plaintext: 1,
+                done: false
+            }
+        );
 
         let rotating = connect(keys(&[&b, &a])).await.unwrap();
         let new = connect(keys(&[&b])).await.unwrap();
@@ -455,7 +557,7 @@ mod postgres {
             .get(0);
         assert_eq!(left, 0);
 
-        let refused = tandem::store::open(&url, None).await;
+        let refused = tandem::store::open(&url, None, None).await;
         match refused {
             Err(Error::Crypto(crypto::Error::InvalidKeys(msg))) => {
                 assert!(msg.contains("TANDEM_DATA_KEYS"), "{msg}")

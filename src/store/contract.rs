@@ -17,7 +17,7 @@ use super::{
     CommandDefinition, CommandProduces, ConversationStatus, DeliveryOutcome, DeliveryStatus,
     DocumentKind, Error, Inserted, NewAction, NewAuditEntry, NewConversation, NewDelivery,
     NewDeliveryAttempt, NewMessage, NewPatient, NewUser, Organization, Page, PatientUpdate,
-    RefreshToken, SenderType, Store, User, UserRole, UserSettings,
+    Reencrypted, RefreshToken, SenderType, Store, User, UserRole, UserSettings,
 };
 
 /// Strings that must round-trip verbatim through every text column.
@@ -2153,15 +2153,23 @@ pub async fn read_sealed_texts(store: &dyn Store, texts: &SealedTexts) -> Result
     Ok(())
 }
 
+/// What re-encryption reports when every value is already under the active key.
+pub const NOTHING_LEFT: Reencrypted = Reencrypted {
+    values: 0,
+    plaintext: 0,
+    done: true,
+};
+
 /// Re-encrypts until nothing is left under another key; returns how many values changed.
-async fn reencrypt_all(store: &dyn Store) -> u64 {
-    let mut total = 0;
-    loop {
-        match store.reencrypt_batch(7).await.unwrap() {
-            0 => return total,
-            n => total += n,
-        }
+async fn reencrypt_all(store: &dyn Store) -> Reencrypted {
+    let mut total = Reencrypted::default();
+    while !total.done {
+        let batch = store.reencrypt_batch(7).await.unwrap();
+        total.values += batch.values;
+        total.plaintext += batch.plaintext;
+        total.done = batch.done;
     }
+    total
 }
 
 /// Values written by this store are already under its active key: re-encryption finds nothing
@@ -2171,8 +2179,8 @@ async fn reencryption_is_idempotent(store: &dyn Store) {
     // The database may hold earlier runs' values under other keys (a rotated test database);
     // a first pass brings them to this store's key.
     reencrypt_all(store).await;
-    assert_eq!(store.reencrypt_batch(100).await.unwrap(), 0);
-    assert_eq!(reencrypt_all(store).await, 0);
+    assert_eq!(store.reencrypt_batch(100).await.unwrap().values, 0);
+    assert_eq!(reencrypt_all(store).await, NOTHING_LEFT);
     read_sealed_texts(store, &texts).await.unwrap();
 }
 
@@ -2190,8 +2198,17 @@ pub async fn key_rotation(old: &dyn Store, rotating: &dyn Store, new: &dyn Store
         other => panic!("a value under a key that is not configured: got {other:?}"),
     }
     // Five sealed values at least (two message texts, the action, its event, the summary).
-    assert!(reencrypt_all(rotating).await >= 5);
-    assert_eq!(rotating.reencrypt_batch(100).await.unwrap(), 0, "re-run");
+    let rotated = reencrypt_all(rotating).await;
+    assert!(rotated.values >= 5);
+    assert_eq!(
+        rotated.plaintext, 0,
+        "sealed values are not counted as plaintext"
+    );
+    assert_eq!(
+        rotating.reencrypt_batch(100).await.unwrap(),
+        NOTHING_LEFT,
+        "re-run"
+    );
     read_sealed_texts(new, &texts).await.unwrap();
     read_sealed_texts(rotating, &texts).await.unwrap();
     match read_sealed_texts(old, &texts).await {
@@ -2200,4 +2217,68 @@ pub async fn key_rotation(old: &dyn Store, rotating: &dyn Store, new: &dyn Store
         }
         other => panic!("the old key alone no longer reads rotated values: got {other:?}"),
     }
+}
+
+/// A plaintext value written into the database around Tandem: refused while the store requires
+/// sealed values, read otherwise, and which one applies by default. Needs a database of its
+/// own (it counts the plaintext rotation finds).
+///
+/// - `open(setting)` opens another handle on the database with `TANDEM_REQUIRE_SEALED` set
+///   to `setting`;
+/// - `put_plaintext(message_id, text)` writes `text` as that message's raw `original_text`, as
+///   someone with write access to the database would;
+/// - `execute(sql)` runs a statement on the database directly.
+///
+/// # Panics
+/// If a plaintext value is shown under the switch or refused with another error than a value
+/// that fails to open; if it is refused without the switch; if the default is not "refuse" for
+/// a new database, "read" for one upgraded with plaintext rows, and "refuse" once rotation
+/// has sealed them; or if rotation does not count the plaintext it sealed.
+pub async fn unsealed_values(
+    open: impl AsyncFn(Option<bool>) -> Box<dyn Store>,
+    put_plaintext: impl AsyncFn(&str, &str),
+    execute: impl AsyncFn(&str),
+) {
+    let refused = async |store: &dyn Store, texts: &SealedTexts, why: &str| {
+        match read_sealed_texts(store, texts).await {
+            // The class a tampered value has, so clients see the same 500 `internal`.
+            Err(e @ Error::Crypto(crypto::Error::Unsealed)) => assert_eq!(e.code(), "internal"),
+            other => panic!("{why}: a plaintext value must be refused, got {other:?}"),
+        }
+    };
+    // A new database holds no plaintext, so the default refuses it from the start.
+    let new = open(None).await;
+    let texts = store_sealed_texts(new.as_ref()).await;
+    read_sealed_texts(new.as_ref(), &texts).await.unwrap();
+    // The forgery carries the text the real row had, so only the envelope check can tell.
+    let forged = format!("{} original", texts.marker);
+    put_plaintext(&texts.message_id, &forged).await;
+    refused(new.as_ref(), &texts, "a new database").await;
+    let lenient = open(Some(false)).await;
+    read_sealed_texts(lenient.as_ref(), &texts).await.unwrap();
+
+    // The same database as an older version left it: schema version 7, a plaintext row.
+    execute("DROP TABLE encryption_state").await;
+    execute("DELETE FROM schema_migrations WHERE version = 8").await;
+    let upgraded = open(None).await;
+    read_sealed_texts(upgraded.as_ref(), &texts).await.unwrap();
+    refused(open(Some(true)).await.as_ref(), &texts, "the switch on").await;
+
+    let rotated = reencrypt_all(upgraded.as_ref()).await;
+    assert_eq!(
+        rotated.plaintext, 1,
+        "rotation counts the plaintext it sealed"
+    );
+    assert_eq!(
+        rotated.values, 1,
+        "everything else was under the active key"
+    );
+    read_sealed_texts(new.as_ref(), &texts).await.unwrap();
+
+    // Rotation found none left, so the database says so: handles opened from now on refuse.
+    put_plaintext(&texts.message_id, &forged).await;
+    refused(open(None).await.as_ref(), &texts, "a rotated database").await;
+    read_sealed_texts(open(Some(false)).await.as_ref(), &texts)
+        .await
+        .unwrap();
 }

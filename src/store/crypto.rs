@@ -8,9 +8,11 @@
 //! background re-encryption rather than a flag day; the associated data names the table, column
 //! and row ([`SealedColumn::associated_data`]), so a ciphertext copied into another row or
 //! column fails authentication instead of showing the wrong text. A value without the prefix is
-//! plaintext written before encryption and reads as it is.
+//! plaintext written before encryption and reads as it is, unless the store refuses unsealed
+//! values ([`Sealing`]): then it is a forgery by someone who can write to the database.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -39,6 +41,10 @@ pub enum Error {
     Tampered(String),
     #[error("stored value has a malformed envelope: {0}")]
     Malformed(&'static str),
+    /// The value has no envelope while the store refuses unsealed values: written into the
+    /// database around Tandem, since Tandem itself seals every value it writes.
+    #[error("stored value is not sealed, and unsealed values are refused (TANDEM_REQUIRE_SEALED)")]
+    Unsealed,
     /// The configured key list is unusable; reported at startup.
     #[error("invalid data key list: {0}")]
     InvalidKeys(String),
@@ -341,41 +347,118 @@ pub(super) const SEALED_COLUMNS: [SealedColumn; 5] = [
     DELIVERY_PAYLOAD,
 ];
 
-/// Sealing and opening of the domain rows, so both backends bind the same fields the same way.
-impl Keyring {
+/// The data keys as a store applies them to its sealed columns, and whether a value without an
+/// envelope is refused. Both backends seal and open their rows through this, so they bind the
+/// same fields the same way and refuse the same values.
+#[derive(Debug, Clone)]
+pub(super) struct Sealing {
+    keys: Arc<Keyring>,
+    /// Set once every stored value is known to be sealed (the database's marker, or
+    /// `TANDEM_REQUIRE_SEALED`): from then on a plaintext value can only be a forgery.
+    require_sealed: bool,
+}
+
+impl Sealing {
+    pub fn new(keys: Arc<Keyring>, require_sealed: bool) -> Sealing {
+        Sealing {
+            keys,
+            require_sealed,
+        }
+    }
+
+    /// The keys themselves, for rotation (which seals plaintext rather than refusing it).
+    pub fn keyring(&self) -> &Keyring {
+        &self.keys
+    }
+
+    pub fn requires_sealed(&self) -> bool {
+        self.require_sealed
+    }
+
+    /// Applies `TANDEM_REQUIRE_SEALED` over the database's marker, which `new` was given;
+    /// `None` keeps the marker. Says so when the two disagree, since either way one of them is
+    /// not doing what the operator may think.
+    pub fn apply_setting(&mut self, setting: Option<bool>) {
+        let marker = self.require_sealed;
+        match setting {
+            Some(true) if !marker => tracing::warn!(
+                "TANDEM_REQUIRE_SEALED is on but the database is not marked as fully sealed: \
+                 values still stored as plaintext will fail to read until \
+                 `tandem rotate-data-key` seals them"
+            ),
+            Some(false) if marker => tracing::warn!(
+                "TANDEM_REQUIRE_SEALED=false: the database is marked as fully sealed, yet a \
+                 plaintext value written into it directly will be read and shown"
+            ),
+            _ => {}
+        }
+        self.require_sealed = setting.unwrap_or(marker);
+    }
+
+    /// [`Keyring::open`] for a value of `column`, refusing plaintext when required. The
+    /// refusal is logged here, where table, column and row are known; the value never is.
+    fn open_column(
+        &self,
+        column: SealedColumn,
+        row_key: &str,
+        stored: &str,
+    ) -> Result<String, Error> {
+        if self.require_sealed && !stored.starts_with(ENVELOPE_PREFIX) {
+            tracing::error!(
+                table = column.table,
+                column = column.column,
+                row = row_key,
+                "refusing an unsealed stored value: every value Tandem writes is sealed, so \
+                 this one was written into the database directly"
+            );
+            return Err(Error::Unsealed);
+        }
+        self.keys.open(stored, &column.associated_data(row_key))
+    }
+
     /// The message's `original_text` and `translated_text` as stored.
     pub(super) fn seal_message(&self, m: &Message) -> (String, Option<String>) {
         (
-            self.seal(&m.original_text, &MESSAGE_ORIGINAL.associated_data(&m.id)),
-            m.translated_text
-                .as_deref()
-                .map(|t| self.seal(t, &MESSAGE_TRANSLATED.associated_data(&m.id))),
+            self.keys
+                .seal(&m.original_text, &MESSAGE_ORIGINAL.associated_data(&m.id)),
+            m.translated_text.as_deref().map(|t| {
+                self.keys
+                    .seal(t, &MESSAGE_TRANSLATED.associated_data(&m.id))
+            }),
         )
     }
 
     /// A message as read, with its text columns opened.
     pub(super) fn open_message(&self, mut m: Message) -> Result<Message, Error> {
-        m.original_text = self.open(&m.original_text, &MESSAGE_ORIGINAL.associated_data(&m.id))?;
+        m.original_text = self.open_column(MESSAGE_ORIGINAL, &m.id, &m.original_text)?;
         if let Some(t) = &m.translated_text {
-            m.translated_text = Some(self.open(t, &MESSAGE_TRANSLATED.associated_data(&m.id))?);
+            m.translated_text = Some(self.open_column(MESSAGE_TRANSLATED, &m.id, t)?);
         }
         Ok(m)
     }
 
     /// A document's content as stored; `kind` is the stored kind name.
     pub(super) fn seal_document(&self, conversation_id: &str, kind: &str, content: &str) -> String {
-        self.seal(content, &document_ad(conversation_id, kind))
+        self.keys.seal(
+            content,
+            &DOCUMENT_CONTENT.associated_data(&document_key(conversation_id, kind)),
+        )
     }
 
     /// A document as read, with its content opened.
     pub(super) fn open_document(&self, kind: &str, mut d: Document) -> Result<Document, Error> {
-        d.content = self.open(&d.content, &document_ad(&d.conversation_id, kind))?;
+        d.content = self.open_column(
+            DOCUMENT_CONTENT,
+            &document_key(&d.conversation_id, kind),
+            &d.content,
+        )?;
         Ok(d)
     }
 
     /// An action's `data` as stored: its JSON text, sealed.
     pub(super) fn seal_action_data(&self, action_id: &str, data: &serde_json::Value) -> String {
-        self.seal(&data.to_string(), &ACTION_DATA.associated_data(action_id))
+        self.keys
+            .seal(&data.to_string(), &ACTION_DATA.associated_data(action_id))
     }
 
     /// An action as read: `stored_data` is its `data` column, opened and parsed into the row.
@@ -394,7 +477,7 @@ impl Keyring {
         delivery_id: &str,
         payload: &serde_json::Value,
     ) -> String {
-        self.seal(
+        self.keys.seal(
             &payload.to_string(),
             &DELIVERY_PAYLOAD.associated_data(delivery_id),
         )
@@ -416,7 +499,7 @@ impl Keyring {
         row_key: &str,
         stored: &str,
     ) -> Result<serde_json::Value, super::Error> {
-        let text = self.open(stored, &column.associated_data(row_key))?;
+        let text = self.open_column(column, row_key, stored)?;
         serde_json::from_str(&text).map_err(|e| {
             super::Error::Backend(format!(
                 "{}.{} of {row_key}: {e}",
@@ -427,8 +510,8 @@ impl Keyring {
 }
 
 /// Matches [`DOCUMENT_CONTENT`]'s `row_key_sql`.
-fn document_ad(conversation_id: &str, kind: &str) -> String {
-    DOCUMENT_CONTENT.associated_data(&format!("{conversation_id}|{kind}"))
+fn document_key(conversation_id: &str, kind: &str) -> String {
+    format!("{conversation_id}|{kind}")
 }
 
 #[cfg(test)]
@@ -532,6 +615,69 @@ mod tests {
         );
         let from_plain = new.reseal("legacy", "ad").unwrap().unwrap();
         assert_eq!(new.open(&from_plain, "ad").unwrap(), "legacy");
+    }
+
+    /// Log lines written while `f` runs on this thread.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+        text
+    }
+
+    #[test]
+    fn unsealed_values_are_refused_when_required_and_logged_without_the_value() {
+        let keys = Arc::new(ring(&["a"]));
+        let forged = "forged chest-pain text";
+        let lenient = Sealing::new(Arc::clone(&keys), false);
+        assert_eq!(
+            lenient.open_column(MESSAGE_ORIGINAL, "m1", forged).unwrap(),
+            forged
+        );
+        let mut strict = lenient.clone();
+        strict.apply_setting(Some(true));
+        let sealed = keys.seal("real", &MESSAGE_ORIGINAL.associated_data("m1"));
+        let logs = logged(|| {
+            assert_eq!(
+                strict.open_column(MESSAGE_ORIGINAL, "m1", &sealed).unwrap(),
+                "real"
+            );
+            assert!(matches!(
+                strict.open_column(MESSAGE_ORIGINAL, "m1", forged),
+                Err(Error::Unsealed)
+            ));
+        });
+        assert!(logs.contains("ERROR"), "{logs}");
+        for field in [
+            "table=\"messages\"",
+            "column=\"original_text\"",
+            "row=\"m1\"",
+        ] {
+            assert!(logs.contains(field), "{field} missing from {logs}");
+        }
+        assert!(!logs.contains("chest-pain"), "the value was logged: {logs}");
+        // The setting wins over the marker both ways; `None` keeps the marker.
+        let mut kept = strict.clone();
+        kept.apply_setting(None);
+        assert!(kept.requires_sealed());
+        kept.apply_setting(Some(false));
+        assert!(!kept.requires_sealed());
     }
 
     #[test]

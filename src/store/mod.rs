@@ -66,6 +66,9 @@ pub fn display_database(database: &str) -> String {
 /// Opens the store a database setting names: a `postgres://` URL (with the `postgres` feature)
 /// or a SQLite file path. Migrations are applied on open.
 ///
+/// `require_sealed` is `TANDEM_REQUIRE_SEALED`: `None` follows the database's marker
+/// ([`Store::reencrypt_batch`]).
+///
 /// `keys` are the configured data keys. Without them SQLite uses (or creates) the key file
 /// next to the database ([`crypto::key_file_for`]); Postgres refuses, because every instance
 /// sharing the database must share the keys, and a key generated on one would make the others'
@@ -77,6 +80,7 @@ pub fn display_database(database: &str) -> String {
 pub async fn open(
     database: &str,
     keys: Option<std::sync::Arc<Keyring>>,
+    require_sealed: Option<bool>,
 ) -> Result<std::sync::Arc<dyn Store>> {
     if is_postgres_url(database) {
         let Some(keys) = keys else {
@@ -88,11 +92,13 @@ pub async fn open(
         };
         #[cfg(feature = "postgres")]
         return Ok(std::sync::Arc::new(
-            postgres::PostgresStore::connect(database, keys).await?,
+            postgres::PostgresStore::connect(database, keys)
+                .await?
+                .require_sealed(require_sealed),
         ));
         #[cfg(not(feature = "postgres"))]
         {
-            drop(keys);
+            drop((keys, require_sealed));
             return Err(Error::Unavailable(
                 "a postgres:// database needs a build with `--features postgres`".into(),
             ));
@@ -105,7 +111,32 @@ pub async fn open(
     })
     .await
     .map_err(|e| Error::Backend(format!("opening the SQLite store panicked: {e}")))??;
-    Ok(std::sync::Arc::new(store))
+    Ok(std::sync::Arc::new(store.require_sealed(require_sealed)))
+}
+
+/// What one [`Store::reencrypt_batch`] call (or a whole rotation) changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reencrypted {
+    /// Values re-sealed with the active key, `plaintext` included.
+    pub values: u64,
+    /// Of those, values that were plaintext from before encryption: while any are found,
+    /// unsealed values cannot be refused yet.
+    pub plaintext: u64,
+    /// No value was left outside the active key, and the database is now marked as fully
+    /// sealed. A call may change nothing without being done: its compare-and-set lost to
+    /// writers, and values it did not get to remain.
+    pub done: bool,
+}
+
+impl Reencrypted {
+    /// Counts `replaced` values (0 when a writer changed the row first) that were stored as
+    /// `was`.
+    fn record(&mut self, was: &str, replaced: u64) {
+        self.values += replaced;
+        if !was.starts_with(crypto::ENVELOPE_PREFIX) {
+            self.plaintext += replaced;
+        }
+    }
 }
 
 /// Store failures.
@@ -954,15 +985,20 @@ pub trait Store: Send + Sync + 'static {
     // --- encryption at rest ---
     /// Re-seals up to `limit` stored values of the sealed columns
     /// ([`crypto::SEALED_COLUMNS`]) that are not under the active data key: values of older
-    /// keys, and plaintext written before encryption. Returns how many it changed; `0` means
-    /// every value is under the active key. Safe while serving and safe to re-run: each value
+    /// keys, and plaintext written before encryption. Returns how many it changed, how many of
+    /// those were plaintext, and whether it found none left to do ([`Reencrypted::done`]).
+    /// Safe while serving and safe to re-run: each value
     /// is replaced only if it is still the one read (compare-and-set), and writers seal with
     /// the active key, so a value changed meanwhile no longer needs it.
     ///
     /// # Errors
     /// [`Error::Crypto`] when a value cannot be opened (its key was removed, or it was
     /// altered); the values re-sealed before it stay re-sealed.
-    async fn reencrypt_batch(&self, limit: u32) -> Result<u64>;
+    ///
+    /// A call that finds nothing left to do (`done`) records in the database that every value is
+    /// sealed (`encryption_state.sealed_only`), so stores opened from then on refuse unsealed
+    /// values unless `TANDEM_REQUIRE_SEALED` says otherwise.
+    async fn reencrypt_batch(&self, limit: u32) -> Result<Reencrypted>;
 
     // --- audit ---
     /// One insert, so that auditing a read costs a single round trip.

@@ -23,15 +23,15 @@ use tokio_postgres::types::{FromSqlOwned, ToSql};
 use tokio_postgres::{Client, Config, GenericClient, NoTls, Row};
 
 use super::columns::*;
-use super::crypto::{Keyring, SEALED_COLUMNS};
+use super::crypto::{Keyring, Sealing, SEALED_COLUMNS};
 use super::{
     new_id, now_millis, Action, ActionChange, AppliedMigration, AuditEntry, AuditQuery,
     ClaimedDelivery, ClinicCommand, CommandDefinition, CommandProduces, Conversation,
     ConversationStatus, ConversationWithPatient, Delivery, DeliveryAttempt, DeliveryOutcome,
     DeliveryStatus, Document, DocumentKind, Error, Inserted, Message, Millis, NewAction,
     NewAuditEntry, NewConversation, NewDeliveryAttempt, NewMessage, NewPatient, NewUser,
-    Organization, Page, Patient, PatientUpdate, RefreshToken, Result, SenderType, Store, User,
-    UserRole, UserSettings, Webhook,
+    Organization, Page, Patient, PatientUpdate, Reencrypted, RefreshToken, Result, SenderType,
+    Store, User, UserRole, UserSettings, Webhook,
 };
 
 /// Embedded migrations, applied in order on connect; the version is the file's number.
@@ -49,6 +49,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         7,
         include_str!("migrations/postgres/0007_event_payloads.sql"),
+    ),
+    (
+        8,
+        include_str!("migrations/postgres/0008_encryption_state.sql"),
     ),
 ];
 
@@ -68,7 +72,7 @@ pub struct PostgresStore {
     /// drop wait for one reconnect instead of racing several.
     client: tokio::sync::Mutex<Option<Arc<Client>>>,
     /// Seals and opens the free-text columns; shared by every instance on the database.
-    keys: Arc<Keyring>,
+    keys: Sealing,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -113,12 +117,13 @@ impl PostgresStore {
         }
         let application_name = format!("tandem-{}", new_id());
         config.application_name(&application_name);
-        let store = PostgresStore {
+        let mut store = PostgresStore {
             config,
             schema: schema.map(quote_ident),
             application_name,
             client: tokio::sync::Mutex::new(None),
-            keys,
+            // Replaced by the database's marker once migrations have created it.
+            keys: Sealing::new(Arc::clone(&keys), false),
         };
         let mut client = store.dial().await?;
         if let Some(schema) = &store.schema {
@@ -127,8 +132,26 @@ impl PostgresStore {
                 .await?;
         }
         migrate(&mut client).await?;
+        let sealed_only: bool = client
+            .query_one("SELECT sealed_only FROM encryption_state WHERE id = 1", &[])
+            .await?
+            .try_get(0)?;
+        store.keys = Sealing::new(keys, sealed_only);
         *store.client.lock().await = Some(Arc::new(client));
         Ok(store)
+    }
+
+    /// Applies `TANDEM_REQUIRE_SEALED`: `Some` overrides the database's marker, read on
+    /// connect, on whether a stored value without an envelope is refused.
+    #[must_use]
+    pub fn require_sealed(mut self, setting: Option<bool>) -> PostgresStore {
+        self.keys.apply_setting(setting);
+        self
+    }
+
+    /// Whether a stored value without an envelope is refused rather than read as plaintext.
+    pub fn requires_sealed(&self) -> bool {
+        self.keys.requires_sealed()
     }
 
     /// A message row with its text opened.
@@ -383,7 +406,7 @@ fn message_row(r: &Row) -> Result<Message> {
     })
 }
 
-/// The action with its `data` column still sealed; [`Keyring::open_action`] completes it.
+/// The action with its `data` column still sealed; [`Sealing::open_action`] completes it.
 fn action_row(r: &Row) -> Result<(Action, String)> {
     Ok((
         Action {
@@ -415,7 +438,7 @@ fn webhook_row(r: &Row) -> Result<Webhook> {
     })
 }
 
-/// The delivery with its `payload` still sealed; [`Keyring::open_delivery`] completes it.
+/// The delivery with its `payload` still sealed; [`Sealing::open_delivery`] completes it.
 fn delivery_row(r: &Row) -> Result<(Delivery, String)> {
     Ok((
         Delivery {
@@ -1745,11 +1768,13 @@ impl Store for PostgresStore {
         Ok(ids)
     }
 
-    async fn reencrypt_batch(&self, limit: u32) -> Result<u64> {
+    async fn reencrypt_batch(&self, limit: u32) -> Result<Reencrypted> {
         let c = self.client().await?;
-        let prefix = self.keys.active_prefix();
+        let keys = self.keys.keyring();
+        let prefix = keys.active_prefix();
         let mut left = i64::from(limit);
-        let mut changed = 0u64;
+        let mut found = false;
+        let mut changed = Reencrypted::default();
         for col in SEALED_COLUMNS {
             if left <= 0 {
                 break;
@@ -1763,15 +1788,26 @@ impl Store for PostgresStore {
                 format!("UPDATE {table} SET {column} = $1 WHERE id = $2 AND {column} = $3");
             let todo = c.query(&select, &[&prefix, &left]).await?;
             left -= i64::try_from(todo.len()).unwrap_or(i64::MAX);
+            found |= !todo.is_empty();
             for row in todo {
                 let (id, row_key, stored): (String, String, String) =
                     (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-                let Some(sealed) = self.keys.reseal(&stored, &col.associated_data(&row_key))?
-                else {
+                let Some(sealed) = keys.reseal(&stored, &col.associated_data(&row_key))? else {
                     continue;
                 };
-                changed += c.execute(&update, &[&sealed, &id, &stored]).await?;
+                let n = c.execute(&update, &[&sealed, &id, &stored]).await?;
+                changed.record(&stored, n);
             }
+        }
+        if !found {
+            // Nothing is left outside the active key, so nothing is plaintext; versions that
+            // write plaintext cannot open this schema, so none can be added.
+            c.execute(
+                "UPDATE encryption_state SET sealed_only = TRUE WHERE id = 1",
+                &[],
+            )
+            .await?;
+            changed.done = true;
         }
         Ok(changed)
     }

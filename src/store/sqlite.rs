@@ -17,15 +17,15 @@ use rusqlite::types::{FromSql, ToSql, Type};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior};
 
 use super::columns::*;
-use super::crypto::{self, Keyring, SEALED_COLUMNS};
+use super::crypto::{self, Keyring, Sealing, SEALED_COLUMNS};
 use super::{
     new_id, now_millis, Action, ActionChange, AppliedMigration, AuditEntry, AuditQuery,
     ClaimedDelivery, ClinicCommand, CommandDefinition, CommandProduces, Conversation,
     ConversationStatus, ConversationWithPatient, Delivery, DeliveryAttempt, DeliveryOutcome,
     DeliveryStatus, Document, DocumentKind, Error, Inserted, Message, Millis, NewAction,
     NewAuditEntry, NewConversation, NewDeliveryAttempt, NewMessage, NewPatient, NewUser,
-    Organization, Page, Patient, PatientUpdate, RefreshToken, Result, SenderType, Store, User,
-    UserRole, UserSettings, Webhook,
+    Organization, Page, Patient, PatientUpdate, Reencrypted, RefreshToken, Result, SenderType,
+    Store, User, UserRole, UserSettings, Webhook,
 };
 
 /// Embedded migrations, applied in order on open; the version is the file's number.
@@ -38,6 +38,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (6, include_str!("migrations/sqlite/0006_audit_reads.sql")),
     (7, include_str!("migrations/sqlite/0007_event_payloads.sql")),
+    (
+        8,
+        include_str!("migrations/sqlite/0008_encryption_state.sql"),
+    ),
 ];
 
 /// How long a statement waits for another process's lock before giving up as `Unavailable`.
@@ -48,7 +52,7 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     /// Seals and opens the free-text columns.
-    keys: Arc<Keyring>,
+    keys: Arc<Sealing>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -116,10 +120,28 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&mut conn)?;
+        let sealed_only: bool = conn.query_row(
+            "SELECT sealed_only FROM encryption_state WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
-            keys,
+            keys: Arc::new(Sealing::new(keys, sealed_only)),
         })
+    }
+
+    /// Applies `TANDEM_REQUIRE_SEALED`: `Some` overrides the database's marker, read on open,
+    /// on whether a stored value without an envelope is refused.
+    #[must_use]
+    pub fn require_sealed(mut self, setting: Option<bool>) -> SqliteStore {
+        Arc::make_mut(&mut self.keys).apply_setting(setting);
+        self
+    }
+
+    /// Whether a stored value without an envelope is refused rather than read as plaintext.
+    pub fn requires_sealed(&self) -> bool {
+        self.keys.requires_sealed()
     }
 
     /// Runs `f` on the connection on the blocking pool, so SQLite I/O never stalls a runtime
@@ -374,7 +396,7 @@ fn message_row(r: &Row<'_>) -> rusqlite::Result<Message> {
     })
 }
 
-/// The action with its `data` column still sealed; [`Keyring::open_action`] completes it.
+/// The action with its `data` column still sealed; [`Sealing::open_action`] completes it.
 fn action_row(r: &Row<'_>) -> rusqlite::Result<(Action, String)> {
     Ok((
         Action {
@@ -400,7 +422,7 @@ fn webhook_row(r: &Row<'_>) -> rusqlite::Result<Webhook> {
     })
 }
 
-/// The delivery with its `payload` still sealed; [`Keyring::open_delivery`] completes it.
+/// The delivery with its `payload` still sealed; [`Sealing::open_delivery`] completes it.
 fn delivery_row(r: &Row<'_>) -> rusqlite::Result<(Delivery, String)> {
     Ok((
         Delivery {
@@ -450,7 +472,7 @@ fn attempt_row(r: &Row<'_>) -> rusqlite::Result<DeliveryAttempt> {
 
 fn get_action(
     conn: &Connection,
-    keys: &Keyring,
+    keys: &Sealing,
     organization_id: &str,
     id: &str,
 ) -> Result<Action> {
@@ -1645,12 +1667,14 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn reencrypt_batch(&self, limit: u32) -> Result<u64> {
-        let keys = Arc::clone(&self.keys);
+    async fn reencrypt_batch(&self, limit: u32) -> Result<Reencrypted> {
+        let sealing = Arc::clone(&self.keys);
         self.call(move |c| {
+            let keys = sealing.keyring();
             let prefix = keys.active_prefix();
             let mut left = i64::from(limit);
-            let mut changed = 0u64;
+            let mut found = false;
+            let mut changed = Reencrypted::default();
             for col in SEALED_COLUMNS {
                 if left <= 0 {
                     break;
@@ -1670,6 +1694,7 @@ impl Store for SqliteStore {
                     })?
                     .collect::<rusqlite::Result<_>>()?;
                 left -= i64::try_from(todo.len()).unwrap_or(i64::MAX);
+                found |= !todo.is_empty();
                 for (id, row_key, stored) in todo {
                     let Some(sealed) = keys.reseal(&stored, &col.associated_data(&row_key))? else {
                         continue;
@@ -1677,8 +1702,17 @@ impl Store for SqliteStore {
                     let n = c
                         .prepare_cached(&update)?
                         .execute(params![sealed, id, stored])?;
-                    changed += n as u64;
+                    changed.record(&stored, n as u64);
                 }
+            }
+            if !found {
+                // Nothing is left outside the active key, so nothing is plaintext; versions
+                // that write plaintext cannot open this schema, so none can be added.
+                c.execute(
+                    "UPDATE encryption_state SET sealed_only = 1 WHERE id = 1",
+                    [],
+                )?;
+                changed.done = true;
             }
             Ok(changed)
         })
