@@ -7,13 +7,13 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::ws::{connect, next_event, send, stream_recording, until_completed};
 use support::{API_KEY, PASSWORD};
 use tandem::testing::fake_openai::realtime::{ScriptLine, State};
+use tandem::testing::logs::CapturedLogs;
 
 const WAIT: Duration = Duration::from_secs(20);
 /// Distinctive words, so a match in the logs cannot be a coincidence.
@@ -23,43 +23,12 @@ const PATIENT: &str = "Tengo una erupción quetzalcoatl en los codos desde el ma
 const FIRST_NAME: &str = "Anastasiaxyz";
 const LAST_NAME: &str = "Quetzalverde";
 
-/// Everything the process logs at info level and above, as plain text.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    /// Installs the global subscriber; before any server exists, so no callsite is cached
-    /// as disabled.
-    fn install() -> Captured {
-        let logs = Captured::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).unwrap();
-        logs
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_visit_logs_no_secret_and_no_phi_at_info() {
-    let logs = Captured::install();
+    // The global subscriber, installed before any server exists so no callsite is cached as
+    // disabled: everything logged at info level and above.
+    let logs = CapturedLogs::default();
+    tracing::subscriber::set_global_default(logs.subscriber(tracing::Level::INFO)).unwrap();
     let srv = support::start_scripted(State::new([
         ScriptLine {
             text: CLINICIAN.into(),

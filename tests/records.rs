@@ -731,7 +731,7 @@ async fn a_summary_cut_off_by_a_stop_is_written_at_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("tandem.db");
     let keys = Keyring::parse(support::process::DATA_KEYS).unwrap();
-    let store = tandem::store::open(db.to_str().unwrap(), Some(std::sync::Arc::new(keys)))
+    let store = tandem::store::open(db.to_str().unwrap(), Some(std::sync::Arc::new(keys)), None)
         .await
         .unwrap();
     let org = store.create_organization("clinic").await.unwrap().id;

@@ -64,8 +64,9 @@ pub const RECOVERY_GRACE: Duration = Duration::from_secs(2 * 60);
 /// What recovering one conversation's summary came to.
 enum Recovered {
     Written,
-    /// The model provider or the store failed; the status says `ended_error` (provider) or is
-    /// still `ended` (store: tried again at the next start).
+    /// Writing it failed: the status says `ended_error` (the provider or reading the
+    /// transcript failed), or is still `ended` when the store failed before or while recording
+    /// that status (tried again at the next start).
     Failed,
     /// Another writer finished it first or holds it, or shutdown came before its turn.
     Skipped,

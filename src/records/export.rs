@@ -461,8 +461,8 @@ mod tests {
              > \\# Emergency\\\n\
              > \\- item\\\n\
              > \\> quoted\\\n\
-             > \\[click\\](http://evil.example)\\\n\
-             > !\\[x\\](http://evil.example/p.png)\\\n\
+             > `[click](http://evil.example)`\\\n\
+             > `![x](http://evil.example/p.png)`\\\n\
              > \\`\\`\\`\\\n\
              > &lt;script>alert(1)&lt;/script>\n\
              \n\

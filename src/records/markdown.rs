@@ -6,7 +6,9 @@
 //! document or smuggle a link, image or HTML into it. Characters are backslash-escaped only
 //! where CommonMark (and the GFM table and strikethrough extensions) could give them meaning:
 //! inline markers anywhere, block markers where a line starts; `<` and `&` become entities so
-//! no HTML or character reference survives. Line breaks of multi-line text are kept as hard
+//! no HTML or character reference survives. A word that GFM's autolink extension would turn
+//! into a link (one holding `://` or `www.`) is written as a code span instead, since the
+//! extension finds links in plain text and no escape inside the word reliably stops it. Line breaks of multi-line text are kept as hard
 //! breaks (a model's summary list stays one item a line) but can never start a new block.
 
 /// Pure: multi-line text as escaped lines for a block (a paragraph or a block quote's body):
@@ -85,7 +87,23 @@ fn escape_line(line: &str, hashes: Hashes) -> String {
     // Block markers only count where the line starts: headings, block quotes, bullet lists,
     // setext underlines, ordered lists (`1.` / `1)`).
     let digits = chars.iter().take_while(|c| c.is_ascii_digit()).count();
+    let mut link_like_until = 0;
     for (i, &c) in chars.iter().enumerate() {
+        if i < link_like_until {
+            continue;
+        }
+        if i == 0 || chars[i - 1].is_whitespace() {
+            let end = chars[i..]
+                .iter()
+                .position(|c| c.is_whitespace())
+                .map_or(chars.len(), |n| i + n);
+            let word: String = chars[i..end].iter().collect();
+            if is_link_like(&word) {
+                out.push_str(&code_span(&word));
+                link_like_until = end;
+                continue;
+            }
+        }
         let starts_block = match c {
             '#' => i == 0 || hashes == Hashes::Everywhere,
             '>' | '-' | '+' | '=' => i == 0,
@@ -114,6 +132,12 @@ fn escape_line(line: &str, hashes: Hashes) -> String {
         }
     }
     out
+}
+
+/// Whether GFM's autolink extension could make a link of (part of) this word: a URL scheme
+/// (`http://`, `https://`, `ftp://`…) or a `www.` domain.
+fn is_link_like(word: &str) -> bool {
+    word.contains("://") || word.to_ascii_lowercase().contains("www.")
 }
 
 #[cfg(test)]
@@ -148,7 +172,7 @@ mod tests {
     fn links_images_html_and_code_stay_literal() {
         assert_eq!(
             block_lines("[click](http://evil.example) ![x](http://evil.example/p.png)"),
-            ["\\[click\\](http://evil.example) !\\[x\\](http://evil.example/p.png)"]
+            ["`[click](http://evil.example)` `![x](http://evil.example/p.png)`"]
         );
         assert_eq!(
             block_lines("<script>alert(1)</script> &amp; &#60;"),
@@ -170,6 +194,25 @@ mod tests {
         assert_eq!(
             block_lines("follow_up in snake_case"),
             ["follow_up in snake_case"]
+        );
+    }
+
+    #[test]
+    fn words_gfm_would_autolink_become_code_spans() {
+        assert_eq!(
+            block_lines("see http://evil.example now, or www.evil.example"),
+            ["see `http://evil.example` now, or `www.evil.example`"]
+        );
+        assert_eq!(
+            block_lines("(WWW.EVIL.EXAMPLE) ftp://x/`y`"),
+            ["`(WWW.EVIL.EXAMPLE)` `` ftp://x/`y` ``"]
+        );
+        // At a line start the span is the whole block marker question: none.
+        assert_eq!(inline("# https://x #"), "\\# `https://x` \\#");
+        // Words that only look a little like links stay escaped text.
+        assert_eq!(
+            block_lines("follow_up at 10:30 in room 3."),
+            ["follow_up at 10:30 in room 3."]
         );
     }
 

@@ -619,26 +619,9 @@ mod tests {
 
     /// Log lines written while `f` runs on this thread.
     fn logged(f: impl FnOnce()) -> String {
-        #[derive(Clone, Default)]
-        struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Captured {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let logs = Captured::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, f);
-        let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
-        text
+        let logs = crate::testing::logs::CapturedLogs::default();
+        tracing::subscriber::with_default(logs.subscriber(tracing::Level::TRACE), f);
+        logs.text()
     }
 
     #[test]

@@ -4,3 +4,4 @@
 
 pub mod fake_openai;
 pub mod loadgen;
+pub mod logs;
