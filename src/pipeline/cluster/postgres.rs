@@ -1002,7 +1002,10 @@ mod tests {
         listener.possible_loss(start + Duration::from_millis(10));
         assert_eq!(listener.in_order(&envelope("a", 6)), Sequence::Gap);
         listener.possible_loss(start + Duration::from_millis(20));
-        assert!(watching.frames.try_recv().is_err(), "not inside the interval");
+        assert!(
+            watching.frames.try_recv().is_err(),
+            "not inside the interval"
+        );
         let due = listener.notices.due().expect("pending");
         assert_eq!(due, start + MISSED_INTERVAL);
         // What the listener's timer does.
