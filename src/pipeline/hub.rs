@@ -208,19 +208,27 @@ impl Hub {
         let mut delivery = Delivery::default();
         let mut guard = self.lock();
         let subs = &mut *guard;
-        let interested = &subs.interested;
+        // User → watched conversations, built once: scanning every interest for each socket
+        // would be sockets × interests under the hub's lock.
+        let mut watched: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (conversation_id, users) in &subs.interested {
+            for user_id in users {
+                watched
+                    .entry(user_id.as_str())
+                    .or_default()
+                    .push(conversation_id.as_str());
+            }
+        }
         subs.control.retain(|c| {
-            let watched: Vec<&String> = interested
-                .iter()
-                .filter(|(_, users)| users.contains(&c.user_id))
-                .map(|(conversation_id, _)| conversation_id)
-                .collect();
+            let Some(watched) = watched.get(c.user_id.as_str()) else {
+                return true;
+            };
             if watched.len() > MAX_WARNINGS {
                 return deliver(c, &frame(None), "(all watched)", &mut delivery);
             }
             watched
                 .iter()
-                .all(|id| deliver(c, &frame(Some(id.as_str())), id, &mut delivery))
+                .all(|id| deliver(c, &frame(Some(id)), id, &mut delivery))
         });
         delivery
     }

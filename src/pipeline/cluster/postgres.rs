@@ -9,16 +9,22 @@
 //!   a repeat (a NOTIFY retried after a lost reply) and sees a gap (events dropped by the
 //!   sender: outgoing queue full, or refused by the database). Events sent while a receiver's
 //!   listening connection is down are lost for it too; their gap would show only with the
-//!   sender's next event, so a reconnect counts as a possible loss at once (and that gap is
-//!   not counted again).
+//!   sender's next event, so a reconnect counts as a possible loss at once. That sender's next
+//!   gap is still told: it cannot say whether its events were lost in the outage or dropped
+//!   by the sender after the reconnect notice, and one notice too many costs little.
 //! - A possible loss is told to the clients, not only logged: every control socket of this
 //!   instance watching a conversation gets `error` [`EVENTS_MISSED`] and re-fetches it over
-//!   REST (`LISTEN` cannot replay; the store has everything).
+//!   REST (`LISTEN` cannot replay; the store has everything). At most once per
+//!   [`MISSED_INTERVAL`] ([`Notices`]): under overload most envelopes show a gap, and a notice
+//!   for each (up to [`MAX_WARNINGS`](crate::pipeline::hub::MAX_WARNINGS) frames per socket)
+//!   would fill the clients' queues, drop real events and evict sockets just when the system
+//!   is degraded. A loss seen inside the interval is told when it ends.
 //! - The publisher retries an envelope while the failure is the connection's or the server's
-//!   (closed, I/O, timeouts, shutdown, serialization failures): the event goes out once the
-//!   database is back. One the server refuses for what it says (an SQLSTATE outside
-//!   [`transient_state`]) would be refused every time and hold up every later event, so it is
-//!   dropped after [`REFUSED_TRIES`] tries and logged as an error.
+//!   state (closed, I/O, timeouts, shutdown, serialization failures, out of resources, a
+//!   read-only standby, a full `NOTIFY` queue): the event goes out once the database is back.
+//!   One the server refuses for what it says (anything else [`transient_state`] does not
+//!   name, e.g. a violated constraint) would be refused every time and hold up every later
+//!   event, so it is dropped after [`REFUSED_TRIES`] tries and logged as an error.
 //! - A notification carries at most [`NOTIFY_INLINE_LIMIT`] bytes (Postgres refuses payloads
 //!   of 8000 bytes or more); a larger event (TTS audio, long summaries) is written to
 //!   `event_payloads` and the notification carries its row id. Rows are swept after
@@ -35,7 +41,7 @@
 //! - Channel and lock keys include `current_schema()`, so installs (and tests) sharing a
 //!   database in separate schemas do not see each other.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +50,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Notification};
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -63,6 +70,11 @@ const REFUSED_TRIES: u32 = 3;
 
 /// The `error` code sent to control sockets when relayed events may have been lost.
 pub const EVENTS_MISSED: &str = "events_missed";
+
+/// Shortest time between two [`EVENTS_MISSED`] notices of one instance: long enough that a
+/// gap in every envelope costs a client a few frames a second, short enough that a re-fetch
+/// follows the loss promptly.
+pub const MISSED_INTERVAL: Duration = Duration::from_secs(1);
 
 const EVENTS_MISSED_MESSAGE: &str = "Some live updates for this conversation may have been \
 missed; re-fetch it (messages, actions, summary) over the REST API.";
@@ -176,7 +188,7 @@ impl PostgresCluster {
             fetch: Conn::new(config.clone(), "fetch"),
             keys: Arc::clone(&keys),
             last_seq: HashMap::new(),
-            resync: HashSet::new(),
+            notices: Notices::default(),
             stops: stops.clone(),
         };
         // Listening before the first publish, so no event of this instance's start is missed.
@@ -383,7 +395,7 @@ impl Cause<'_> {
     fn refused(&self) -> bool {
         self.0
             .as_db_error()
-            .is_some_and(|db| !transient_state(db.code()))
+            .is_some_and(|db| !transient_state(db.code(), db.message()))
     }
 }
 
@@ -398,9 +410,15 @@ impl std::fmt::Display for Cause<'_> {
     }
 }
 
-/// SQLSTATEs that blame the connection or the server's state rather than the statement:
-/// the same envelope can succeed later.
-fn transient_state(code: &SqlState) -> bool {
+/// Server errors (SQLSTATE and message) that blame the connection or the server's state
+/// rather than the statement: the same envelope can succeed later.
+fn transient_state(code: &SqlState, message: &str) -> bool {
+    // A full notification queue (a listener idle in a transaction holds it) shares its code
+    // with statements too big to ever run; the `NOTIFY` in its message tells them apart (an
+    // SQL keyword, so it stays in a translated message).
+    if *code == SqlState::PROGRAM_LIMIT_EXCEEDED {
+        return message.contains("NOTIFY");
+    }
     let code = code.code();
     // Connection exception; insufficient resources (too many connections, out of memory or
     // disk); system error (I/O).
@@ -498,9 +516,8 @@ struct Listener {
     fetch: Conn,
     /// Last sequence number seen per publishing instance.
     last_seq: HashMap<String, u64>,
-    /// Instances whose next envelope may show a gap already told to the clients at a
-    /// reconnect.
-    resync: HashSet<String>,
+    /// When possible losses are told.
+    notices: Notices,
     /// To the pipeline (no receiver: nothing to stop).
     stops: broadcast::Sender<String>,
     /// Open (authenticate) every notification's body.
@@ -511,10 +528,41 @@ struct Listener {
 #[derive(Debug, PartialEq, Eq)]
 enum Sequence {
     Next,
-    /// New, but the sender's earlier events were lost for this instance, not yet told.
+    /// New, but the sender's earlier events were lost for this instance.
     Gap,
     /// Already delivered (a retried NOTIFY): dropped.
     Repeat,
+}
+
+/// Coalesces [`EVENTS_MISSED`] notices: at most one per [`MISSED_INTERVAL`], and a loss seen
+/// inside the interval is told when it ends. The clock is passed in, so this is pure.
+#[derive(Debug, Default)]
+struct Notices {
+    /// When the clients were last told.
+    told: Option<Instant>,
+    /// A loss seen since then, not yet told.
+    pending: bool,
+}
+
+impl Notices {
+    /// A possible loss seen at `now` (or a pending one come [`Notices::due`]): whether to tell
+    /// the clients now. If not, it is pending until [`Notices::due`].
+    fn loss(&mut self, now: Instant) -> bool {
+        if self.told.is_some_and(|told| now < told + MISSED_INTERVAL) {
+            self.pending = true;
+            return false;
+        }
+        self.told = Some(now);
+        self.pending = false;
+        true
+    }
+
+    /// When a pending loss is to be told, if there is one.
+    fn due(&self) -> Option<Instant> {
+        self.told
+            .filter(|_| self.pending)
+            .map(|told| told + MISSED_INTERVAL)
+    }
 }
 
 /// What a stop request's sealed body says; only its authenticity matters.
@@ -537,6 +585,14 @@ fn associated_data(channel: &str, envelope: &Envelope) -> String {
 fn json_audience(audience: Audience) -> String {
     // A unit enum: serialization cannot fail.
     serde_json::to_string(&audience).unwrap_or_default()
+}
+
+/// Resolves at `deadline`, or never without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 type Connection =
@@ -577,9 +633,14 @@ impl Listener {
                 attempt = 0;
                 let mut messages = futures_util::stream::poll_fn(|cx| connection.poll_message(cx));
                 loop {
+                    let due = self.notices.due();
                     let message = tokio::select! {
                         () = stop.cancelled() => return,
                         message = messages.next() => message,
+                        () = sleep_until(due) => {
+                            self.possible_loss(Instant::now());
+                            continue;
+                        }
                     };
                     match message {
                         Some(Ok(AsyncMessage::Notification(n))) => self.receive(&n).await,
@@ -607,8 +668,7 @@ impl Listener {
                     current = Some(pair);
                     // Told once listening again, so nothing sent after the clients re-fetch is
                     // lost as well.
-                    self.resync = self.last_seq.keys().cloned().collect();
-                    self.tell_missed();
+                    self.possible_loss(Instant::now());
                 }
                 Err(e) => tracing::warn!(error = %e, attempt, "event relay reconnect failed"),
             }
@@ -653,7 +713,7 @@ impl Listener {
         };
         match self.in_order(&envelope) {
             Sequence::Next => {}
-            Sequence::Gap => self.tell_missed(),
+            Sequence::Gap => self.possible_loss(Instant::now()),
             Sequence::Repeat => return,
         }
         if envelope.stop_audio {
@@ -670,13 +730,11 @@ impl Listener {
             && !self.last_seq.contains_key(&envelope.instance)
         {
             self.last_seq.clear();
-            self.resync.clear();
         }
         let last = self.last_seq.entry(envelope.instance.clone()).or_insert(0);
         if envelope.seq <= *last {
             return Sequence::Repeat;
         }
-        let told = self.resync.remove(&envelope.instance);
         let gap = *last != 0 && envelope.seq > *last + 1;
         if gap {
             tracing::warn!(
@@ -686,10 +744,17 @@ impl Listener {
             );
         }
         *last = envelope.seq;
-        if gap && !told {
+        if gap {
             Sequence::Gap
         } else {
             Sequence::Next
+        }
+    }
+
+    /// Tells the clients about a possible loss seen at `now`, or later (see [`Notices`]).
+    fn possible_loss(&mut self, now: Instant) {
+        if self.notices.loss(now) {
+            self.tell_missed();
         }
     }
 
@@ -842,6 +907,7 @@ impl LeaseState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::hub::MAX_WARNINGS;
 
     fn envelope(instance: &str, seq: u64) -> Envelope {
         Envelope {
@@ -863,7 +929,7 @@ mod tests {
             hub,
             fetch: Conn::new(Config::new(), "fetch"),
             last_seq: HashMap::new(),
-            resync: HashSet::new(),
+            notices: Notices::default(),
             stops: broadcast::channel(1).0,
             keys: Arc::new(Keyring::parse(&Keyring::generate_entry("k").unwrap()).unwrap()),
         }
@@ -882,17 +948,48 @@ mod tests {
         assert_eq!(order("b", 8), Sequence::Next);
     }
 
-    #[tokio::test]
-    async fn a_gap_already_told_at_a_reconnect_is_not_told_again() {
-        let hub = Arc::new(Hub::new());
-        let (_, tx, mut watching) = hub.client();
+    fn watched(hub: &Hub) -> crate::pipeline::hub::ClientRx {
+        let (_, tx, watching) = hub.client();
         hub.register_control("u", &tx);
         hub.mark_interest("c", "u");
+        watching
+    }
+
+    #[test]
+    fn losses_in_a_row_are_told_once_per_interval_and_the_last_one_when_it_ends() {
+        let start = Instant::now();
+        let mut notices = Notices::default();
+        let mut told = 0;
+        // A gap in every envelope, 1000 a second for 10 s.
+        for ms in 0..10_000 {
+            let now = start + Duration::from_millis(ms);
+            if notices.due().is_some_and(|due| due <= now) {
+                assert!(notices.loss(now), "a pending loss is told when due");
+                told += 1;
+            }
+            told += usize::from(notices.loss(now));
+        }
+        assert_eq!(told, 10, "one per interval, not one per gap");
+        let due = notices.due().expect("the last gaps are still to be told");
+        assert_eq!(due, start + Duration::from_millis(9000) + MISSED_INTERVAL);
+        assert!(!notices.loss(due - Duration::from_millis(1)));
+        assert!(notices.loss(due));
+        assert_eq!(notices.due(), None, "nothing left pending");
+        assert!(
+            notices.loss(due + MISSED_INTERVAL),
+            "a loss after a quiet interval is told at once"
+        );
+    }
+
+    #[test]
+    fn a_gap_after_a_reconnect_notice_is_still_told_when_the_interval_ends() {
+        let hub = Arc::new(Hub::new());
+        let mut watching = watched(&hub);
         let mut listener = listener(Arc::clone(&hub));
+        let start = Instant::now();
         assert_eq!(listener.in_order(&envelope("a", 1)), Sequence::Next);
-        // What the reconnect does, after telling the clients.
-        listener.resync = listener.last_seq.keys().cloned().collect();
-        listener.tell_missed();
+        // What the reconnect does.
+        listener.possible_loss(start);
         let told: serde_json::Value =
             serde_json::from_str(&watching.frames.try_recv().unwrap()).unwrap();
         assert_eq!(
@@ -900,12 +997,47 @@ mod tests {
             (&"error".into(), &EVENTS_MISSED.into(), &"c".into())
         );
         assert_eq!(told["message"], told["text"]);
-        assert_eq!(listener.in_order(&envelope("a", 4)), Sequence::Next);
-        assert_eq!(
-            listener.in_order(&envelope("a", 6)),
-            Sequence::Gap,
-            "a later loss is new"
+        // The sender may have dropped these after the notice: told again, coalesced.
+        assert_eq!(listener.in_order(&envelope("a", 4)), Sequence::Gap);
+        listener.possible_loss(start + Duration::from_millis(10));
+        assert_eq!(listener.in_order(&envelope("a", 6)), Sequence::Gap);
+        listener.possible_loss(start + Duration::from_millis(20));
+        assert!(
+            watching.frames.try_recv().is_err(),
+            "not inside the interval"
         );
+        let due = listener.notices.due().expect("pending");
+        assert_eq!(due, start + MISSED_INTERVAL);
+        // What the listener's timer does.
+        listener.possible_loss(due);
+        let again: serde_json::Value =
+            serde_json::from_str(&watching.frames.try_recv().unwrap()).unwrap();
+        assert_eq!(again["code"], EVENTS_MISSED);
+        assert!(watching.frames.try_recv().is_err(), "once for both gaps");
+    }
+
+    #[test]
+    fn a_flood_of_gaps_leaves_room_in_a_watching_socket_for_real_events() {
+        let hub = Arc::new(Hub::new());
+        let mut watching = watched(&hub);
+        // The socket also watches more conversations, so every notice is MAX_WARNINGS frames.
+        for i in 1..MAX_WARNINGS {
+            hub.mark_interest(&format!("other{i}"), "u");
+        }
+        let mut listener = listener(Arc::clone(&hub));
+        let start = Instant::now();
+        for seq in 1..=500u64 {
+            // Every other event of the sender dropped, all within 0.5 s.
+            if listener.in_order(&envelope("a", seq * 2)) == Sequence::Gap {
+                listener.possible_loss(start + Duration::from_millis(seq));
+            }
+        }
+        let mut frames = 0;
+        while watching.frames.try_recv().is_ok() {
+            frames += 1;
+        }
+        assert_eq!(frames, MAX_WARNINGS, "one notice, not 499");
+        assert_eq!(watching.state.take_unreported_drops(), 0);
     }
 
     #[test]
@@ -924,7 +1056,7 @@ mod tests {
             SqlState::IO_ERROR,
             SqlState::READ_ONLY_SQL_TRANSACTION,
         ] {
-            assert!(transient_state(&transient), "{}", transient.code());
+            assert!(transient_state(&transient, "any"), "{}", transient.code());
         }
         for refused in [
             SqlState::INVALID_PARAMETER_VALUE,
@@ -933,10 +1065,23 @@ mod tests {
             SqlState::UNDEFINED_TABLE,
             SqlState::INSUFFICIENT_PRIVILEGE,
             SqlState::SYNTAX_ERROR,
-            SqlState::PROGRAM_LIMIT_EXCEEDED,
         ] {
-            assert!(!transient_state(&refused), "{}", refused.code());
+            assert!(!transient_state(&refused, "any"), "{}", refused.code());
         }
+        // One code, two causes: the server's notification queue is full (a listener idle in
+        // a transaction), or the statement itself is too big.
+        assert!(transient_state(
+            &SqlState::PROGRAM_LIMIT_EXCEEDED,
+            "too many notifications in the NOTIFY queue"
+        ));
+        assert!(!transient_state(
+            &SqlState::PROGRAM_LIMIT_EXCEEDED,
+            "target lists can have at most 1664 entries"
+        ));
+        assert!(!transient_state(
+            &SqlState::PROGRAM_LIMIT_EXCEEDED,
+            "index row size 9000 exceeds btree version 4 maximum 2704"
+        ));
     }
 
     #[test]
