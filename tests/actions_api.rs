@@ -234,12 +234,8 @@ async fn actions_are_read_edited_confirmed_and_cancelled() {
     assert_eq!(body["message"], "a cancelled action cannot be edited");
 
     // Every change is in the audit log, attributed to the user.
-    let me = srv.store.user_by_id(&user.user_id).await.unwrap();
-    let audit = srv
-        .store
-        .list_audit(&me.organization_id, 200)
-        .await
-        .unwrap();
+    let org = srv.organization_of(&user).await;
+    let audit = srv.store.list_audit(&org, 200).await.unwrap();
     let logged = |verb: &str, id: &str| {
         audit.iter().any(|a| {
             a.action == verb
@@ -346,12 +342,7 @@ async fn webhook_configuration_is_admin_only_and_never_shows_the_secret() {
     let admin = srv
         .user_in_new_org_as("Clinic", "admin", UserRole::Admin)
         .await;
-    let org = srv
-        .store
-        .user_by_username("admin")
-        .await
-        .unwrap()
-        .organization_id;
+    let org = srv.organization_of(&admin).await;
     // A clinician of the same organization.
     let hash = srv
         .state
@@ -464,12 +455,7 @@ async fn webhook_configuration_is_admin_only_and_never_shows_the_secret() {
 async fn confirmations_queue_deliveries_visible_in_the_log() {
     let srv = support::start().await;
     let (user, _, ids) = setup(&srv).await;
-    let org = srv
-        .store
-        .user_by_username("dr_north")
-        .await
-        .unwrap()
-        .organization_id;
+    let org = srv.organization_of(&user).await;
     // Nothing listens on port 9 (discard) of loopback: attempts fail and are logged.
     srv.store
         .put_webhook(&org, "http://127.0.0.1:9/hook", "a-long-enough-secret")

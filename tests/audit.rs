@@ -57,12 +57,7 @@ async fn visit(srv: &TestServer, username: &str, last_name: &str) -> Visit {
         },
     )
     .await;
-    let org = srv
-        .store
-        .user_by_id(&user.user_id)
-        .await
-        .expect("user")
-        .organization_id;
+    let org = srv.organization_of(&user).await;
     Visit {
         user,
         org,

@@ -1018,21 +1018,7 @@ static POSTGRES_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(
 /// A Postgres store in a fresh schema of the cluster `.ci/postgres.sh start` runs.
 #[cfg(feature = "postgres")]
 async fn postgres_store() -> Arc<dyn tandem::store::Store> {
-    let url = std::env::var("TANDEM_TEST_DATABASE_URL").unwrap_or_else(|_| {
-        panic!(
-            "the `postgres` feature is on but TANDEM_TEST_DATABASE_URL is unset; start one with \
-             eval \"$(.ci/postgres.sh start)\""
-        )
-    });
-    let schema = format!("faults_{}", tandem::store::new_id().replace('-', ""));
-    let keys =
-        tandem::store::Keyring::parse(&tandem::store::Keyring::generate_entry("k1").unwrap())
-            .unwrap();
-    let store =
-        tandem::store::postgres::PostgresStore::connect_with_schema(&url, &schema, Arc::new(keys))
-            .await
-            .unwrap();
-    Arc::new(store)
+    Arc::new(support::postgres::fresh_store("faults").await.0)
 }
 
 /// `.ci/postgres.sh halt|resume`: stops the cluster keeping its data, or starts it again.

@@ -274,12 +274,7 @@ fn fill_with(path: &str, odd: impl Fn(&str) -> Option<String>, ids: &Ids) -> Str
 /// then removed; a webhook is configured again after) and a clinic command.
 async fn org_rows(srv: &TestServer, user: &Client, c: &str, p: &str) -> (Client, Ids) {
     use tandem::ai::Command;
-    let org = srv
-        .store
-        .user_by_id(&user.user_id)
-        .await
-        .unwrap()
-        .organization_id;
+    let org = srv.organization_of(user).await;
     let admin = srv
         .user_with_role(&org, &format!("{}_admin", user.user_id), UserRole::Admin)
         .await;
@@ -1529,12 +1524,7 @@ fn bad_tokens(user_id: &str, org: &str) -> (String, Vec<(&'static str, String, &
 async fn bad_tokens_are_refused_on_every_route_and_both_sockets() {
     let (srv, user, c, p) = table_server("victim").await;
     let (_, ids) = org_rows(&srv, &user, &c, &p).await;
-    let org = srv
-        .store
-        .user_by_id(&user.user_id)
-        .await
-        .unwrap()
-        .organization_id;
+    let org = srv.organization_of(&user).await;
     let (good, bad) = bad_tokens(&user.user_id, &org);
     let minted = Client {
         access_token: good.clone(),

@@ -287,12 +287,7 @@ async fn conversation_lifecycle() {
     assert_eq!(body["message"], "Conversation not found");
 
     // Audit trail recorded reads and changes.
-    let org = srv
-        .store
-        .user_by_id(&user.user_id)
-        .await
-        .unwrap()
-        .organization_id;
+    let org = srv.organization_of(&user).await;
     let audit = srv.store.list_audit(&org, 100).await.unwrap();
     assert!(audit
         .iter()

@@ -434,13 +434,13 @@ async fn voice_requests_give_an_interim_summary_and_the_medical_history() {
         .starts_with(SYNTHETIC_HISTORY_HEADER));
     // The spoken request is an audited read, attributed to the visit's clinician (it comes
     // from the pipeline, so it has no peer address).
-    let me = srv.store.user_by_id(&user.user_id).await.unwrap();
+    let org = srv.organization_of(&user).await;
     let reads = srv
         .store
         .search_audit(
-            &me.organization_id,
+            &org,
             &AuditQuery {
-                user_id: Some(me.id.clone()),
+                user_id: Some(user.user_id.clone()),
                 action: Some("conversation.medical_history.read".into()),
                 ..AuditQuery::default()
             },
@@ -603,12 +603,7 @@ async fn exports_carry_the_transcript_in_order_in_both_languages() {
         .await
         .unwrap();
     assert_eq!(support::error_code(res, 400).await, "invalid_query");
-    let org = srv
-        .store
-        .user_by_id(&user.user_id)
-        .await
-        .unwrap()
-        .organization_id;
+    let org = srv.organization_of(&user).await;
     let exports = srv
         .store
         .list_audit(&org, 100)

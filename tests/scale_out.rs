@@ -31,23 +31,8 @@ const EVENT_WAIT: Duration = Duration::from_secs(30);
 
 /// A URL whose sessions work in a fresh, migrated schema of the test database.
 async fn schema_url() -> String {
-    let url = std::env::var("TANDEM_TEST_DATABASE_URL").unwrap_or_else(|_| {
-        panic!(
-            "the `postgres` feature is on but TANDEM_TEST_DATABASE_URL is unset; start one with \
-             eval \"$(.ci/postgres.sh start)\""
-        )
-    });
-    let schema = format!("scale_{}", tandem::store::new_id().replace('-', ""));
-    let keys =
-        tandem::store::Keyring::parse(&tandem::store::Keyring::generate_entry("k1").unwrap())
-            .unwrap();
-    tandem::store::postgres::PostgresStore::connect_with_schema(
-        &url,
-        &schema,
-        std::sync::Arc::new(keys),
-    )
-    .await
-    .unwrap();
+    let (_, schema) = support::postgres::fresh_store("scale").await;
+    let url = support::postgres::database_url();
     let sep = if url.contains('?') { '&' } else { '?' };
     format!("{url}{sep}options=-csearch_path%3D{schema}")
 }

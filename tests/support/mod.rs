@@ -45,6 +45,8 @@ pub fn speech_script() -> realtime::State {
     ])
 }
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod process;
 pub mod ws;
 
@@ -218,6 +220,15 @@ pub async fn start_tuned(
 }
 
 impl TestServer {
+    /// The organization `user` belongs to.
+    pub async fn organization_of(&self, user: &Client) -> String {
+        self.store
+            .user_by_id(&user.user_id)
+            .await
+            .expect("the user exists")
+            .organization_id
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
